@@ -165,38 +165,29 @@ def masked_kl(teacher_scaled, student_scaled, mask=None):
   return jnp.sum(terms, axis=-1)
 
 
-def log_binary(z, index):
-  """For each row, (log p_index, log(1 - p_index)) of softmax(z), both exact:
-  log(1 - p) is the log-sum-exp over the other classes, never log(1 - p), and
-  the full normaliser is logaddexp(that, z_index): one pass over the classes."""
-  chosen = jnp.take_along_axis(z, index[:, None], axis=-1)[:, 0]
-  others = jnp.arange(z.shape[-1])[None, :] != index[:, None]
-  lse_others = masked_logsumexp(z, others)
-  lse = jnp.logaddexp(lse_others, chosen)
-  return chosen - lse, lse_others - lse
-
-
-def binary_kl(log_p_teacher, log_q_teacher, log_p_student, log_q_student):
-  """KL([p, q]_teacher || [p, q]_student) from log-probabilities, q = 1 - p."""
-  return (jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student)
-          + jnp.exp(log_q_teacher) * (log_q_teacher - log_q_student))
-
-
 def binary_kl_from_logit_gaps(teacher_gap, student_gap):
   r"""KL between the 2-class softmaxes of logit pairs, from their gaps z_i - z_j.
 
-  A 2-class softmax is :math:`[\sigma(d), \sigma(-d)]`, and with
-  :math:`\log\sigma(-d) = \log\sigma(d) - d` the KL reduces to
+  A 2-class softmax is :math:`[\sigma(d), \sigma(-d)]`, and the KL is the
+  Bregman divergence of softplus between :math:`-d_s` and :math:`-d_t`:
 
-  .. math:: \mathrm{KL} = \log\sigma(d_t) - \log\sigma(d_s) - \sigma(-d_t)\,(d_t - d_s)
+  .. math:: \mathrm{KL} = \mathrm{softplus}(-d_s) - \mathrm{softplus}(-d_t)
+            - \sigma(-d_t)\,(d_t - d_s)
 
-  two log-sigmoids and one exp per pair, O(1) instead of a softmax over all
-  classes.
+  O(1) per pair instead of a softmax over all classes; its derivative in the
+  student gap is :math:`\sigma(-d_t) - \sigma(-d_s)`. Where the gaps are
+  close (:math:`|\delta| = |d_t - d_s| \le 1`) the first two terms cancel,
+  and the equivalent form :math:`\log(1 + q\,(e^\delta - 1)) - q\,\delta`,
+  :math:`q = \sigma(-d_t)`, keeps full relative accuracy (the KL is second
+  order in :math:`\delta`).
   """
-  log_sig_t = jax.nn.log_sigmoid(teacher_gap)
-  log_sig_s = jax.nn.log_sigmoid(student_gap)
-  q_t = jnp.exp(log_sig_t - teacher_gap)  # sigma(-d_t)
-  return log_sig_t - log_sig_s - q_t * (teacher_gap - student_gap)
+  q_t = jax.nn.sigmoid(-teacher_gap)
+  delta = teacher_gap - student_gap
+  far = jax.nn.softplus(-student_gap) - jax.nn.softplus(-teacher_gap) - q_t * delta
+  near = jnp.abs(delta) <= 1.0
+  small = jnp.where(near, delta, 0.0)
+  close = jnp.log1p(q_t * jnp.expm1(small)) - q_t * small
+  return jnp.where(near, close, far)
 
 
 def one_hot_mask(index, num_classes: int):
@@ -205,3 +196,103 @@ def one_hot_mask(index, num_classes: int):
     index = index[:, None]
   rows = jnp.arange(index.shape[0])[:, None]
   return jnp.zeros((index.shape[0], num_classes), bool).at[rows, index].set(True)
+
+
+# --------------------------------------------------------------------------
+# Masked softmaxes with closed-form student gradients (RLD, LDRLD).
+# Excluded classes are set to -inf, and exp(-inf) = 0 exactly: they leave the
+# normaliser and get exactly zero probability and gradient. Temperatures are
+# applied inside the exponentials, so no scaled copy of the logits is made.
+# --------------------------------------------------------------------------
+
+def exclude(x, keep):
+  """``x`` where ``keep``, -inf elsewhere."""
+  return jnp.where(keep, x, -jnp.inf)
+
+
+def exclude_indices(x, index):
+  """``x`` [N, C] with -inf at ``index`` [N, k] of each row."""
+  rows = jnp.arange(x.shape[0])[:, None]
+  return x.at[rows, index].set(-jnp.inf)
+
+
+def shifted_exp(kept, inv_temperature):
+  """Unnormalised softmax of ``kept / T`` over its finite entries.
+
+  Returns ``(m, e, total, nonempty)``, all but ``e`` of shape [N, 1]: ``m`` is
+  the row maximum (0 where every entry is excluded), ``e = exp((kept - m) / T)``
+  (0 at excluded entries; the largest kept entry gives exactly 1, so no
+  magnitude overflows or underflows the normaliser), ``total`` is ``sum(e)``
+  (1 for empty rows) and ``nonempty`` says whether anything is kept. The log
+  normaliser is ``m / T + log(total)``.
+  """
+  m = jnp.max(kept, axis=-1, keepdims=True)
+  nonempty = jnp.isfinite(m)
+  m = jax.lax.stop_gradient(jnp.where(nonempty, m, 0.0))
+  e = jnp.exp((kept - m) * inv_temperature)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  return m, e, jnp.where(nonempty, total, 1.0), nonempty
+
+
+def kl_and_student_grad(teacher, student, teacher_kept, student_kept, temperature):
+  r"""Temperature-scaled KL over a class subset K, and its student gradient.
+
+  .. math::
+     \ell = T^2\,\mathrm{KL}ig(\mathrm{softmax}_K(z^t/T)\,\|\,
+            \mathrm{softmax}_K(z^s/T)ig),\qquad
+     rac{\partial \ell}{\partial z^s_c} = T\,(p^s_c - p^t_c)\,[c \in K]
+
+  with the KL evaluated as :math:`\mathbb{E}_{p^t}[(z^t - z^s)/T] - \log Z^t + \log Z^s`.
+
+  Args:
+    teacher, student: logit rows [N, C] (unscaled).
+    teacher_kept, student_kept: the same rows with the classes outside K set
+      to -inf (:func:`exclude`, :func:`exclude_indices`).
+    temperature: T > 0.
+
+  Returns:
+    ``(loss [N], grad [N, C])``; rows with an empty K give exactly 0 and a
+    zero gradient.
+  """
+  inv = 1.0 / temperature
+  m_t, e_t, z_t, nonempty = shifted_exp(teacher_kept, inv)
+  m_s, e_s, z_s, _ = shifted_exp(student_kept, inv)
+  cross = jnp.sum(e_t * (teacher - student), axis=-1, keepdims=True) * inv / z_t
+  kl = cross - jnp.log(z_t) + jnp.log(z_s) + (m_s - m_t) * inv
+  loss = jnp.where(nonempty, kl, 0.0)[:, 0] * temperature**2
+  grad = (e_s / z_s - e_t / z_t) * temperature
+  return loss, grad
+
+
+def target_gap(z, index, inv_temperature):
+  """Binary logit of class ``index`` [N] per row: log p - log(1 - p) of softmax(z / T).
+
+  The gap is
+  ``z_target / T - logsumexp_{c != target}(z_c / T)``, exact for any magnitude.
+  Returns ``(gap [N], others [N, C])`` with ``others`` the softmax over the
+  non-target classes (0 at the target): ``d gap / d z = (onehot - others) / T``.
+  """
+  others = jnp.arange(z.shape[-1]) != index[:, None]
+  m, e, total, _ = shifted_exp(exclude(z, others), inv_temperature)  # C >= 2: never empty
+  lse_others = (m * inv_temperature + jnp.log(total))[:, 0]
+  chosen = jnp.take_along_axis(z, index[:, None], axis=-1)[:, 0] * inv_temperature
+  return chosen - lse_others, e / total
+
+
+def top1_gap(z, inv_temperature):
+  """Binary logit of each row's top-1 class, log p_max - log(1 - p_max).
+
+  Found without an argmax: with m the row maximum, the other classes are
+  those below m plus the ties at m but one, so
+  ``gap = m / T - logaddexp(logsumexp_{z_c < m}(z_c / T), m / T + log(ties))``.
+  Without ties this is, operation for operation, :func:`target_gap` at the
+  argmax, so the two agree bit for bit when the label is the top-1 class.
+  """
+  m = jnp.max(z, axis=-1, keepdims=True)
+  below = z < m
+  m_below, _, total, nonempty = shifted_exp(exclude(z, below), inv_temperature)
+  lse_below = jnp.where(nonempty, m_below * inv_temperature + jnp.log(total), -jnp.inf)
+  ties = jnp.sum(~below, axis=-1, keepdims=True) - 1
+  lse_ties = jnp.where(ties > 0, m * inv_temperature
+                       + jnp.log(jnp.maximum(ties, 1).astype(z.dtype)), -jnp.inf)
+  return (m * inv_temperature - jnp.logaddexp(lse_below, lse_ties))[:, 0]

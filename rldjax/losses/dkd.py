@@ -8,12 +8,10 @@ from rldjax.losses import _common as c
 
 def dkd_terms(s, t, y, temperature):
   """Rows [N, C] (already standardised if asked): (TCKD, NCKD) per row."""
-  s, t = s / temperature, t / temperature
-  lp_s, lq_s = c.log_binary(s, y)
-  lp_t, lq_t = c.log_binary(t, y)
-  tckd = c.binary_kl(lp_t, lq_t, lp_s, lq_s)
+  inv = 1.0 / temperature
+  tckd = c.binary_kl_from_logit_gaps(c.target_gap(t, y, inv)[0], c.target_gap(s, y, inv)[0])
   non_target = ~c.one_hot_mask(y, s.shape[-1])
-  nckd = c.masked_kl(t, s, non_target)
+  nckd = c.masked_kl(t * inv, s * inv, non_target)
   return tckd * temperature**2, nckd * temperature**2
 
 

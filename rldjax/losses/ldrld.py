@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rldjax.losses import _common as c
+from rldjax.losses._gradients import closed_form_student_gradient
+from rldjax.losses._topk import top_k_indices
 
 
 @functools.lru_cache(maxsize=64)
@@ -31,25 +33,41 @@ def rank_pair_weights(k: int, irw_offset: float = 1.5, erd_scale: float = 2.0,
   return w
 
 
-def ldrld_terms(s, t, k, temperature, rank_by, irw_offset, erd_scale, erd_rate):
-  """Rows [N, C]: (local dense term, remaining non-target term) per row."""
+def ldrld_loss_and_grad(s, t, alpha, beta, temperature, *, k, rank_by, irw_offset,
+                        erd_scale, erd_rate):
+  """Rows [N, C]: (alpha * local + beta * RNTK per row, its gradient w.r.t. s)."""
   ranking = jax.lax.stop_gradient(s if rank_by == "student" else t)
-  _, top = jax.lax.top_k(ranking, k)  # [N, k], ranks 0..k-1
-  s_top = jnp.take_along_axis(s, top, axis=-1) / temperature
+  top = top_k_indices(ranking, k)  # [N, k], ranks 0..k-1
   t_top = jnp.take_along_axis(t, top, axis=-1) / temperature
   # Every rank pair i < j as a 2-class distribution, in closed form from the
   # logit gaps: O(k^2) per row instead of one softmax over C per pair.
   first, second = np.triu_indices(k, 1)
   table = rank_pair_weights(k, irw_offset, erd_scale, erd_rate)
   weights = jnp.asarray(table[first, second], s.dtype)
-  s_gap = s_top[:, first] - s_top[:, second]
-  t_gap = t_top[:, first] - t_top[:, second]
-  pairs = c.binary_kl_from_logit_gaps(t_gap, s_gap) @ weights
-  whole = c.masked_kl(t_top, s_top)  # the top-k set as a whole, weight 1
-  local = (pairs + whole) / (k * (k - 1) / 2 + 1)
-  rest = ~c.one_hot_mask(top, s.shape[-1])
-  rntk = c.masked_kl(t / temperature, s / temperature, rest)
-  return local * temperature**2, rntk * temperature**2
+
+  def local(s_top):
+    s_top = s_top / temperature
+    t_gap = t_top[:, first] - t_top[:, second]
+    s_gap = s_top[:, first] - s_top[:, second]
+    pairs = c.binary_kl_from_logit_gaps(t_gap, s_gap) @ weights
+    whole = c.masked_kl(t_top, s_top)  # the top-k set as a whole, weight 1
+    return (pairs + whole) / (k * (k - 1) / 2 + 1) * temperature**2
+
+  # The local term only sees k logits per row: autodiff on [N, k] is cheap.
+  local_loss, local_vjp = jax.vjp(local, jnp.take_along_axis(s, top, axis=-1))
+  (local_grad,) = local_vjp(jnp.ones_like(local_loss))
+  rntk, rntk_grad = c.kl_and_student_grad(
+      t, s, c.exclude_indices(t, top), c.exclude_indices(s, top), temperature)
+  rows = jnp.arange(s.shape[0])[:, None]
+  grad = (beta * rntk_grad).at[rows, top].add(alpha * local_grad)
+  return alpha * local_loss + beta * rntk, grad
+
+
+@functools.lru_cache(maxsize=64)
+def _ldrld_rows(k, rank_by, irw_offset, erd_scale, erd_rate):
+  return closed_form_student_gradient(functools.partial(
+      ldrld_loss_and_grad, k=k, rank_by=rank_by, irw_offset=irw_offset,
+      erd_scale=erd_scale, erd_rate=erd_rate))
 
 
 def ldrld(student_logits, teacher_logits, *, alpha: float = 10.5,
@@ -81,6 +99,12 @@ def ldrld(student_logits, teacher_logits, *, alpha: float = 10.5,
 
   and the loss is :math:`\alpha\,\mathcal{L}_{\mathrm{local}} + \beta\,\mathcal{L}_{\mathrm{RNTK}}`.
   The cost is one top-k, one masked softmax over C and O(k²) per example.
+  The student gradient is computed in closed form (the local term by autodiff
+  on the k gathered logits, the RNTK term as :math:`T(p^s - p^t)` outside the
+  top-k) behind a ``jax.custom_jvp``; teacher and hyperparameter gradients,
+  forward mode and Hessians go through ordinary autodiff. The top-k runs in
+  two short stages over blocks of classes (exactly ``lax.top_k``'s indices),
+  which matters for vocabulary-sized class axes.
 
   Args:
     student_logits, teacher_logits: float arrays ``[..., C, ...]``.
@@ -113,9 +137,9 @@ def ldrld(student_logits, teacher_logits, *, alpha: float = 10.5,
   c.check_positive("irw_offset", irw_offset)
   k = int(k)
 
+  loss_rows = _ldrld_rows(k, rank_by, float(irw_offset), float(erd_scale), float(erd_rate))
+
   def rows(s, t, _):
-    local, rntk = ldrld_terms(s, t, k, temperature, rank_by, float(irw_offset),
-                              float(erd_scale), float(erd_rate))
-    return alpha * local + beta * rntk
+    return loss_rows(s, t, alpha, beta, temperature)
 
   return c.per_example(rows, student_logits, teacher_logits, None, axis, standardize)

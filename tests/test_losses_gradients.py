@@ -1,0 +1,211 @@
+"""rld's and ldrld's hand-derived gradients, and the blocked top-k ldrld uses.
+
+Both losses give their student gradient in closed form behind a
+``jax.custom_jvp`` (``rldjax/losses/_gradients.py``); every other argument
+(teacher logits, hyperparameters) is differentiated by ordinary autodiff of
+the same forward code. These tests check both paths against float64 central
+differences of the independent NumPy references, and check forward mode,
+Hessians and vmap against reverse mode.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks.losses import naive_ldrld
+from rldjax import losses
+from rldjax.losses._topk import block_size, top_k_indices
+from tests import numpy_reference as R
+
+ATOL, RTOL = 1e-5, 1e-4
+
+
+# --------------------------------------------------------------------------
+# Blocked top-k: the same indices as lax.top_k, ties and all.
+# --------------------------------------------------------------------------
+
+def _rows(kind, n, num_classes, seed):
+  rng = np.random.default_rng(seed)
+  if kind == "normal":
+    return (3 * rng.standard_normal((n, num_classes))).astype(np.float32)
+  if kind == "ties":  # only four distinct values: ties everywhere, also at rank k
+    return rng.integers(0, 4, (n, num_classes)).astype(np.float32)
+  if kind == "padded_vocab":  # -inf entries, as for padded vocabularies
+    x = rng.standard_normal((n, num_classes)).astype(np.float32)
+    x[:, rng.random(num_classes) < 0.3] = -np.inf
+    x[0] = -np.inf  # a whole row of -inf
+    return x
+  if kind == "constant":
+    return np.full((n, num_classes), 2.5, np.float32)
+  raise KeyError(kind)
+
+
+@pytest.mark.parametrize("num_classes, k", [(100, 7), (1000, 7), (1003, 7), (5000, 2),
+                                            (5000, 20), (32000, 7)])
+@pytest.mark.parametrize("kind", ["normal", "ties", "padded_vocab", "constant"])
+def test_top_k_indices_equal_lax_top_k(num_classes, k, kind):
+  x = _rows(kind, 6, num_classes, seed=num_classes + k)
+  expected = np.asarray(jax.lax.top_k(x, k)[1])
+  np.testing.assert_array_equal(np.asarray(jax.jit(top_k_indices, static_argnums=1)(x, k)),
+                                expected)
+
+
+def test_top_k_block_sizes():
+  assert block_size(100, 7) is None  # one stage: too few classes to gain
+  assert block_size(1000, 7) == 16  # ~sqrt(C / k), a power of two
+  assert block_size(32000, 7) == 64
+  assert block_size(1003, 7) == 16  # not a multiple: the tail joins stage 2
+  assert block_size(10**6, 2) == 256  # capped
+
+
+# --------------------------------------------------------------------------
+# Gradients against float64 central differences of the NumPy references.
+# --------------------------------------------------------------------------
+
+def _separated(seed, shape=(4, 12)):
+  """Logits whose entries differ by >= 0.25 per row, so that a finite
+  difference step never changes a mask, a top-1 or a ranking."""
+  rng = np.random.default_rng(seed)
+  rows = [rng.permutation(shape[-1]) * 0.5 - 3.0 for _ in range(shape[0])]
+  x = np.stack(rows) + rng.uniform(-0.1, 0.1, shape)
+  return x.astype(np.float32)
+
+
+def _numeric_grad(f, x, h=1e-5):
+  """Central differences of the float64 scalar f at x (float64)."""
+  x = np.asarray(x, np.float64)
+  grad = np.zeros_like(x)
+  for idx in np.ndindex(x.shape):
+    up, down = x.copy(), x.copy()
+    up[idx] += h
+    down[idx] -= h
+    grad[idx] = (f(up) - f(down)) / (2 * h)
+  return grad
+
+
+def _assert_close(actual, ref, what):
+  actual = np.asarray(actual, np.float64)
+  bound = ATOL + RTOL * np.abs(ref)
+  err = np.abs(actual - ref)
+  assert (err <= bound).all(), f"{what}: worst |diff|/bound = {np.max(err / bound):.3g}"
+
+
+def _rld_reference(alpha, beta, T, a_T, standardize):
+  def total(s, t, y):
+    if standardize:
+      s, t = R.standardize(s), R.standardize(t)
+    scd, mcd = R.rld_terms(s, t, y, T, a_T)
+    return np.sum(alpha * scd + beta * mcd)
+  return total
+
+
+@pytest.mark.parametrize("a_T, standardize", [(4.0, False), (2.0, False), (4.0, True)])
+def test_rld_gradients_match_float64_differences(a_T, standardize):
+  s, t = _separated(1), _separated(2)
+  y = np.array([0, 5, 11, 7], np.int32)
+  y[0] = int(np.argmax(t[0]))  # one row where the teacher is right
+  hp = dict(alpha=1.5, beta=8.0, temperature=4.0, confidence_temperature=a_T,
+            standardize=standardize)
+  total = lambda s, t: jnp.sum(losses.rld(s, t, y, **hp))
+  g_s, g_t = jax.jit(jax.grad(total, argnums=(0, 1)))(s, t)
+  ref = _rld_reference(1.5, 8.0, 4.0, a_T, standardize)
+  _assert_close(g_s, _numeric_grad(lambda x: ref(x, t, y), s), "d/d student")
+  _assert_close(g_t, _numeric_grad(lambda x: ref(s, x, y), t), "d/d teacher")
+
+
+@pytest.mark.parametrize("rank_by", ["student", "teacher"])
+def test_ldrld_gradients_match_float64_differences(rank_by):
+  s, t = _separated(3), _separated(4)
+  hp = dict(alpha=10.5, beta=7.0, k=5, temperature=3.0, rank_by=rank_by)
+  total = lambda s, t: jnp.sum(losses.ldrld(s, t, **hp))
+  g_s, g_t = jax.jit(jax.grad(total, argnums=(0, 1)))(s, t)
+
+  def ref(s, t):
+    local, rntk = R.ldrld_terms(s, t, 3.0, 5, rank_by)
+    return np.sum(10.5 * local + 7.0 * rntk)
+
+  _assert_close(g_s, _numeric_grad(lambda x: ref(x, t), s), "d/d student")
+  _assert_close(g_t, _numeric_grad(lambda x: ref(s, x), t), "d/d teacher")
+
+
+def test_ldrld_on_a_large_class_axis_matches_brute_force():
+  """C = 1000 takes the blocked top-k; values against float64 NumPy, both
+  gradients against autodiff of the brute-force formulation (one masked
+  softmax over C per pair: the benchmark's naive baseline)."""
+  rng = np.random.default_rng(5)
+  s = (3 * rng.standard_normal((8, 1000))).astype(np.float32)
+  t = (3 * rng.standard_normal((8, 1000))).astype(np.float32)
+  assert block_size(1000, 7) is not None
+  fast = lambda s, t: losses.ldrld(s, t, k=7)
+  plain = lambda s, t: naive_ldrld(s, t, k=7, temperature=4.0, alpha=10.5, beta=7.0)
+  local, rntk = R.ldrld_terms(s, t, 4.0, 7)
+  np.testing.assert_allclose(jax.jit(fast)(s, t), 10.5 * local + 7.0 * rntk, rtol=1e-4,
+                             atol=1e-5)
+  grads = [jax.jit(jax.grad(lambda s, t: jnp.sum(f(s, t)), argnums=(0, 1)))(s, t)
+           for f in (fast, plain)]
+  for got, want in zip(*grads):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Other transformations through the custom JVP.
+# --------------------------------------------------------------------------
+
+LOSSES = {
+    "rld": lambda s, t, y, beta: losses.rld(s, t, y, beta=beta, confidence_temperature=2.0),
+    "ldrld": lambda s, t, y, beta: losses.ldrld(s, t, beta=beta, k=4),
+}
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_forward_mode_equals_reverse_mode(name):
+  s, t = _separated(6), _separated(7)
+  y = np.array([1, 2, 3, 4], np.int32)
+  v = np.random.default_rng(8).standard_normal(s.shape).astype(np.float32)
+  total = lambda s, t: jnp.sum(LOSSES[name](s, t, y, 8.0))
+  g_s, g_t = jax.jit(jax.grad(total, argnums=(0, 1)))(s, t)
+  _, along_s = jax.jit(lambda x: jax.jvp(lambda x: total(x, t), (x,), (v,)))(s)
+  _, along_t = jax.jit(lambda x: jax.jvp(lambda x: total(s, x), (x,), (v,)))(t)
+  np.testing.assert_allclose(along_s, jnp.sum(g_s * v), rtol=1e-5)
+  np.testing.assert_allclose(along_t, jnp.sum(g_t * v), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_hessian_matches_differences_of_the_gradient(name):
+  """jax.hessian (forward over reverse) through the custom JVP, in float64,
+  against central differences of the (separately checked) gradient."""
+  with jax.enable_x64(True):
+    s, t = _separated(9).astype(np.float64), _separated(10).astype(np.float64)
+    y = np.array([1, 2, 3, 4], np.int32)
+    v = np.random.default_rng(11).standard_normal(s.shape)
+    total = lambda x: jnp.sum(LOSSES[name](x, t, y, 8.0))
+    hess = jax.jit(jax.hessian(total))(s)
+    assert hess.dtype == jnp.float64
+    grad = jax.jit(jax.grad(total))
+    h = 1e-4
+    expected = (grad(s + h * v) - grad(s - h * v)) / (2 * h)
+    np.testing.assert_allclose(jnp.einsum("ijkl,kl->ij", hess, v), expected, rtol=1e-6,
+                               atol=1e-8)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_gradient_with_respect_to_a_traced_weight(name):
+  """d/d beta of sum(alpha * A + beta * B) is sum(B)."""
+  s, t = _separated(12), _separated(13)
+  y = np.array([1, 2, 3, 4], np.int32)
+  d_beta = jax.jit(jax.grad(lambda b: jnp.sum(LOSSES[name](s, t, y, b))))(8.0)
+  if name == "rld":
+    only_b = losses.rld(s, t, y, alpha=0.0, beta=1.0, confidence_temperature=2.0)
+  else:
+    only_b = losses.ldrld(s, t, alpha=0.0, beta=1.0, k=4)
+  np.testing.assert_allclose(d_beta, jnp.sum(only_b), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_per_example_gradients_under_vmap(name):
+  s, t = _separated(14), _separated(15)
+  y = np.array([1, 2, 3, 4], np.int32)
+  batch = jax.jit(jax.grad(lambda s: jnp.sum(LOSSES[name](s, t, y, 8.0))))(s)
+  one = lambda a, b, c: LOSSES[name](a[None], b[None], c[None], 8.0)[0]
+  per_row = jax.jit(jax.vmap(jax.grad(one)))(s, t, y)
+  np.testing.assert_allclose(per_row, batch, rtol=1e-6, atol=1e-8)
