@@ -6,19 +6,28 @@ Usage:
 
 For every loss, prints the median wall time of ``jax.value_and_grad`` of the
 batch mean under ``jax.jit`` (compilation excluded, one warm-up call), and its
-ratio to ``kd`` measured in the same run. LDRLD is also compared with a naive
-implementation that does one masked softmax over all C classes per rank pair.
-Medians, because machines are noisy.
+ratio to ``kd`` measured in the same run. The calls are interleaved (each
+round times every loss once, in a shuffled order, after one untimed call that
+warms the caches for it), so slow drifts of a shared machine hit every loss
+alike; medians, because machines are noisy.
+
+``kd`` is rldjax's Hinton KD, plain autodiff of a log-softmax KL. The row
+``kd (optax)`` builds the same loss from ``optax.losses.kl_divergence`` as a
+reference point for what a standard KD costs. LDRLD is also compared with a
+naive implementation that does one masked softmax over all C classes per rank
+pair.
 """
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from rldjax import losses
 from rldjax.losses import _common
@@ -40,17 +49,32 @@ def naive_ldrld(s, t, k=7, temperature=4.0, alpha=10.5, beta=7.0):
   return alpha * local + beta * rntk
 
 
-def time_value_and_grad(fn, s, t, y, reps):
+def optax_kd(s, t, temperature=4.0):
+  """Hinton KD from optax's KL: T^2 KL(softmax(t/T) || softmax(s/T))."""
+  log_student = jax.nn.log_softmax(s / temperature, axis=-1)
+  teacher = jax.nn.softmax(t / temperature, axis=-1)
+  return optax.losses.kl_divergence(log_student, teacher) * temperature**2
+
+
+def time_value_and_grad(fns, s, t, y, reps):
+  """Median ms per call of jit(value_and_grad(mean(fn))) for each fn, interleaved."""
   # Teacher and labels are arguments, not closed-over constants, so XLA cannot
   # fold the teacher's side away at compile time.
-  step = jax.jit(jax.value_and_grad(lambda s, t, y: jnp.mean(fn(s, t, y))))
-  jax.block_until_ready(step(s, t, y))  # compile + warm-up
-  times = []
+  steps = {}
+  for name, fn in fns.items():
+    steps[name] = jax.jit(jax.value_and_grad(lambda s, t, y, fn=fn: jnp.mean(fn(s, t, y))))
+    jax.block_until_ready(steps[name](s, t, y))  # compile + warm-up
+  times = {name: [] for name in fns}
+  order = list(steps)
+  rng = random.Random(0)
   for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(step(s, t, y))
-    times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times)
+    rng.shuffle(order)  # no loss always runs right after the slowest one
+    for name in order:
+      jax.block_until_ready(steps[name](s, t, y))  # untimed: warm caches for this loss
+      start = time.perf_counter()
+      jax.block_until_ready(steps[name](s, t, y))
+      times[name].append((time.perf_counter() - start) * 1e3)
+  return {name: statistics.median(ms) for name, ms in times.items()}
 
 
 def main():
@@ -77,9 +101,10 @@ def main():
     reps = args.reps if b * c < 10**7 else max(3, args.reps // 3)
     fns = {name: losses.get(name) for name in losses.names()}
     fns["ldrld"] = lambda s, t, y: losses.ldrld(s, t, k=args.k)
+    fns["kd (optax)"] = lambda s, t, y: optax_kd(s, t)
     if b * c <= args.skip_naive_above:
       fns["ldrld (naive loop)"] = lambda s, t, y: naive_ldrld(s, t, k=args.k)
-    results = {name: time_value_and_grad(fn, s, t, y, reps) for name, fn in fns.items()}
+    results = time_value_and_grad(fns, s, t, y, reps)
     for name, ms in results.items():
       print(f"{size:>12} {name:>18} {ms:10.2f} {ms / results['kd']:6.2f}")
     if "ldrld (naive loop)" in results:

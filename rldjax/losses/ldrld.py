@@ -33,34 +33,47 @@ def rank_pair_weights(k: int, irw_offset: float = 1.5, erd_scale: float = 2.0,
   return w
 
 
+@functools.lru_cache(maxsize=64)
+def _rank_pairs(k: int, irw_offset: float, erd_scale: float, erd_rate: float):
+  """The pairs i < j as index arrays, their ADW weights, and the [P, k]
+  incidence matrix D (+1 at i, -1 at j) that maps pair gaps back to ranks."""
+  first, second = np.triu_indices(k, 1)
+  weights = rank_pair_weights(k, irw_offset, erd_scale, erd_rate)[first, second]
+  incidence = np.zeros((len(first), k))
+  incidence[np.arange(len(first)), first] = 1.0
+  incidence[np.arange(len(first)), second] = -1.0
+  return first, second, weights, incidence
+
+
 def ldrld_loss_and_grad(s, t, alpha, beta, temperature, *, k, rank_by, irw_offset,
                         erd_scale, erd_rate):
   """Rows [N, C]: (alpha * local + beta * RNTK per row, its gradient w.r.t. s)."""
   ranking = jax.lax.stop_gradient(s if rank_by == "student" else t)
   top = top_k_indices(ranking, k)  # [N, k], ranks 0..k-1
-  t_top = jnp.take_along_axis(t, top, axis=-1) / temperature
+  s_top = jnp.take_along_axis(s, top, axis=-1)
+  t_top = jnp.take_along_axis(t, top, axis=-1)
+  num_terms = k * (k - 1) / 2 + 1
   # Every rank pair i < j as a 2-class distribution, in closed form from the
-  # logit gaps: O(k^2) per row instead of one softmax over C per pair.
-  first, second = np.triu_indices(k, 1)
-  table = rank_pair_weights(k, irw_offset, erd_scale, erd_rate)
-  weights = jnp.asarray(table[first, second], s.dtype)
-
-  def local(s_top):
-    s_top = s_top / temperature
-    t_gap = t_top[:, first] - t_top[:, second]
-    s_gap = s_top[:, first] - s_top[:, second]
-    pairs = c.binary_kl_from_logit_gaps(t_gap, s_gap) @ weights
-    whole = c.masked_kl(t_top, s_top)  # the top-k set as a whole, weight 1
-    return (pairs + whole) / (k * (k - 1) / 2 + 1) * temperature**2
-
-  # The local term only sees k logits per row: autodiff on [N, k] is cheap.
-  local_loss, local_vjp = jax.vjp(local, jnp.take_along_axis(s, top, axis=-1))
-  (local_grad,) = local_vjp(jnp.ones_like(local_loss))
+  # logit gaps: O(k^2) per row instead of one softmax over C per pair. The
+  # derivative of a pair's KL in the student gap is q_t - q_s, q = sigmoid(-gap).
+  first, second, weights, incidence = _rank_pairs(k, irw_offset, erd_scale, erd_rate)
+  inv = 1.0 / temperature
+  t_gap = (t_top[:, first] - t_top[:, second]) * inv
+  s_gap = (s_top[:, first] - s_top[:, second]) * inv
+  weights = jnp.asarray(weights, s.dtype)
+  pairs = jnp.sum(c.binary_kl_from_logit_gaps(t_gap, s_gap) * weights, axis=-1)
+  gap_grad = (jax.nn.sigmoid(-t_gap) - jax.nn.sigmoid(-s_gap)) * weights
+  pairs_grad = jnp.matmul(gap_grad, jnp.asarray(incidence, s.dtype),
+                          precision=jax.lax.Precision.HIGHEST) * temperature
+  # The top-k set as a whole (weight 1), then the remaining classes (RNTK).
+  whole, whole_grad = c.kl_and_student_grad(t_top, s_top, t_top, s_top, temperature)
+  local = (pairs * temperature**2 + whole) / num_terms
+  local_grad = (pairs_grad + whole_grad) / num_terms
   rntk, rntk_grad = c.kl_and_student_grad(
       t, s, c.exclude_indices(t, top), c.exclude_indices(s, top), temperature)
   rows = jnp.arange(s.shape[0])[:, None]
   grad = (beta * rntk_grad).at[rows, top].add(alpha * local_grad)
-  return alpha * local_loss + beta * rntk, grad
+  return alpha * local + beta * rntk, grad
 
 
 @functools.lru_cache(maxsize=64)
