@@ -210,12 +210,6 @@ def exclude(x, keep):
   return jnp.where(keep, x, -jnp.inf)
 
 
-def exclude_indices(x, index):
-  """``x`` [N, C] with -inf at ``index`` [N, k] of each row."""
-  rows = jnp.arange(x.shape[0])[:, None]
-  return x.at[rows, index].set(-jnp.inf)
-
-
 def shifted_exp(kept, inv_temperature):
   """Unnormalised softmax of ``kept / T`` over its finite entries.
 
@@ -247,7 +241,7 @@ def kl_and_student_grad(teacher, student, teacher_kept, student_kept, temperatur
   Args:
     teacher, student: logit rows [N, C] (unscaled).
     teacher_kept, student_kept: the same rows with the classes outside K set
-      to -inf (:func:`exclude`, :func:`exclude_indices`).
+      to -inf (:func:`exclude`).
     temperature: T > 0.
 
   Returns:

@@ -69,8 +69,9 @@ def ldrld_loss_and_grad(s, t, alpha, beta, temperature, *, k, rank_by, irw_offse
   whole, whole_grad = c.kl_and_student_grad(t_top, s_top, t_top, s_top, temperature)
   local = (pairs * temperature**2 + whole) / num_terms
   local_grad = (pairs_grad + whole_grad) / num_terms
-  rntk, rntk_grad = c.kl_and_student_grad(
-      t, s, c.exclude_indices(t, top), c.exclude_indices(s, top), temperature)
+  rest = ~c.one_hot_mask(top, s.shape[-1])
+  rntk, rntk_grad = c.kl_and_student_grad(t, s, c.exclude(t, rest), c.exclude(s, rest),
+                                          temperature)
   rows = jnp.arange(s.shape[0])[:, None]
   grad = (beta * rntk_grad).at[rows, top].add(alpha * local_grad)
   return alpha * local + beta * rntk, grad
