@@ -25,15 +25,21 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rldjax.data.preprocessing import make_preprocess
 
-# Keep TensorFlow off accelerators; it only feeds the host.
-tf.config.set_visible_devices([], "GPU")
-
-
 class DatasetNotFoundError(FileNotFoundError):
   pass
 
 
 IMAGE_FOLDER_PREFIX = "image_folder:"
+
+
+def keep_tensorflow_on_host() -> None:
+  """Hides GPUs from TensorFlow, which only feeds the host (JAX owns the
+  accelerators). Called when a pipeline is built, not at import; a no-op once
+  TensorFlow has initialised its devices."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # devices already initialised: nothing to change any more
+    pass
 
 
 def load_builder(name: str, data_dir: str | None = None, download: bool = False):
@@ -44,6 +50,7 @@ def load_builder(name: str, data_dir: str | None = None, download: bool = False)
   ``ROOT/<split>/<class>/<image>`` (Tiny-ImageNet, users' own data); labels are
   the class folders in sorted order.
   """
+  keep_tensorflow_on_host()
   if name.startswith(IMAGE_FOLDER_PREFIX):
     root = name[len(IMAGE_FOLDER_PREFIX):]
     if not os.path.isdir(root):

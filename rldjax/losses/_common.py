@@ -232,9 +232,9 @@ def kl_and_student_grad(teacher, student, teacher_kept, student_kept, temperatur
   r"""Temperature-scaled KL over a class subset K, and its student gradient.
 
   .. math::
-     \ell = T^2\,\mathrm{KL}ig(\mathrm{softmax}_K(z^t/T)\,\|\,
-            \mathrm{softmax}_K(z^s/T)ig),\qquad
-     rac{\partial \ell}{\partial z^s_c} = T\,(p^s_c - p^t_c)\,[c \in K]
+     \ell = T^2\,\mathrm{KL}\big(\mathrm{softmax}_K(z^t/T)\,\|\,
+            \mathrm{softmax}_K(z^s/T)\big),\qquad
+     \frac{\partial \ell}{\partial z^s_c} = T\,(p^s_c - p^t_c)\,[c \in K]
 
   with the KL evaluated as :math:`\mathbb{E}_{p^t}[(z^t - z^s)/T] - \log Z^t + \log Z^s`.
 

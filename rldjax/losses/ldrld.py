@@ -113,9 +113,10 @@ def ldrld(student_logits, teacher_logits, *, alpha: float = 10.5,
 
   and the loss is :math:`\alpha\,\mathcal{L}_{\mathrm{local}} + \beta\,\mathcal{L}_{\mathrm{RNTK}}`.
   The cost is one top-k, one masked softmax over C and O(k²) per example.
-  The student gradient is computed in closed form (the local term by autodiff
-  on the k gathered logits, the RNTK term as :math:`T(p^s - p^t)` outside the
-  top-k) behind a ``jax.custom_jvp``; teacher and hyperparameter gradients,
+  The student gradient is computed in closed form behind a ``jax.custom_jvp``
+  (each pair's KL has derivative :math:`\sigma(-d_t) - \sigma(-d_s)` in the
+  student gap, the top-k set and RNTK terms :math:`T(p^s - p^t)` on their
+  classes); teacher and hyperparameter gradients,
   forward mode and Hessians go through ordinary autodiff. The top-k runs in
   two short stages over blocks of classes (exactly ``lax.top_k``'s indices),
   which matters for vocabulary-sized class axes.
