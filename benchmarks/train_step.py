@@ -19,7 +19,7 @@ import numpy as np
 
 from experiments.configs import cifar100, imagenet
 from rldjax import models
-from rldjax.train import config as config_lib, optim, step as step_lib
+from rldjax.train import config as config_lib, optim, recipe, step as step_lib
 from rldjax.train.state import TrainState
 
 
@@ -45,8 +45,7 @@ def main():
   s_vars = jax.jit(lambda k: student.init(k, x, train=False))(key)
   t_vars = jax.jit(lambda k: teacher.init(k, x, train=False))(key) if teacher else None
   tx = optim.sgd(lambda _: 0.05)
-  spec = step_lib.DistillSpec(args.method, tuple(sorted(c.loss.to_dict().items())),
-                              c.ce_weight, c.distill_weight, 0)
+  spec = recipe.Recipe.from_config(c)
   mesh = step_lib.data_mesh()
   fn = step_lib.shard(step_lib.make_train_step(student, teacher, spec, tx, 100), mesh, 2,
                       donate=True)

@@ -39,7 +39,7 @@ def run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, data_dir="
           f"(epoch {result['best_epoch']}), last {result['last_top1']:6.2f}", flush=True)
 
   run("teacher", "method=vanilla,model=teacher,seed=0", teacher_epochs)
-  teacher = os.path.join(workdir, "teacher", "export", "best")
+  teacher = os.path.join(workdir, "teacher", "export", "last")
   for method in methods:
     for seed in range(seeds):
       run(f"{method}_seed{seed}", f"method={method},teacher={teacher},seed={seed}",

@@ -7,16 +7,21 @@ out], BN weight/bias -> params scale/bias, running_mean/var -> batch_stats
 mean/var. ``num_batches_tracked`` entries carry no information (momentum is
 fixed) and are accepted and dropped.
 
-Command line: write an exported model (Orbax) that the trainer loads as a teacher::
+Command line: write exported models (Orbax) that the trainer loads as teachers::
 
-  python -m rldjax.convert --arch resnet32x4 --num_classes 100 teacher.pth OUTDIR
+  python -m rldjax.convert cifar_teachers.tar runs/cifar100/teachers   # -> <arch>/export each
+  python -m rldjax.convert --arch resnet32x4 ckpt_epoch_240.pth OUTDIR
+  python -m rldjax.convert --arch imagenet/ResNet34 resnet34-b627a593.pth OUTDIR
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import functools
+import io
 import os
+import re
+import tarfile
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -135,28 +140,83 @@ def from_torch_state_dict(tag: str, state_dict: Mapping[str, Any], num_classes: 
   return {"params": params, "batch_stats": stats}
 
 
-def load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
-  """Reads a published ``.pth`` (a dict with a ``model`` entry, or a bare
-  state_dict) with ``torch.load(weights_only=True)``: tensors only, never
-  arbitrary pickled objects. Needs the ``torch`` extra."""
+def _import_torch():
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise ImportError("reading .pth checkpoints needs PyTorch: pip install 'rldjax[torch]'") from None
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no checkpoint at {path}")
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+    raise ImportError("reading .pth checkpoints needs PyTorch: pip install -e '.[torch]' "
+                      "(from a checkout) or pip install 'rldjax[torch]'") from None
+  return torch
+
+
+def _state_dict_of(obj, where: str) -> dict[str, np.ndarray]:
+  """The state_dict inside a loaded checkpoint (a ``model`` entry, or bare)."""
   if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
     obj = obj["model"]
   if not isinstance(obj, Mapping):
-    raise ValueError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+    raise ValueError(f"{where} holds a {type(obj).__name__}, not a state_dict")
   state = collections.OrderedDict()
   for key, value in obj.items():
     key = key[len("module."):] if key.startswith("module.") else key
     if not hasattr(value, "numpy"):
-      raise ValueError(f"{path}: entry {key!r} is not a tensor")
+      raise ValueError(f"{where}: entry {key!r} is not a tensor")
     state[key] = value.detach().cpu().numpy()
   return state
+
+
+def load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
+  """Reads a published ``.pth`` (a dict with a ``model`` entry, as
+  mdistiller saves its teachers, or a bare state_dict, as torchvision's
+  weights) with ``torch.load(weights_only=True)``: tensors only, never
+  arbitrary pickled objects. Needs the ``torch`` extra."""
+  torch = _import_torch()
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no checkpoint at {path}")
+  return _state_dict_of(torch.load(path, map_location="cpu", weights_only=True), path)
+
+
+# mdistiller's cifar_teachers.tar: <root>/<arch>_vanilla/ckpt_epoch_<N>.pth.
+_TAR_TEACHER = re.compile(r"(?:^|/)([^/]+)_vanilla/ckpt_epoch_(\d+)\.pth$")
+
+
+def teachers_in_tar(path: str) -> dict[str, tuple[str, int]]:
+  """{zoo arch: (tar member, epoch)} for every ``<arch>_vanilla/ckpt_epoch_N.pth``
+  of a teacher archive, the highest epoch of each arch (the published
+  teachers are the last epoch, 240). Archs outside the CIFAR zoo raise."""
+  found: dict[str, tuple[str, int]] = {}
+  with tarfile.open(path) as tar:
+    for member in tar.getmembers():
+      match = _TAR_TEACHER.search(member.name)
+      if not member.isfile() or not match:
+        continue
+      arch, epoch = match.group(1), int(match.group(2))
+      if f"cifar/{arch}" not in models.tags():
+        raise ValueError(f"{path}: {member.name} is a teacher of arch {arch!r}, which is not "
+                         f"in the CIFAR zoo")
+      if arch not in found or epoch > found[arch][1]:
+        found[arch] = (member.name, epoch)
+  if not found:
+    raise ValueError(f"{path} holds no <arch>_vanilla/ckpt_epoch_<N>.pth teacher checkpoints")
+  return found
+
+
+def convert_teacher_tar(path: str, out_root: str, num_classes: int | None = None) -> dict[str, str]:
+  """Converts every teacher of a ``cifar_teachers.tar`` into
+  ``<out_root>/<arch>/export``; returns {arch: export directory}."""
+  from rldjax import export  # pylint: disable=import-outside-toplevel
+  torch = _import_torch()
+  written = {}
+  with tarfile.open(path) as tar:
+    for arch, (name, _) in sorted(teachers_in_tar(path).items()):
+      data = io.BytesIO(tar.extractfile(name).read())
+      where = f"{path}:{name}"
+      state = _state_dict_of(torch.load(data, map_location="cpu", weights_only=True), where)
+      tag = f"cifar/{arch}"
+      variables = from_torch_state_dict(tag, state, num_classes)
+      target = os.path.join(out_root, arch, "export")
+      export.save_model(target, tag, variables)
+      written[arch] = target
+  return written
 
 
 def _to_numpy(value):
@@ -185,20 +245,33 @@ def _num_classes_of(tag: str, params) -> int:
 def main(argv=None):
   parser = argparse.ArgumentParser(
       prog="python -m rldjax.convert",
-      description="Convert a published PyTorch zoo checkpoint into an exported rldjax model.")
-  parser.add_argument("--arch", required=True,
-                      help="zoo name (resnet32x4) or tag (cifar/resnet32x4, imagenet/ResNet34)")
+      description="Convert published PyTorch zoo checkpoints into exported rldjax models: "
+                  "a .pth file (with --arch) into OUT, or a teacher archive such as "
+                  "mdistiller's cifar_teachers.tar into OUT/<arch>/export for every teacher.")
+  parser.add_argument("--arch", default=None,
+                      help="for a .pth file: zoo name (resnet32x4) or tag (cifar/resnet32x4, "
+                           "imagenet/ResNet34)")
   parser.add_argument("--num_classes", type=int, default=None)
-  parser.add_argument("checkpoint", help="a .pth file")
-  parser.add_argument("outdir", help="directory to write (must not exist)")
+  parser.add_argument("checkpoint", help="a .pth file, or a .tar of <arch>_vanilla/ckpt_epoch_N.pth")
+  parser.add_argument("out", help="export directory (.pth) or root directory (.tar)")
   args = parser.parse_args(argv)
   from rldjax import export  # pylint: disable=import-outside-toplevel
+  if not os.path.exists(args.checkpoint):
+    parser.error(f"no file at {args.checkpoint}")
+  if tarfile.is_tarfile(args.checkpoint):
+    if args.arch:
+      parser.error("--arch is read from the archive's folder names; leave it out for a .tar")
+    for arch, target in convert_teacher_tar(args.checkpoint, args.out, args.num_classes).items():
+      print(f"wrote cifar/{arch} to {target}")
+    return
+  if not args.arch:
+    parser.error("--arch is required for a .pth file")
   tag = args.arch if "/" in args.arch else f"cifar/{args.arch}"
   if tag not in models.tags():
     parser.error(f"unknown --arch {args.arch!r}; known tags: {', '.join(models.tags())}")
   variables = from_torch_state_dict(tag, load_torch_checkpoint(args.checkpoint), args.num_classes)
-  export.save_model(args.outdir, tag, variables)
-  print(f"wrote {tag} ({_num_classes_of(tag, variables['params'])} classes) to {args.outdir}")
+  export.save_model(args.out, tag, variables)
+  print(f"wrote {tag} ({_num_classes_of(tag, variables['params'])} classes) to {args.out}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 
 from rldjax import models  # noqa: E402
 from rldjax.train import optim, step as step_lib  # noqa: E402
+from rldjax.train.recipe import Recipe  # noqa: E402
 from rldjax.train.state import TrainState  # noqa: E402
 
 
@@ -28,7 +29,7 @@ def main():
   tx = optim.sgd(lambda _: 0.1, momentum=0.9, weight_decay=5e-4)
   hparams = {"rld": (("alpha", 1.0), ("beta", 8.0), ("temperature", 4.0)),
              "ldrld": (("k", 4), ("temperature", 4.0))}[method]
-  spec = step_lib.DistillSpec(method, hparams, warmup_epochs=0)
+  spec = Recipe(method, hparams, ce_weight=1.0, distill_weight=1.0)
   per_device = step_lib.make_train_step(student, teacher, spec, tx, steps_per_epoch=10)
   rng = np.random.default_rng(0)
   batch = {"image": rng.standard_normal((16, 32, 32, 3)).astype(np.float32),

@@ -74,6 +74,71 @@ def test_load_torch_checkpoint_and_command(tmp_path):
                          jax.tree_util.tree_map(np.asarray, dict(variables)))
 
 
+def _torch_tensors(torch, state):
+  return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+
+
+def test_teacher_tar_converts_every_teacher(tmp_path):
+  """A synthetic cifar_teachers.tar in mdistiller's layout: every teacher is
+  converted to OUT/<arch>/export, from its last-epoch checkpoint."""
+  import io
+  import tarfile
+  torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+  expected = {}
+  tar_path = tmp_path / "cifar_teachers.tar"
+  with tarfile.open(tar_path, "w") as tar:
+    def add(name, obj):
+      buffer = io.BytesIO()
+      torch.save(obj, buffer)
+      info = tarfile.TarInfo(name)
+      info.size = buffer.tell()
+      buffer.seek(0)
+      tar.addfile(info, buffer)
+    for seed, arch in enumerate(("resnet8", "resnet14")):
+      _, variables = init_variables(f"cifar/{arch}", seed=seed, num_classes=100)
+      state = convert.to_torch_state_dict(f"cifar/{arch}", variables)
+      state["bn1.num_batches_tracked"] = np.array(12345)
+      expected[arch] = jax.tree_util.tree_map(np.asarray, dict(variables))
+      add(f"cifar_teachers/{arch}_vanilla/ckpt_epoch_240.pth",
+          {"model": _torch_tensors(torch, state), "epoch": 240, "best_acc": 70.0})
+      # An older epoch of the same teacher (random weights) must not be taken.
+      _, other = init_variables(f"cifar/{arch}", seed=seed + 10, num_classes=100)
+      add(f"cifar_teachers/{arch}_vanilla/ckpt_epoch_100.pth",
+          {"model": _torch_tensors(torch, convert.to_torch_state_dict(f"cifar/{arch}", other))})
+    info = tarfile.TarInfo("cifar_teachers/README")
+    info.size = 2
+    tar.addfile(info, io.BytesIO(b"hi"))
+  assert {a: e for a, (_, e) in convert.teachers_in_tar(str(tar_path)).items()} == {
+      "resnet8": 240, "resnet14": 240}
+  out = tmp_path / "teachers"
+  done = subprocess.run([sys.executable, "-m", "rldjax.convert", str(tar_path), str(out)],
+                        capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  for arch, variables in expected.items():
+    tag, num_classes, restored = export.load_model(str(out / arch / "export"))
+    assert (tag, num_classes) == (f"cifar/{arch}", 100)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, restored, variables)
+  # A second conversion refuses to overwrite.
+  again = subprocess.run([sys.executable, "-m", "rldjax.convert", str(tar_path), str(out)],
+                         capture_output=True, text=True)
+  assert again.returncode != 0 and "already holds" in again.stderr
+
+
+def test_torchvision_style_bare_state_dict(tmp_path):
+  """torchvision's ImageNet weights: a bare state_dict with num_batches_tracked."""
+  torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+  tag = "imagenet/ResNet18"
+  _, variables = init_variables(tag, num_classes=1000)
+  state = convert.to_torch_state_dict(tag, variables)
+  for name in [k[:-len(".running_var")] for k in state if k.endswith(".running_var")]:
+    state[f"{name}.num_batches_tracked"] = np.array(0)
+  path = tmp_path / "resnet18-f37072fd.pth"
+  torch.save(_torch_tensors(torch, state), path)
+  loaded = convert.from_torch_state_dict(tag, convert.load_torch_checkpoint(str(path)))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded,
+                         jax.tree_util.tree_map(np.asarray, dict(variables)))
+
+
 def test_export_round_trip_and_refuses_overwrite(tmp_path):
   _, variables = init_variables()
   export.save_model(str(tmp_path / "m"), TAG, variables)

@@ -10,17 +10,20 @@ import pytest
 
 from rldjax import convert, models
 from rldjax.train import optim, step as step_lib
+from rldjax.train.recipe import Recipe
 from rldjax.train.state import TrainState
 from tests.conftest import parity_file
 from tests.test_models_parity import recipe_state_dict
 
+# The fixture's losses: distillation terms at full weight (no warm-up factor).
 METHODS = {
-    "kd": step_lib.DistillSpec("kd", (("temperature", 4.0),), ce_weight=0.1, distill_weight=0.9),
-    "dkd": step_lib.DistillSpec("dkd", (("alpha", 1.0), ("beta", 8.0), ("temperature", 4.0))),
-    "rld": step_lib.DistillSpec("rld", (("alpha", 1.0), ("beta", 8.0), ("temperature", 4.0),
-                                        ("confidence_temperature", 4.0))),
-    "ldrld": step_lib.DistillSpec("ldrld", (("alpha", 10.5), ("beta", 7.0), ("k", 7),
-                                            ("temperature", 4.0), ("rank_by", "student"))),
+    "kd": Recipe("kd", (("temperature", 4.0),), ce_weight=0.1, distill_weight=0.9),
+    "dkd": Recipe("dkd", (("alpha", 1.0), ("beta", 8.0), ("temperature", 4.0)),
+                  distill_weight=1.0),
+    "rld": Recipe("rld", (("alpha", 1.0), ("beta", 8.0), ("temperature", 4.0),
+                          ("confidence_temperature", 4.0)), distill_weight=1.0),
+    "ldrld": Recipe("ldrld", (("alpha", 10.5), ("beta", 7.0), ("k", 7), ("temperature", 4.0),
+                              ("rank_by", "student")), distill_weight=1.0),
 }
 
 

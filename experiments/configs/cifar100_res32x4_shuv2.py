@@ -1,20 +1,31 @@
 """CIFAR-100, teacher resnet32x4 -> student ShuffleV2.
 
-Train the teacher once (vanilla), then distil with any method:
+1. The published teacher (mdistiller's cifar_teachers.tar, its last-epoch
+   checkpoint resnet32x4_vanilla/ckpt_epoch_240.pth), converted once:
+
+     python -m rldjax.convert cifar_teachers.tar runs/cifar100/teachers
+
+2. Distil with any method; the teacher defaults to
+   runs/cifar100/teachers/resnet32x4/export:
+
+     python -m experiments.train \
+         --config=experiments/configs/cifar100_res32x4_shuv2.py:method=rld,seed=0 \
+         --workdir=runs/cifar100/res32x4_shuv2/rld/seed0
+
+A teacher trained here instead (its last epoch, not the test-selected best):
 
   python -m experiments.train --config=experiments/configs/cifar100_teacher.py:arch=resnet32x4 \
-      --workdir=runs/cifar100/teachers/resnet32x4
+      --workdir=runs/cifar100/own_teachers/resnet32x4
   python -m experiments.train \
-      --config=experiments/configs/cifar100_res32x4_shuv2.py:method=rld,teacher=runs/cifar100/teachers/resnet32x4/export/best,seed=0 \
+      --config=experiments/configs/cifar100_res32x4_shuv2.py:method=rld,teacher=runs/cifar100/own_teachers/resnet32x4/export/last \
       --workdir=runs/cifar100/res32x4_shuv2/rld/seed0
 
-method is one of vanilla, kd, dkd, rld, ldrld, swap_kd, rc, label_revision. A
-published PyTorch teacher can be used instead after
-`python -m rldjax.convert --arch resnet32x4 --num_classes 100 ckpt_resnet32x4.pth runs/cifar100/teachers/resnet32x4/export/best`.
-Recipe: see experiments/configs/cifar100.py.
+method: vanilla, kd, dkd, rld, ldrld, swap_kd, rc, label_revision; stand=True
+applies the published logit-standardisation preset. Recipe:
+experiments/configs/cifar100.py.
 """
 from experiments.configs import cifar100
 
 
 def get_config(arg: str = "method=rld"):
-  return cifar100.build("res32x4_shuv2", cifar100.parse(arg))
+  return cifar100.build("res32x4_shuv2", cifar100.parse(arg, cifar100.PAIR_ARGS))

@@ -2,9 +2,10 @@
 published pairs (resnet56, resnet110, resnet32x4, wrn_40_2, vgg13, ResNet50):
 
   python -m experiments.train --config=experiments/configs/cifar100_teacher.py:arch=resnet32x4 \
-      --workdir=runs/cifar100/teachers/resnet32x4
+      --workdir=runs/cifar100/own_teachers/resnet32x4
 
-The best model is exported to WORKDIR/export/best for the distillation configs.
+The last epoch is exported to WORKDIR/export/last (a distillation config takes it
+with teacher=WORKDIR/export/last), the best test epoch to WORKDIR/export/best.
 """
 from experiments.configs import cifar100
 

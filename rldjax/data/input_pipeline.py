@@ -24,9 +24,7 @@ import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rldjax.data.preprocessing import make_preprocess
-
-class DatasetNotFoundError(FileNotFoundError):
-  pass
+from rldjax.errors import DatasetNotFoundError  # re-exported: input_pipeline.DatasetNotFoundError
 
 
 IMAGE_FOLDER_PREFIX = "image_folder:"
@@ -69,15 +67,18 @@ def load_builder(name: str, data_dir: str | None = None, download: bool = False)
   where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
   raise DatasetNotFoundError(
       f"TFDS dataset {name!r} is not prepared in {where}. Provide it with one of: "
-      f"--config.data_dir=DIR (or TFDS_DATA_DIR=DIR) pointing at a directory where "
+      f"--config.dataset.data_dir=DIR (or TFDS_DATA_DIR=DIR) pointing at a directory where "
       f"`tfds build {name}` has been run; for datasets that need a manual download "
       f"(imagenet2012) put the archives in DIR/downloads/manual and run `tfds build "
-      f"{name} --data_dir=DIR`; or set --config.download=True on a machine with network.")
+      f"{name} --data_dir=DIR`; or set --config.dataset.download=True on a machine with network.")
 
 
-def _process_dataset(builder, split: str, drop_remainder: bool) -> tf.data.Dataset:
+def _process_dataset(builder, split: str, drop_remainder: bool,
+                     file_seed: int | None = None) -> tf.data.Dataset:
   """This process's share of ``split``: equal shares (``drop_remainder``) for
-  training, every example exactly once over all processes for evaluation."""
+  training, every example exactly once over all processes for evaluation.
+  ``file_seed`` shuffles the order of the split's files (deterministically;
+  training passes a new seed every epoch)."""
   count, index = jax.process_count(), jax.process_index()
   if isinstance(builder, tfds.ImageFolder):  # no subsplit API: shard the stream
     ds = builder.as_dataset(split=split, shuffle_files=False)
@@ -85,7 +86,10 @@ def _process_dataset(builder, split: str, drop_remainder: bool) -> tf.data.Datas
       ds = ds.take(num_examples(builder, split) // count * count)
     return ds.shard(count, index)
   sub = tfds.even_splits(split, n=count, drop_remainder=drop_remainder)[index]
-  return builder.as_dataset(split=sub, shuffle_files=False)
+  if file_seed is None:
+    return builder.as_dataset(split=sub, shuffle_files=False)
+  return builder.as_dataset(split=sub, shuffle_files=True,
+                            read_config=tfds.ReadConfig(shuffle_seed=file_seed))
 
 
 def num_examples(builder, split: str) -> int:
@@ -115,9 +119,9 @@ def train_batches(builder, split: str, *, global_batch: int, epoch: int, seed: i
                   shuffle_buffer: int = 50_000) -> Iterator[dict]:
   """Local numpy batches {image, label} of one training epoch."""
   local_batch = global_batch // jax.process_count()
-  ds = _process_dataset(builder, split, drop_remainder=True)
-  ds = ds.with_options(_options()).enumerate()
   epoch_seed = int(np.random.default_rng([seed, epoch]).integers(2**31))
+  ds = _process_dataset(builder, split, drop_remainder=True, file_seed=epoch_seed)
+  ds = ds.with_options(_options()).enumerate()
   ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
   preprocess = make_preprocess(kind, train=True, image_size=image_size)
 

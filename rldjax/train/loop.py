@@ -19,23 +19,14 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from rldjax import export, models
+from rldjax import errors, export, models
 from rldjax.data import input_pipeline
 from rldjax.train import checkpoint as ckpt_lib
 from rldjax.train import config as config_lib
-from rldjax.train import optim, step as step_lib
+from rldjax.train import optim, recipe, step as step_lib
 from rldjax.train.state import TrainState
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def _schedule(config, steps_per_epoch):
-  o = config.optimizer
-  if o.schedule == "published_ldrld":
-    return optim.published_ldrld_lr(o.lr, steps_per_epoch, o.decay_epochs, o.decay_rate,
-                                    o.lr_warmup_epochs or 20)
-  return optim.multistep_lr(o.lr, steps_per_epoch, o.decay_epochs, o.decay_rate,
-                            o.lr_warmup_epochs)
 
 
 def _program_key(config) -> str:
@@ -59,14 +50,13 @@ def _programs(key: str, steps_per_epoch: int):
   teacher = None
   if config.method != "vanilla":
     teacher = models.create(config.teacher, config.dataset.num_classes)
-  tx = optim.sgd(_schedule(config, steps_per_epoch), config.optimizer.momentum,
+  tx = optim.sgd(optim.schedule(config, steps_per_epoch), config.optimizer.momentum,
                  config.optimizer.weight_decay, config.optimizer.weight_decay_mask,
                  config.optimizer.nesterov)
   mesh = step_lib.data_mesh()
-  spec = step_lib.DistillSpec(config.method, tuple(sorted(config.loss.to_dict().items())),
-                              config.ce_weight, config.distill_weight, config.warmup_epochs)
   train_step = step_lib.shard(
-      step_lib.make_train_step(student, teacher, spec, tx, steps_per_epoch), mesh,
+      step_lib.make_train_step(student, teacher, recipe.Recipe.from_config(config), tx,
+                               steps_per_epoch), mesh,
       n_replicated=2, donate=True)
   eval_step = step_lib.shard(step_lib.make_eval_step(student), mesh, n_replicated=1)
   size = config.dataset.image_size
@@ -78,13 +68,21 @@ def _load_teacher(config):
   """The teacher's variables (None for vanilla), checked against the config."""
   if config.method == "vanilla":
     return None
-  tag, num_classes, variables = export.load_model(config.teacher.checkpoint)
+  path = config.teacher.checkpoint
+  if not os.path.exists(os.path.join(path, "model.json")):
+    raise errors.TeacherError(
+        f"config.teacher.checkpoint: no exported model at {os.path.abspath(path)}. Convert the "
+        "published teachers once with `python -m rldjax.convert cifar_teachers.tar "
+        "runs/cifar100/teachers` (ImageNet: `python -m rldjax.convert --arch imagenet/ResNet34 "
+        "resnet34-b627a593.pth runs/imagenet/teachers/ResNet34/export`), or pass "
+        "teacher=<a teacher run's workdir>/export/last in the config string")
+  tag, num_classes, variables = export.load_model(path)
   if config.teacher.tag != tag:
-    raise ValueError(f"config.teacher.tag is {config.teacher.tag!r} but "
-                     f"{config.teacher.checkpoint} holds {tag!r}")
+    raise errors.TeacherError(f"config.teacher.tag is {config.teacher.tag!r} but {path} holds "
+                              f"{tag!r}")
   if num_classes != config.dataset.num_classes:
-    raise ValueError(f"config.teacher.checkpoint: teacher has {num_classes} classes, the "
-                     f"dataset {config.dataset.num_classes}")
+    raise errors.TeacherError(f"config.teacher.checkpoint: teacher has {num_classes} classes, "
+                              f"the dataset {config.dataset.num_classes}")
   return jax.device_put(variables)
 
 
@@ -143,6 +141,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with open(os.path.join(workdir, "results.json")) as f:
       previous_wall = float(json.load(f).get("wall_time_s") or 0.0)
   start_time -= previous_wall
+  teacher_vars = _load_teacher(config)
   builder = input_pipeline.load_builder(config.dataset.name, config.dataset.data_dir or None,
                                         config.dataset.download)
   n_devices = jax.device_count()
@@ -155,7 +154,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f"config.batch_size: {config.batch_size} exceeds the training split")
   total_steps = steps_per_epoch * config.num_epochs
 
-  teacher_vars = _load_teacher(config)
   student, tx, train_step, eval_step, init_fn, mesh = _programs(_program_key(config),
                                                                 steps_per_epoch)
   size = config.dataset.image_size
@@ -224,7 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             kind=ds.kind, image_size=size), mesh))
       train_loss = float(np.mean([float(m["loss"]) for m in jax.device_get(train_metrics)])) \
           if train_metrics else float("nan")
-      lr = float(tx_lr(config, steps_per_epoch, step - 1))
+      lr = float(recipe.learning_rate(config, epoch + 1))
       history.append({"epoch": epoch + 1, "step": step, "top1": result["top1"],
                       "top5": result["top5"], "test_loss": result["loss"],
                       "train_loss": train_loss, "lr": lr})
@@ -257,7 +255,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   finally:
     manager.wait_until_finished()
     manager.close()
-
-
-def tx_lr(config, steps_per_epoch, step):
-  return _schedule(config, steps_per_epoch)(step)

@@ -7,50 +7,22 @@ says otherwise. Learning rates change at epoch boundaries.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-
-def multistep_lr(base_lr: float, steps_per_epoch: int, decay_epochs: Sequence[int],
-                 decay_rate: float = 0.1, warmup_epochs: int = 0) -> Callable:
-  """Step-wise decay at epoch boundaries, with an optional linear warm-up.
-
-  lr(epoch e, 0-based) = base · rate^(#milestones <= e) · min(1, (e + 1) / W)
-  for W = ``warmup_epochs`` > 0 (the warm-up factor is constant within an epoch).
-  """
-  milestones = jnp.asarray(sorted(decay_epochs), jnp.int32)
-
-  def schedule(step):
-    epoch = jnp.asarray(step, jnp.int32) // steps_per_epoch
-    lr = base_lr * decay_rate ** jnp.sum(epoch >= milestones)
-    if warmup_epochs > 0:
-      lr = lr * jnp.minimum(1.0, (epoch + 1) / warmup_epochs)
-    return lr
-  return schedule
+from rldjax.train import recipe
 
 
-def published_ldrld_lr(base_lr: float, steps_per_epoch: int, decay_epochs: Sequence[int],
-                       decay_rate: float = 0.1, warmup_epochs: int = 20) -> Callable:
-  """The LR the published LDRLD training script actually produces.
-
-  Its warm-up scales the base LR by (e + 1) / W in epoch e < W - 1 but is
-  never completed: from epoch W - 1 until the first decay milestone the LR
-  stays at (W - 1) / W of the base (19/20 for W = 20). After a milestone the
-  LR is base · rate^(#milestones passed) · (W - 1) / W. Documented as the
-  published behaviour, not a recommendation: use :func:`multistep_lr` for the
-  intended schedule.
-  """
-  milestones = jnp.asarray(sorted(decay_epochs), jnp.int32)
-  w = max(int(warmup_epochs), 1)
-
-  def schedule(step):
-    epoch = jnp.asarray(step, jnp.int32) // steps_per_epoch
-    factor = jnp.minimum(epoch + 1, w - 1) / w if w > 1 else 1.0
-    return base_lr * decay_rate ** jnp.sum(epoch >= milestones) * factor
-  return schedule
+def schedule(config, steps_per_epoch: int) -> Callable:
+  """The optax schedule ``step -> lr``: :func:`rldjax.train.recipe.learning_rate`
+  of the 1-based epoch ``step // steps_per_epoch + 1`` (constant within an
+  epoch, as the published code sets it once per epoch)."""
+  def fn(step):
+    return recipe.learning_rate(config, jnp.asarray(step, jnp.int32) // steps_per_epoch + 1)
+  return fn
 
 
 def decay_all(params):

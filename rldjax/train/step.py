@@ -4,14 +4,12 @@ Both are pure functions of (state, teacher variables, local batch) that
 average over the ``'data'`` mesh axis with ``lax.pmean``; :func:`shard` runs
 them with ``jax.shard_map`` under ``jax.jit`` over a 1-D device mesh.
 
-Total loss = ce_weight · CE + warm-up factor · distill_weight · distillation,
-with warm-up factor min(epoch / warmup_epochs, 1) for the 1-based epoch, as in
-the published DKD / RLD code (``warmup_epochs = 0``: no warm-up).
+What the step minimises is :func:`rldjax.train.recipe.objective` of the
+student's logits at the 1-based epoch ``state.step // steps_per_epoch + 1``.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -19,53 +17,32 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from rldjax import losses
+from rldjax.train import recipe as recipe_lib
 from rldjax.train.state import TrainState
 
 AXIS = "data"
 
 
-@dataclasses.dataclass(frozen=True)
-class DistillSpec:
-  """What the step optimises. ``method`` is "vanilla" (no teacher) or a
-  registered loss name; ``hparams`` go to that loss."""
-  method: str = "vanilla"
-  hparams: tuple = ()  # sorted (name, value) pairs, hashable
-  ce_weight: float = 1.0
-  distill_weight: float = 1.0
-  warmup_epochs: int = 0
-
-  @property
-  def uses_teacher(self) -> bool:
-    return self.method != "vanilla"
-
-
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-
-
-def make_train_step(student: nn.Module, teacher: nn.Module | None, spec: DistillSpec,
+def make_train_step(student: nn.Module, teacher: nn.Module | None, recipe: recipe_lib.Recipe,
                     tx: optax.GradientTransformation, steps_per_epoch: int) -> Callable:
   """Per-device step ``(state, teacher_variables, batch) -> (state, metrics)``.
 
-  ``batch`` holds ``image`` [b, H, W, C] and ``label`` [b] for this device.
-  Gradients, metrics and the updated batch statistics are ``pmean``-ed over
-  ``'data'``, so every device ends the step with the same state.
+  ``recipe`` (a :class:`~rldjax.train.recipe.Recipe` or a config) says what is
+  minimised. ``batch`` holds ``image`` [b, H, W, C] and ``label`` [b] for this
+  device. Gradients, metrics and the updated batch statistics are
+  ``pmean``-ed over ``'data'``, so every device ends the step with the same
+  state. ``metrics["finite"]`` is 1.0 when the loss and every gradient entry
+  are finite (one reduction), 0.0 otherwise.
   """
-  if spec.uses_teacher and teacher is None:
-    raise ValueError(f"method {spec.method!r} needs a teacher")
-  distill_fn = losses.get(spec.method) if spec.uses_teacher else None
-  hparams = dict(spec.hparams)
+  recipe = recipe_lib.Recipe.from_config(recipe)
+  if recipe.uses_teacher and teacher is None:
+    raise ValueError(f"method {recipe.method!r} needs a teacher")
 
   def step(state: TrainState, teacher_variables, batch):
     images, labels = batch["image"], batch["label"]
     epoch = state.step // steps_per_epoch + 1  # 1-based, as in the published loop
-    if spec.warmup_epochs > 0:
-      warmup = jnp.minimum(epoch / spec.warmup_epochs, 1.0)
-    else:
-      warmup = 1.0
     teacher_logits = None
-    if spec.uses_teacher:
+    if recipe.uses_teacher:
       teacher_logits = jax.lax.stop_gradient(
           teacher.apply(teacher_variables, images, train=False).astype(jnp.float32))
 
@@ -73,15 +50,11 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, spec: Distill
       logits, updates = student.apply({"params": params, "batch_stats": state.batch_stats},
                                       images, train=True, mutable=["batch_stats"])
       logits = logits.astype(jnp.float32)
-      ce = jnp.mean(cross_entropy(logits, labels))
-      total = spec.ce_weight * ce
-      distill = jnp.zeros((), jnp.float32)
-      if spec.uses_teacher:
-        distill = jnp.mean(distill_fn(logits, teacher_logits, labels, **hparams))
-        total = total + warmup * spec.distill_weight * distill
+      terms = recipe_lib.objective_terms(recipe, logits, teacher_logits, labels, epoch)
       accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-      return total, (updates["batch_stats"], {"loss": total, "ce": ce, "distill": distill,
-                                              "accuracy": accuracy})
+      metrics = {"loss": terms["total"], "ce": terms["ce"], "distill": terms["distill"],
+                 "kd": terms["kd"], "accuracy": accuracy}
+      return terms["total"], (updates["batch_stats"], metrics)
 
     # Differentiate w.r.t. a per-device ("varying") copy of the replicated
     # params: each device gets its local gradient, averaged explicitly below.
@@ -93,6 +66,8 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, spec: Distill
     grads = jax.lax.pmean(grads, AXIS)
     batch_stats = jax.lax.pmean(batch_stats, AXIS)
     metrics = jax.lax.pmean(metrics, AXIS)
+    grad_sum = sum(jnp.sum(g) for g in jax.tree_util.tree_leaves(grads))
+    metrics["finite"] = jnp.isfinite(metrics["loss"] + grad_sum).astype(jnp.float32)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
@@ -111,7 +86,7 @@ def make_eval_step(model: nn.Module) -> Callable:
   def step(variables, batch):
     logits = model.apply(variables, batch["image"], train=False).astype(jnp.float32)
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-    loss = cross_entropy(logits, labels)
+    loss = recipe_lib.cross_entropy(logits, labels)
     k = min(5, logits.shape[-1])
     _, top = jax.lax.top_k(logits, k)
     top1 = (top[:, 0] == labels).astype(jnp.float32)
