@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rldjax.models import batch_norm
+
 Dtype = Any
 
 # Initialisers (ARCHITECTURES.md §2.5).
@@ -34,13 +36,16 @@ def torch_default_bias(fan_in: int) -> Callable:
 class TorchBatchNorm(nn.Module):
   """Batch norm over the last axis with PyTorch's semantics (ARCHITECTURES.md §2.1).
 
-  Training mode normalises with the biased two-pass batch variance and updates
+  Training mode normalises with the biased batch variance and updates
   running_mean <- 0.9 running_mean + 0.1 mean and running_var <- 0.9 running_var
-  + 0.1 unbiased_var. Statistics are computed in float32 whatever ``dtype`` is.
-  Calling the same instance twice in one training pass updates the running
-  statistics twice, as the published code does. With ``axis_name`` (inside a
-  ``shard_map``), the batch statistics are those of the global batch
-  (synchronised batch norm), so a sharded step equals a single-device one.
+  + 0.1 unbiased_var. Statistics and normalisation are computed in float32 (or
+  float64 for float64 inputs) whatever ``dtype`` is, with shifted moments and a
+  closed-form derivative (:mod:`rldjax.models.batch_norm`), so that float32
+  forward and backward stay close to float64. Calling the same instance twice
+  in one training pass updates the running statistics twice, as the published
+  code does. With ``axis_name`` (inside a ``shard_map``), the batch statistics
+  are those of the global batch (synchronised batch norm), so a sharded step
+  equals a single-device one.
   """
   momentum: float = 0.1
   epsilon: float = 1e-5
@@ -54,24 +59,21 @@ class TorchBatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
-    x32 = x.astype(jnp.float32)
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    xc = x.astype(compute)
     if train:
-      axes = tuple(range(x.ndim - 1))
-      n = int(np.prod([x.shape[a] for a in axes]))
-      mean = jnp.mean(x32, axis=axes)
-      if self.axis_name is not None:  # equal shards: the mean of means is exact
-        mean = jax.lax.pmean(mean, self.axis_name)
-        n *= jax.lax.axis_size(self.axis_name)
-      var = jnp.mean(jnp.square(x32 - mean), axis=axes)
-      if self.axis_name is not None:
-        var = jax.lax.pmean(var, self.axis_name)
+      y, mean, var = batch_norm.batch_norm_train(xc, scale.astype(compute), bias.astype(compute),
+                                                 self.epsilon, self.axis_name)
       if not self.is_initializing():
+        n = batch_norm.count(xc, self.axis_name)
+        mean, var = jax.lax.stop_gradient((mean, var))
         unbiased = var * (n / max(n - 1, 1))
-        ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
-        ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
+        ra_mean.value = ((1 - self.momentum) * ra_mean.value
+                         + self.momentum * mean).astype(ra_mean.value.dtype)
+        ra_var.value = ((1 - self.momentum) * ra_var.value
+                        + self.momentum * unbiased).astype(ra_var.value.dtype)
     else:
-      mean, var = ra_mean.value, ra_var.value
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+      y = (xc - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
     return y.astype(self.dtype)
 
 
@@ -145,7 +147,8 @@ class ZooModel(nn.Module):
     return Net(train, self.dtype, bn_axis_name=self.bn_axis_name, **kwargs)
 
   def head(self, net: Net, name: str, pooled, features: bool, **dense_kwargs):
-    logits = net.dense(name, pooled, self.num_classes, **dense_kwargs).astype(jnp.float32)
+    out = jnp.promote_types(self.dtype, jnp.float32)  # float32, or float64 for a float64 model
+    logits = net.dense(name, pooled, self.num_classes, **dense_kwargs).astype(out)
     if features:
-      return logits, {"pooled": pooled.astype(jnp.float32)}
+      return logits, {"pooled": pooled.astype(out)}
     return logits
