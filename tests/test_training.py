@@ -1,8 +1,9 @@
-"""End-to-end training: resume equality, corrupt checkpoints, the mock-data
-pipeline, config validation, schedules."""
+"""End-to-end training in-process: resume equality, per-epoch metrics across a
+resume, corrupt checkpoints (newest and best), divergence, bad labels, honest
+exports under a tie, one experiment per workdir, the device/host data paths,
+the streaming path, schedules."""
 import json
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -11,15 +12,15 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments.configs import digits as digits_config
-from rldjax import export, models
-from rldjax.data import input_pipeline
+from rldjax import errors, export, models
+from rldjax.data import builders
 from rldjax.train import config as config_lib, loop, optim
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp("tfds")
-  input_pipeline.load_builder("rldjax_digits", str(path))  # prepared offline
+  builders.load_builder("rldjax_digits", str(path))  # prepared offline
   return str(path)
 
 
@@ -39,6 +40,7 @@ def small_config(data_dir, teacher, method="rld", epochs=2):
   c.batch_size = 256  # 5 steps per epoch
   c.checkpoint.every_steps = 3
   c.warmup_epochs = 2
+  c.optimizer.decay_epochs = (1,)
   return c
 
 
@@ -46,45 +48,178 @@ def leaves(tree):
   return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, data_dir, teacher_export, monkeypatch):
-  config = small_config(data_dir, teacher_export)
+def assert_same_export(a, b):
+  ta, na, va = export.load_model(str(a))
+  tb, nb, vb = export.load_model(str(b))
+  assert (ta, na) == (tb, nb)
+  for x, y in zip(leaves(va), leaves(vb)):
+    np.testing.assert_array_equal(x, y)
+
+
+def read_json(path):
+  with open(path) as f:
+    return json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+
+def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, data_dir, teacher_export,
+                                                   monkeypatch):
+  config = small_config(data_dir, teacher_export, epochs=3)
   monkeypatch.chdir(tmp_path)
   straight = loop.train_and_evaluate(config, "straight")  # a relative workdir works too
   first = loop.train_and_evaluate(config, str(tmp_path / "resumed"), stop_after_epochs=1)
-  assert not first["finished"] and first["epochs_completed"] == 1
+  assert first["status"] == "stopped" and first["epochs_completed"] == 1
+  # Lose the end-of-epoch checkpoint: the rerun resumes mid-epoch 1 (step 3).
+  ckpts = tmp_path / "resumed" / "checkpoints"
+  import shutil
+  shutil.rmtree(ckpts / "5")
   resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
-  assert resumed["finished"] and resumed["epochs_completed"] == 2
-  _, _, a = export.load_model(str(tmp_path / "straight" / "export" / "last"))
-  _, _, b = export.load_model(str(tmp_path / "resumed" / "export" / "last"))
-  for x, y in zip(leaves(a), leaves(b)):
-    np.testing.assert_array_equal(x, y)
-  assert [h["top1"] for h in straight["history"]] == [h["top1"] for h in resumed["history"]]
-  results = json.loads((tmp_path / "resumed" / "results.json").read_text())
+  assert resumed["finished"] and resumed["epochs_completed"] == 3
+  assert_same_export(tmp_path / "straight" / "export" / "last",
+                     tmp_path / "resumed" / "export" / "last")
+  assert_same_export(tmp_path / "straight" / "export" / "best",
+                     tmp_path / "resumed" / "export" / "best")
+  # Every per-epoch figure, the train loss of the resumed epoch included.
+  assert straight["history"] == resumed["history"]
+  results = read_json(tmp_path / "resumed" / "results.json")
   assert results["best_top1"] == max(h["top1"] for h in results["history"])
   assert list((tmp_path / "straight").glob("events.out.tfevents*"))
 
 
-def test_corrupt_checkpoint_is_reported_and_skipped(tmp_path, data_dir, teacher_export, caplog):
+def test_device_and_host_paths_train_identically(tmp_path, data_dir, teacher_export):
+  config = small_config(data_dir, teacher_export, method="kd", epochs=1)
+  device = loop.train_and_evaluate(config, str(tmp_path / "device"))
+  config.dataset.in_memory = False
+  host = loop.train_and_evaluate(config, str(tmp_path / "host"))
+  assert device["history"] == host["history"]
+  assert_same_export(tmp_path / "device" / "export" / "last", tmp_path / "host" / "export" / "last")
+
+
+def test_corrupt_newest_checkpoint_is_moved_aside_and_replaced(tmp_path, data_dir, teacher_export,
+                                                              caplog):
   config = small_config(data_dir, teacher_export, epochs=2)
   workdir = tmp_path / "run"
   loop.train_and_evaluate(config, str(workdir), stop_after_epochs=1)
   ckpt_dir = workdir / "checkpoints"
   steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
   assert steps == [3, 5], steps  # the mid-epoch save and the end-of-epoch one
-  # Corrupt the newest: truncate every file in it.
-  for path in (ckpt_dir / str(steps[-1])).rglob("*"):
+  for path in (ckpt_dir / "5").rglob("*"):  # truncate every file of the newest
     if path.is_file():
       path.write_bytes(b"")
   resumed = loop.train_and_evaluate(config, str(workdir))
-  assert "corrupt" in caplog.text and f"step {steps[-1]}" in caplog.text
+  assert "corrupt" in caplog.text and "step 5" in caplog.text
   assert resumed["finished"]
-  # It continued from step 3, mid-epoch 1, and still matches a straight run.
+  moved = list((workdir / "checkpoints_corrupt").iterdir())
+  assert len(moved) == 1 and moved[0].name.startswith("5.")  # kept, not deleted
   straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
-  _, _, a = export.load_model(str(tmp_path / "straight" / "export" / "last"))
-  _, _, b = export.load_model(str(workdir / "export" / "last"))
-  for x, y in zip(leaves(a), leaves(b)):
-    np.testing.assert_array_equal(x, y)
-  assert straight["history"][-1]["top1"] == resumed["history"][-1]["top1"]
+  assert_same_export(tmp_path / "straight" / "export" / "last", workdir / "export" / "last")
+  assert straight["history"] == resumed["history"]
+  caplog.clear()
+  loop.train_and_evaluate(config, str(workdir))  # a rerun of a finished run: nothing corrupt
+  assert "corrupt" not in caplog.text
+
+
+def test_corrupt_best_checkpoint_does_not_break_the_end(tmp_path, data_dir, teacher_export):
+  config = small_config(data_dir, teacher_export, epochs=2)
+  workdir = tmp_path / "run"
+  done = loop.train_and_evaluate(config, str(workdir))
+  best_step = max(done["history"], key=lambda h: h["top1"])["step"]
+  for path in (workdir / "checkpoints" / str(best_step)).rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"\0" * 7)
+  again = loop.train_and_evaluate(config, str(workdir))
+  assert again["finished"] and again["history"] == done["history"]
+  meta = export.read_metadata(str(workdir / "export" / "best"))
+  assert (meta["epoch"], meta["top1"]) == (done["best_epoch"], done["best_top1"])
+
+
+def test_export_best_is_the_first_best_epoch_on_a_tie(tmp_path, data_dir, teacher_export,
+                                                      monkeypatch):
+  """Forced tie: epochs 2 and 3 both score the best top-1; export/best must be
+  the state at the end of epoch 2, not the final state."""
+  scores = iter([50.0, 80.0, 80.0, 70.0])
+  real = loop._Run._evaluate
+
+  def fixed_score(self, state):
+    out = real(self, state)
+    out["top1"] = next(scores)
+    return out
+  monkeypatch.setattr(loop._Run, "_evaluate", fixed_score)
+  config = small_config(data_dir, teacher_export, method="vanilla", epochs=4)
+  config.teacher.checkpoint = ""
+  result = loop.train_and_evaluate(config, str(tmp_path / "tie"))
+  assert (result["best_epoch"], result["best_top1"]) == (2, 80.0)
+  meta = export.read_metadata(str(tmp_path / "tie" / "export" / "best"))
+  assert (meta["epoch"], meta["top1"]) == (2, 80.0)
+  monkeypatch.setattr(loop._Run, "_evaluate", real)
+  config.num_epochs = 2  # same schedule (decay_epochs is explicit), stopped after epoch 2
+  loop.train_and_evaluate(config, str(tmp_path / "two"))
+  assert_same_export(tmp_path / "tie" / "export" / "best", tmp_path / "two" / "export" / "last")
+
+
+def test_divergence_stops_with_the_step_keeps_the_last_good_checkpoint(tmp_path, data_dir,
+                                                                       teacher_export):
+  config = small_config(data_dir, teacher_export, method="vanilla", epochs=3)
+  config.teacher.checkpoint = ""
+  config.optimizer.decay_rate = 1e8  # the LR explodes after epoch 1
+  workdir = tmp_path / "run"
+  with pytest.raises(errors.DivergedError, match=r"not finite at step \d+ \(epoch 2\)"):
+    loop.train_and_evaluate(config, str(workdir))
+  results = read_json(workdir / "results.json")  # strict JSON: no bare NaN
+  assert results["status"] == "diverged" and not results["finished"]
+  assert results["diverged"]["epoch"] == 2
+  assert not (workdir / "export").exists()
+  read_json(workdir / "history.json")
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert 5 <= max(steps) < results["diverged"]["step"]  # only good steps were saved
+
+
+def test_diverged_teacher_export_is_refused(tmp_path, data_dir):
+  module = models.create("digits/resnet14")
+  variables = jax.device_get(module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
+                                         train=False))
+  variables["params"]["fc"]["bias"] = variables["params"]["fc"]["bias"] * np.nan
+  with pytest.raises(ValueError, match="non-finite"):
+    export.save_model(str(tmp_path / "nan"), "digits/resnet14", variables)
+  # A file written by something else: loading it names the file.
+  export.save_model(str(tmp_path / "nan"), "digits/resnet14",
+                    jax.tree_util.tree_map(np.zeros_like, variables))
+  import orbax.checkpoint as ocp
+  checkpointer = ocp.StandardCheckpointer()
+  import shutil
+  shutil.rmtree(tmp_path / "nan" / "variables")
+  checkpointer.save(str(tmp_path / "nan" / "variables"), variables)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  with pytest.raises(errors.TeacherError, match=f"{tmp_path / 'nan'}.*non-finite"):
+    export.load_model(str(tmp_path / "nan"))
+  config = small_config(data_dir, str(tmp_path / "nan"), method="kd", epochs=1)
+  with pytest.raises(errors.TeacherError, match="non-finite"):
+    loop.train_and_evaluate(config, str(tmp_path / "student"))
+
+
+def test_labels_outside_num_classes_stop_before_training(tmp_path, data_dir):
+  config = small_config(data_dir, "", method="vanilla", epochs=1)
+  config.dataset.num_classes = 5
+  with pytest.raises(errors.DataError, match=r"rldjax_digits.*train.*10 values"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_other_experiment_in_the_same_workdir_is_refused(tmp_path, data_dir, teacher_export):
+  config = small_config(data_dir, teacher_export, method="kd", epochs=1)
+  loop.train_and_evaluate(config, str(tmp_path / "run"))
+  other = small_config(data_dir, teacher_export, method="dkd", epochs=1)
+  with pytest.raises(errors.WorkdirError, match=r"config.method: 'kd' -> 'dkd'"):
+    loop.train_and_evaluate(other, str(tmp_path / "run"))
+  # Cadence and data location may change; more epochs continue the run.
+  more = small_config(data_dir, teacher_export, method="kd", epochs=2)
+  more.log_every_steps = 7
+  more.checkpoint.every_steps = 4
+  result = loop.train_and_evaluate(more, str(tmp_path / "run"))
+  assert result["finished"] and result["epochs_completed"] == 2
+  fewer = small_config(data_dir, teacher_export, method="kd", epochs=1)
+  with pytest.raises(errors.WorkdirError, match="2 epochs are already done"):
+    loop.train_and_evaluate(fewer, str(tmp_path / "run"))
 
 
 def test_mock_cifar100_train_and_evaluate(tmp_path):
@@ -93,7 +228,6 @@ def test_mock_cifar100_train_and_evaluate(tmp_path):
   config.student.tag = "cifar/resnet8"
   config.batch_size = 8
   config.num_epochs = 1
-  config.dataset.shuffle_buffer = 64
   config.log_every_steps = 2
   config.dataset.download = True  # intercepted by mock_data: nothing is fetched
   with tfds.testing.mock_data(num_examples=20):
@@ -105,30 +239,9 @@ def test_mock_cifar100_train_and_evaluate(tmp_path):
   assert os.path.isdir(tmp_path / "mock" / "export" / "best")
 
 
-def test_eval_counts_every_example_once(data_dir):
-  builder = input_pipeline.load_builder("rldjax_digits", data_dir)
-  batches = list(input_pipeline.eval_batches(builder, "test", global_batch=100, kind="digits",
-                                             image_size=8))
-  assert len(batches) == 4 and all(len(b["label"]) == 100 for b in batches)
-  assert sum(b["mask"].sum() for b in batches) == 359
-  assert batches[-1]["mask"][59:].sum() == 0
-
-
-def test_train_pipeline_is_deterministic_and_resumable(data_dir):
-  builder = input_pipeline.load_builder("rldjax_digits", data_dir)
-  kw = dict(global_batch=64, epoch=3, seed=7, kind="digits", image_size=8)
-  full = list(input_pipeline.train_batches(builder, "train", **kw))
-  again = list(input_pipeline.train_batches(builder, "train", **kw, start_step=5))
-  assert len(full) == 1438 // 64
-  for a, b in zip(full[5:], again):
-    np.testing.assert_array_equal(a["image"], b["image"])
-  other_epoch = next(input_pipeline.train_batches(builder, "train", **dict(kw, epoch=4)))
-  assert not np.array_equal(other_epoch["label"], full[0]["label"])
-
-
 def test_missing_dataset_message(tmp_path):
-  with pytest.raises(input_pipeline.DatasetNotFoundError, match="--config.dataset.data_dir"):
-    input_pipeline.load_builder("cifar100", str(tmp_path))
+  with pytest.raises(errors.DatasetNotFoundError, match="--config.dataset.data_dir"):
+    builders.load_builder("cifar100", str(tmp_path))
 
 
 def test_schedules():
@@ -150,8 +263,8 @@ def test_schedules():
   assert float(learning_rate(c, 31)) == pytest.approx(0.01)    # after the decay: exactly base·0.1
 
 
-def test_image_folder_dataset(tmp_path):
-  """An ImageFolder (ROOT/<split>/<class>/<file>) goes through the same pipeline."""
+def test_image_folder_streams_through_tf_data(tmp_path):
+  """An ImageFolder (ROOT/<split>/<class>/<file>) trains on the streaming path."""
   import tensorflow as tf
   rng = np.random.default_rng(0)
   for split, count in (("train", 6), ("test", 3)):
@@ -161,14 +274,14 @@ def test_image_folder_dataset(tmp_path):
       for i in range(count):
         image = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
         (folder / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
-  builder = input_pipeline.load_builder(f"image_folder:{tmp_path / 'imgs'}")
-  assert input_pipeline.num_examples(builder, "train") == 12
-  train = list(input_pipeline.train_batches(builder, "train", global_batch=4, epoch=0, seed=0,
-                                            kind="imagenet", image_size=32))
-  assert len(train) == 3 and train[0]["image"].shape == (4, 32, 32, 3)
-  assert set(np.concatenate([b["label"] for b in train])) == {0, 1}
-  evals = list(input_pipeline.eval_batches(builder, "test", global_batch=4, kind="imagenet",
-                                           image_size=32))
-  assert sum(b["mask"].sum() for b in evals) == 6
-  with pytest.raises(input_pipeline.DatasetNotFoundError, match="image_folder"):
-    input_pipeline.load_builder(f"image_folder:{tmp_path / 'missing'}")
+  config = config_lib.base_config()
+  config_lib.apply_method(config, "vanilla")
+  config.student.tag = "cifar/resnet8"
+  config.dataset.update(name=f"image_folder:{tmp_path / 'imgs'}", kind="imagenet", image_size=32,
+                        num_classes=2, in_memory=False, shuffle_buffer=16)
+  config.batch_size = 4
+  config.num_epochs = 1
+  result = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert result["finished"] and result["history"][0]["step"] == 3  # 12 // 4
+  with pytest.raises(errors.DatasetNotFoundError, match="image_folder"):
+    builders.load_builder(f"image_folder:{tmp_path / 'missing'}")

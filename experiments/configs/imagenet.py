@@ -44,7 +44,7 @@ def base(arch, args):
   c = config_lib.base_config()
   c.student.tag = f"imagenet/{arch}"
   c.dataset.update(name="imagenet2012", kind="imagenet", image_size=224, num_classes=1000,
-                   eval_split="validation", shuffle_buffer=16_384,
+                   eval_split="validation", in_memory=False, shuffle_buffer=16_384,
                    data_dir=args.get("data_dir", ""))
   c.seed = int(args.get("seed", 0))
   c.batch_size = 512

@@ -1,33 +1,32 @@
-"""TFDS input pipelines: per-process splits, deterministic epochs, padded
-evaluation, global device arrays.
+"""The streaming tf.data path (ImageNet, image folders): datasets that do not
+fit in memory, decoded and augmented on the host.
 
 * Training: each process reads its own equal share
   (``tfds.even_splits(split, n=process_count, drop_remainder=True)``, or a
-  sharded stream for image folders), so every
-  host runs the same number of steps; epoch ``e`` is a pure function of
-  (seed, e), and ``start_step`` skips batches already trained on.
+  sharded stream for image folders), so every host runs the same number of
+  steps; the share's files are reshuffled every epoch and its examples
+  shuffled in a buffer; epoch ``e`` is a pure function of (seed, e), and
+  ``start_step`` skips batches already trained on.
 * Evaluation: each process reads its share without dropping anything, batches
   are padded to the same count on every host, and ``mask`` marks the real
   examples, so every example is counted exactly once.
+
+Datasets that fit in memory (CIFAR, the digits) take the in-memory path
+instead (``rldjax.data.in_memory``, ``rldjax.data.order``,
+``rldjax.data.augment``), whose batches do not depend on the process count.
 """
 from __future__ import annotations
 
-import collections
 import math
-import os
 from typing import Iterator
 
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rldjax.data import builders
 from rldjax.data.preprocessing import make_preprocess
-from rldjax.errors import DatasetNotFoundError  # re-exported: input_pipeline.DatasetNotFoundError
-
-
-IMAGE_FOLDER_PREFIX = "image_folder:"
 
 
 def keep_tensorflow_on_host() -> None:
@@ -38,39 +37,6 @@ def keep_tensorflow_on_host() -> None:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # devices already initialised: nothing to change any more
     pass
-
-
-def load_builder(name: str, data_dir: str | None = None, download: bool = False):
-  """A prepared TFDS builder, or one clear error that says how to provide it.
-
-  ``name`` is a TFDS name (``cifar100``, ``imagenet2012``, ``rldjax_digits``) or
-  ``image_folder:ROOT`` for a ``tfds.folder_dataset.ImageFolder`` laid out as
-  ``ROOT/<split>/<class>/<image>`` (Tiny-ImageNet, users' own data); labels are
-  the class folders in sorted order.
-  """
-  keep_tensorflow_on_host()
-  if name.startswith(IMAGE_FOLDER_PREFIX):
-    root = name[len(IMAGE_FOLDER_PREFIX):]
-    if not os.path.isdir(root):
-      raise DatasetNotFoundError(
-          f"image folder {root!r} does not exist: lay images out as ROOT/<split>/<class>/<file> "
-          f"and set --config.dataset.name=image_folder:ROOT")
-    return tfds.ImageFolder(root)
-  # Registers the builders shipped with rldjax (the offline digits dataset).
-  from rldjax.data import digits  # pylint: disable=import-outside-toplevel,unused-import
-  builder = tfds.builder(name, data_dir=data_dir)
-  if builder.is_prepared():
-    return builder
-  if download or getattr(builder, "OFFLINE", False):
-    builder.download_and_prepare()
-    return builder
-  where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-  raise DatasetNotFoundError(
-      f"TFDS dataset {name!r} is not prepared in {where}. Provide it with one of: "
-      f"--config.dataset.data_dir=DIR (or TFDS_DATA_DIR=DIR) pointing at a directory where "
-      f"`tfds build {name}` has been run; for datasets that need a manual download "
-      f"(imagenet2012) put the archives in DIR/downloads/manual and run `tfds build "
-      f"{name} --data_dir=DIR`; or set --config.dataset.download=True on a machine with network.")
 
 
 def _process_dataset(builder, split: str, drop_remainder: bool,
@@ -95,10 +61,10 @@ def _process_dataset(builder, split: str, drop_remainder: bool,
 def num_examples(builder, split: str) -> int:
   """From the split metadata; counted by reading when a builder has none
   (as under ``tfds.testing.mock_data``)."""
-  try:
-    return builder.info.splits[split].num_examples
-  except KeyError:
-    return int(builder.as_dataset(split=split).reduce(0, lambda n, _: n + 1))
+  known = builders.num_examples(builder, split)
+  if known is not None:
+    return known
+  return int(builder.as_dataset(split=split).reduce(0, lambda n, _: n + 1))
 
 
 def steps_per_epoch(builder, split: str, global_batch: int) -> int:
@@ -115,15 +81,16 @@ def _options():
 
 
 def train_batches(builder, split: str, *, global_batch: int, epoch: int, seed: int,
-                  kind: str, image_size: int, start_step: int = 0,
-                  shuffle_buffer: int = 50_000) -> Iterator[dict]:
-  """Local numpy batches {image, label} of one training epoch."""
+                  image_size: int, start_step: int = 0,
+                  shuffle_buffer: int = 16_384) -> Iterator[dict]:
+  """Local numpy batches {image, label} of one training epoch (0-based)."""
+  keep_tensorflow_on_host()
   local_batch = global_batch // jax.process_count()
   epoch_seed = int(np.random.default_rng([seed, epoch]).integers(2**31))
   ds = _process_dataset(builder, split, drop_remainder=True, file_seed=epoch_seed)
   ds = ds.with_options(_options()).enumerate()
   ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-  preprocess = make_preprocess(kind, train=True, image_size=image_size)
+  preprocess = make_preprocess(train=True, image_size=image_size)
 
   def prepare(index, example):
     op_seed = tf.stack([tf.cast(epoch_seed, tf.int64), index])
@@ -135,14 +102,14 @@ def train_batches(builder, split: str, *, global_batch: int, epoch: int, seed: i
   yield from ds.as_numpy_iterator()
 
 
-def eval_batches(builder, split: str, *, global_batch: int, kind: str,
-                 image_size: int) -> Iterator[dict]:
+def eval_batches(builder, split: str, *, global_batch: int, image_size: int) -> Iterator[dict]:
   """Local numpy batches {image, label, mask}, the same count on every host."""
+  keep_tensorflow_on_host()
   local_batch = global_batch // jax.process_count()
   total = num_examples(builder, split)
   steps = math.ceil(math.ceil(total / jax.process_count()) / local_batch)
   ds = _process_dataset(builder, split, drop_remainder=False)
-  preprocess = make_preprocess(kind, train=False, image_size=image_size)
+  preprocess = make_preprocess(train=False, image_size=image_size)
   ds = ds.with_options(_options()).map(
       lambda ex: {"image": preprocess(ex["image"], tf.zeros([2], tf.int64)),
                   "label": tf.cast(ex["label"], tf.int32)},
@@ -152,36 +119,20 @@ def eval_batches(builder, split: str, *, global_batch: int, kind: str,
   count = 0
   for batch in ds.as_numpy_iterator():
     template = batch
-    yield _pad(batch, local_batch)
+    yield pad_batch(batch, local_batch)
     count += 1
   if template is None:
     raise ValueError(f"split {split!r} of {builder.name} is empty on process "
                      f"{jax.process_index()}")
   for _ in range(steps - count):
-    yield _pad({k: v[:0] for k, v in template.items()}, local_batch)
+    yield pad_batch({k: v[:0] for k, v in template.items()}, local_batch)
 
 
-def _pad(batch, size):
+def pad_batch(batch, size):
+  """Pads a batch to ``size`` rows; ``mask`` marks the real ones."""
   n = len(batch["label"])
   out = {"mask": np.concatenate([np.ones(n, np.float32), np.zeros(size - n, np.float32)])}
   for key, value in batch.items():
     pad = np.zeros((size - n,) + value.shape[1:], value.dtype)
     out[key] = np.concatenate([value, pad])
   return out
-
-
-def to_global(batches: Iterator[dict], mesh, prefetch: int = 2) -> Iterator[dict]:
-  """Local numpy batches -> global arrays sharded over ``'data'``, kept
-  ``prefetch`` batches ahead so the host overlaps with the device."""
-  sharding = NamedSharding(mesh, P("data"))
-  queue = collections.deque()
-
-  def put(batch):
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-
-  for batch in batches:
-    queue.append(put(batch))
-    if len(queue) > prefetch:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()

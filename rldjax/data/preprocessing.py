@@ -1,4 +1,6 @@
-"""Published augmentation and normalisation, as deterministic TF ops.
+"""ImageNet augmentation and normalisation as deterministic TF ops (the
+streaming path; datasets held in memory are augmented on device by
+``rldjax.data.augment``).
 
 Every random op is stateless and seeded by (run seed, epoch, example index),
 so an epoch's batches are a pure function of those: a resumed run sees exactly
@@ -8,8 +10,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-CIFAR_MEAN = (0.5071, 0.4867, 0.4408)
-CIFAR_STD = (0.2675, 0.2565, 0.2761)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -17,15 +17,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def normalize(image, mean, std):
   image = tf.cast(image, tf.float32) / 255.0
   return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
-
-
-def pad_crop_flip(image, seed, size: int, padding: int):
-  """CIFAR: random crop ``size`` from a ``padding``-pixel zero-padded image,
-  then a horizontal flip with probability 1/2."""
-  seeds = tf.random.experimental.stateless_split(seed, 2)
-  image = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
-  image = tf.image.stateless_random_crop(image, [size, size, tf.shape(image)[-1]], seeds[0])
-  return tf.image.stateless_random_flip_left_right(image, seeds[1])
 
 
 def random_resized_crop(image, seed, size: int = 224, scale=(0.08, 1.0),
@@ -60,29 +51,16 @@ def resize_center_crop(image, size: int = 224, resize: int = 256):
   return image[top:top + size, left:left + size]
 
 
-def make_preprocess(kind: str, train: bool, image_size: int):
-  """(image uint8 [H, W, C], seed [2]) -> float32 normalised [S, S, 3]."""
-  if kind == "cifar":
-    def fn(image, seed):
-      if train:
-        image = pad_crop_flip(image, seed, image_size, 4)
-      return normalize(image, CIFAR_MEAN, CIFAR_STD)
-  elif kind == "imagenet":
-    def fn(image, seed):
-      image = tf.cast(image, tf.float32)
-      image = random_resized_crop(image, seed, image_size) if train else \
-          resize_center_crop(image, image_size, int(round(image_size * 256 / 224)))
-      image = tf.clip_by_value(image, 0.0, 255.0)
-      return normalize(image, IMAGENET_MEAN, IMAGENET_STD)
-  elif kind == "digits":
-    # 8×8 grey digits: pad-crop-flip is wrong for digits; a 1-pixel random
-    # shift only, then the single channel repeated to RGB.
-    def fn(image, seed):
-      if train:
-        image = tf.pad(image, [[1, 1], [1, 1], [0, 0]])
-        image = tf.image.stateless_random_crop(image, [image_size, image_size, 1], seed)
-      image = tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
-      return normalize(image, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-  else:
-    raise ValueError(f"unknown preprocessing kind {kind!r}: cifar, imagenet or digits")
+def make_preprocess(train: bool, image_size: int):
+  """ImageNet-style preprocessing (the streaming path): (image uint8 [H, W, C],
+  seed [2]) -> float32 normalised [S, S, 3]. Training: random resized crop +
+  flip; evaluation: resize the shorter side to 256/224·S, centre crop S."""
+  def fn(image, seed):
+    image = tf.cast(image, tf.float32)
+    if image.shape[-1] == 1:
+      image = tf.image.grayscale_to_rgb(image)
+    image = random_resized_crop(image, seed, image_size) if train else \
+        resize_center_crop(image, image_size, int(round(image_size * 256 / 224)))
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    return normalize(image, IMAGENET_MEAN, IMAGENET_STD)
   return fn

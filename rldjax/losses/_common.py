@@ -62,6 +62,19 @@ def check_labels(labels, logits_shape: Sequence[int], axis: int) -> None:
   if tuple(labels.shape) != expected:
     raise ValueError(f"`labels` must have the logits' shape without the class axis, "
                      f"{expected}, got {tuple(labels.shape)}.")
+  if isinstance(labels, jax.core.Tracer):
+    return  # values unknown at trace time: out-of-range examples give NaN (per_example)
+  num_classes = logits_shape[axis]
+  values = np.asarray(labels)
+  bad = (values < 0) | (values >= num_classes)
+  if bad.any():
+    raise ValueError(f"`labels` must lie in [0, {num_classes}) (the class axis has {num_classes} "
+                     f"classes); got {bad.sum()} outside, e.g. {values[bad].ravel()[:5].tolist()}.")
+
+
+def valid_labels(y, num_classes: int):
+  """Rows whose label lies in [0, num_classes)."""
+  return (y >= 0) & (y < num_classes)
 
 
 def _concrete_number(name: str, value):
@@ -114,8 +127,14 @@ def per_example(fn: Callable, student_logits, teacher_logits, labels, axis: int,
   t = as_rows(teacher_logits, axis, dtype)
   if standardize:
     s, t = standardize_logits(s), standardize_logits(t)
-  y = None if labels is None else labels.reshape((-1,)).astype(jnp.int32)
-  return fn(s, t, y).reshape(out_shape)
+  if labels is None:
+    return fn(s, t, None).reshape(out_shape)
+  y = labels.reshape((-1,)).astype(jnp.int32)
+  # A label outside [0, C) (only possible under tracing; eager calls raise in
+  # check_labels) makes that example's loss NaN, never a finite number.
+  valid = valid_labels(y, s.shape[-1])
+  loss = fn(s, t, jnp.where(valid, y, 0))
+  return jnp.where(valid, loss, jnp.nan).reshape(out_shape)
 
 
 # --------------------------------------------------------------------------

@@ -30,7 +30,10 @@ def dkd(student_logits, teacher_logits, labels, *, alpha: float = 1.0,
 
   Args:
     student_logits, teacher_logits: float arrays ``[..., C, ...]``.
-    labels: integer class indices, the logits' shape without ``axis``.
+    labels: integer class indices, the logits' shape without ``axis``. A label
+      outside ``[0, C)`` raises ``ValueError`` naming ``labels`` in an eager
+      call; under ``jit``/``grad`` tracing (values unknown) that example's
+      loss is NaN instead, never a finite number.
     alpha: TCKD weight, >= 0.  beta: NCKD weight, >= 0.
     temperature: T > 0.
     standardize: logit standardisation of both logits first.

@@ -65,7 +65,10 @@ def swap_kd(student_logits, teacher_logits, labels, *, temperature: float = 4.0,
 
   Args:
     student_logits, teacher_logits: float arrays ``[..., C, ...]``.
-    labels: integer class indices, the logits' shape without ``axis``.
+    labels: integer class indices, the logits' shape without ``axis``. A label
+      outside ``[0, C)`` raises ``ValueError`` naming ``labels`` in an eager
+      call; under ``jit``/``grad`` tracing (values unknown) that example's
+      loss is NaN instead, never a finite number.
     temperature: T > 0.
     standardize: logit standardisation of both logits before the swap.
     axis: the class axis.
@@ -97,6 +100,16 @@ def rc(student_logits, teacher_logits, labels, *, temperature: float = 4.0,
 
   ``teacher_logits`` is accepted for the uniform registry signature and only
   checked for shape; it does not enter the loss.
+
+  Args:
+    student_logits, teacher_logits: float arrays ``[..., C, ...]``.
+    labels: integer class indices, the logits' shape without ``axis``. A label
+      outside ``[0, C)`` raises ``ValueError`` naming ``labels`` in an eager
+      call; under ``jit``/``grad`` tracing (values unknown) that example's
+      loss is NaN instead, never a finite number.
+    temperature: T > 0.
+    standardize: logit standardisation of both logits first.
+    axis: the class axis.
 
   Returns:
     Per-example losses in >= float32.

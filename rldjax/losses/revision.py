@@ -32,7 +32,10 @@ def label_revision(student_logits, teacher_logits, labels, *, lambda1: float = 4
   Args:
     student_logits, teacher_logits: float arrays ``[..., C, ...]``; all
       leading dims together form the batch.
-    labels: integer class indices, the logits' shape without ``axis``.
+    labels: integer class indices, the logits' shape without ``axis``. A label
+      outside ``[0, C)`` raises ``ValueError`` naming ``labels`` in an eager
+      call; under ``jit``/``grad`` tracing (values unknown) the batch
+      loss is NaN instead, never a finite number.
     lambda1, lambda2: weights >= 0.  eta: revision strength, >= 0.
     axis: the class axis.
 
@@ -46,8 +49,9 @@ def label_revision(student_logits, teacher_logits, labels, *, lambda1: float = 4
   dtype = c.compute_dtype(student_logits, teacher_logits)
   s = c.as_rows(student_logits, axis, dtype)
   t = c.as_rows(teacher_logits, axis, dtype)
-  y = labels.reshape((-1,)).astype(jnp.int32)
   num_classes = s.shape[-1]
+  y_in = labels.reshape((-1,)).astype(jnp.int32)
+  y = jnp.where(c.valid_labels(y_in, num_classes), y_in, 0)
 
   right = (jnp.argmax(t, axis=-1) == y).astype(dtype)
   wrong = 1.0 - right
@@ -65,4 +69,7 @@ def label_revision(student_logits, teacher_logits, labels, *, lambda1: float = 4
   revised = beta * pt + (1.0 - beta) * jax.nn.one_hot(y, num_classes, dtype=dtype)
   mse_probs = (jnp.sum(wrong[:, None] * (jnp.exp(log_ps) - revised) ** 2)
                / (safe(n_wrong) * num_classes))
-  return ce_term + lambda1 * mse_logits + lambda2 * mse_probs
+  loss = ce_term + lambda1 * mse_logits + lambda2 * mse_probs
+  # A label outside [0, C) (only possible under tracing; eager calls raise)
+  # makes the batch loss NaN.
+  return jnp.where(jnp.all(c.valid_labels(y_in, num_classes)), loss, jnp.nan)

@@ -71,7 +71,10 @@ def rld(student_logits, teacher_logits, labels, *, alpha: float = 1.0,
 
   Args:
     student_logits, teacher_logits: float arrays ``[..., C, ...]``.
-    labels: integer class indices, the logits' shape without ``axis``.
+    labels: integer class indices, the logits' shape without ``axis``. A label
+      outside ``[0, C)`` raises ``ValueError`` naming ``labels`` in an eager
+      call; under ``jit``/``grad`` tracing (values unknown) that example's
+      loss is NaN instead, never a finite number.
     alpha: SCD weight, >= 0.  beta: MCD weight, >= 0.
     temperature: T > 0 of the MCD term.
     confidence_temperature: :math:`T_a` > 0 of the SCD term; None uses

@@ -1,8 +1,19 @@
-"""Orbax checkpointing of the train state: periodic and end-of-epoch saves,
-the latest N plus the best by test top-1 kept, corrupt checkpoints reported
-and skipped on restore."""
+"""Orbax checkpoints of a run: the train state plus the run's history so far.
+
+Each checkpoint holds two items, ``state`` (the :class:`TrainState`) and
+``history`` (the per-epoch evaluation records, JSON), so a resumed run gets
+both from the same step. The manager keeps the latest N checkpoints and the
+best N by test top-1 (``preservation_policy``), saves asynchronously, and is
+always closed. A checkpoint that fails to restore is reported once, moved
+aside to ``<workdir>/checkpoints_corrupt/`` (never deleted, never used) and the
+next older one is tried.
+"""
 from __future__ import annotations
 
+import logging as std_logging
+import os
+import shutil
+import time
 from typing import Any
 
 import jax
@@ -10,9 +21,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from rldjax.train.state import TrainState
+from rldjax import distributed
 
 policies = ocp.checkpoint_managers
+
+
+def quiet_orbax_logs() -> None:
+  """Keeps Orbax's per-save INFO lines out of a run's log (warnings and errors stay)."""
+  def drop_orbax_info(record) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+  logger = logging.get_absl_logger()
+  if not any(getattr(f, "__name__", "") == "drop_orbax_info" for f in logger.filters):
+    logger.addFilter(drop_orbax_info)
 
 
 def create_manager(directory: str, keep_latest: int = 2, keep_best: int = 1) -> ocp.CheckpointManager:
@@ -25,31 +45,50 @@ def create_manager(directory: str, keep_latest: int = 2, keep_best: int = 1) -> 
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
                                          enable_async_checkpointing=True)
-  return ocp.CheckpointManager(directory, options=options)
+  return ocp.CheckpointManager(directory, options=options, item_names=("state", "history"))
 
 
-def save(manager: ocp.CheckpointManager, state: TrainState, metrics: dict | None = None,
-         force: bool = False) -> None:
+def save(manager: ocp.CheckpointManager, state, history: list, metrics: dict | None = None,
+         force: bool = False) -> bool:
+  """Saves ``state`` and ``history`` at ``state.step`` (asynchronously); False
+  when that step is already saved."""
   step = int(jax.device_get(state.step))
   if step in manager.all_steps():
-    return
-  manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=force)
+    return False
+  return manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)),
+      metrics=metrics, force=force)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState) -> TrainState | None:
-  """The newest readable checkpoint, or None. A checkpoint that fails to
-  restore is logged as corrupt and skipped, never silently used."""
+def _quarantine(manager: ocp.CheckpointManager, step: int, reason: Exception) -> None:
+  directory = os.fspath(manager.directory)
+  corrupt_root = os.path.join(os.path.dirname(directory.rstrip("/")), "checkpoints_corrupt")
+  target = os.path.join(corrupt_root, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+  logging.error("checkpoint at step %d in %s is corrupt and is skipped (moved to %s): %s",
+                step, directory, target, str(reason).splitlines()[0][:300])
+  if distributed.is_primary():
+    os.makedirs(corrupt_root, exist_ok=True)
+    source = os.path.join(directory, str(step))
+    if os.path.exists(source):
+      shutil.move(source, target)
+  distributed.barrier(f"quarantine-{step}")
+  manager.reload()
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> tuple[Any, list] | None:
+  """(state, history) of the newest readable checkpoint, or None. A checkpoint
+  that fails to restore is reported, moved aside and skipped, never used."""
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), history=ocp.args.JsonRestore()))
+      state, history = restored["state"], restored["history"]
+      if int(jax.device_get(state.step)) != step or not isinstance(history, list):
+        raise ValueError(f"checkpoint holds step {int(state.step)}, not {step}")
+      return state, history
     except Exception as err:  # pylint: disable=broad-except
-      logging.error("checkpoint at step %d in %s is corrupt and is skipped: %s",
-                    step, manager.directory, err)
+      _quarantine(manager, step, err)
   return None
-
-
-def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState):
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
 
 def abstract(state: Any):

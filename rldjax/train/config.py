@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = ml_collections.ConfigDict(dict(
       name="cifar100", data_dir="", download=False, train_split="train",
       eval_split="test", kind="cifar", image_size=32, num_classes=100,
-      shuffle_buffer=50_000))
+      in_memory=True, shuffle_buffer=16_384))
   c.student = ml_collections.ConfigDict(dict(tag="cifar/resnet8x4", dtype="float32"))
   c.teacher = ml_collections.ConfigDict(dict(tag="cifar/resnet32x4", checkpoint=""))
   c.method = "kd"
@@ -85,8 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
       schedule="multistep", decay_epochs=(150, 180, 210), decay_rate=0.1, lr_warmup_epochs=0))
   c.batch_size = 64
   c.num_epochs = 240
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep_latest=2, keep_best=1))
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, every_epochs=1, keep_latest=2,
+                                                 keep_best=1))
   c.log_every_steps = 100
+  c.steps_per_call = 1  # > 1: that many in-memory steps per device call (a while_loop)
   c.distributed = False
   return c
 
@@ -200,8 +202,8 @@ def validate(config) -> None:
   if config.student.dtype not in ("float32", "bfloat16"):
     _fail("student.dtype", f"must be float32 or bfloat16, got {config.student.dtype!r}")
   for field in ("batch_size", "num_epochs", "log_every_steps", "dataset.num_classes",
-                "dataset.image_size", "checkpoint.every_steps", "checkpoint.keep_latest",
-                "checkpoint.keep_best"):
+                "dataset.image_size", "checkpoint.every_steps", "checkpoint.every_epochs",
+                "checkpoint.keep_latest", "checkpoint.keep_best", "steps_per_call"):
     value = _field(config, field)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       _fail(field, f"must be a positive int, got {value!r}")
@@ -238,6 +240,8 @@ def validate(config) -> None:
     _fail("optimizer.weight_decay_mask", "must be 'all' or 'kernels'")
   if config.dataset.kind not in ("cifar", "imagenet", "digits"):
     _fail("dataset.kind", f"must be cifar, imagenet or digits, got {config.dataset.kind!r}")
+  if config.dataset.kind == "imagenet" and config.dataset.in_memory:
+    _fail("dataset.in_memory", "ImageNet-style datasets stream from disk; set it to False")
 
 
 def _number(value) -> str:

@@ -1,13 +1,29 @@
 """train_and_evaluate: teacher training (method "vanilla") and distillation.
 
-Resumable: restarting with the same workdir continues from the newest
-readable checkpoint, and the final parameters equal those of an uninterrupted
-run (the input pipeline is a pure function of seed, epoch and step).
+A run owns its workdir (a lock), records its config there, and can be left
+alone:
+
+* **Resumable.** Rerunning the same command continues from the newest readable
+  checkpoint and ends bit-identical to an uninterrupted run: the batches are a
+  pure function of (seed, epoch, step), and the checkpoint holds the train
+  state, this epoch's running training-metric sums, the best model so far and
+  the history. A corrupt checkpoint is reported, moved aside and skipped.
+* **Stops loudly.** The first step whose loss or gradient is not finite stops
+  the run (``DivergedError``, exit status 3) naming the step, epoch and value;
+  the last good checkpoint is kept, nothing is exported, and results.json says
+  ``"status": "diverged"``. SIGTERM saves a checkpoint of the step reached and
+  stops (``PreemptedError``, exit status 143); rerun to resume.
+* **Honest exports.** ``export/best`` is the state that scored the best test
+  top-1 (the first such epoch), kept in the train state from the moment it was
+  evaluated; ``export/last`` the final one. Each export's model.json records
+  its epoch and top-1.
+
+Multi-process: every process runs this function; process 0 writes every file
+(lock, config, results, history, events), and every process enters every
+collective (Orbax saves, restores and exports).
 """
 from __future__ import annotations
 
-import functools
-import json
 import os
 import shutil
 import time
@@ -17,51 +33,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 
-from rldjax import errors, export, models
-from rldjax.data import input_pipeline
+from rldjax import distributed, errors, export
+from rldjax.data import order
 from rldjax.train import checkpoint as ckpt_lib
 from rldjax.train import config as config_lib
-from rldjax.train import optim, recipe, step as step_lib
+from rldjax.train import data as data_lib
+from rldjax.train import programs as programs_lib
+from rldjax.train import recipe, workdir as workdir_lib
+from rldjax.train.preemption import PreemptionWatcher
 from rldjax.train.state import TrainState
+from rldjax.train.writer import ScalarWriter
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def _program_key(config) -> str:
-  """Everything the compiled programs depend on (not the seed, the data
-  location or the teacher's weights), as a hashable string."""
-  c = config.to_dict()
-  for key in ("seed", "checkpoint", "log_every_steps", "num_epochs"):
-    c.pop(key, None)
-  c["dataset"] = {k: v for k, v in c["dataset"].items() if k in ("image_size", "num_classes")}
-  c["teacher"] = c["teacher"]["tag"] if config.method != "vanilla" else None
-  return json.dumps(c, sort_keys=True, default=str)
-
-
-@functools.lru_cache(maxsize=8)
-def _programs(key: str, steps_per_epoch: int):
-  """(student, tx, train_step, eval_step, init_fn, mesh), built once per process for
-  runs that differ only in seed or data (their jit caches are then reused)."""
-  config = ml_collections.ConfigDict(json.loads(key))
-  student = models.create(config.student.tag, config.dataset.num_classes,
-                          dtype=DTYPES[config.student.dtype], bn_axis_name=step_lib.AXIS)
-  teacher = None
-  if config.method != "vanilla":
-    teacher = models.create(config.teacher, config.dataset.num_classes)
-  tx = optim.sgd(optim.schedule(config, steps_per_epoch), config.optimizer.momentum,
-                 config.optimizer.weight_decay, config.optimizer.weight_decay_mask,
-                 config.optimizer.nesterov)
-  mesh = step_lib.data_mesh()
-  train_step = step_lib.shard(
-      step_lib.make_train_step(student, teacher, recipe.Recipe.from_config(config), tx,
-                               steps_per_epoch), mesh,
-      n_replicated=2, donate=True)
-  eval_step = step_lib.shard(step_lib.make_eval_step(student), mesh, n_replicated=1)
-  size = config.dataset.image_size
-  init_fn = jax.jit(lambda rng: student.init(rng, jnp.zeros((1, size, size, 3)), train=False))
-  return student, tx, train_step, eval_step, init_fn, mesh
+CHUNK_SECONDS = 1.0  # about how long one device call of training steps lasts
 
 
 def _load_teacher(config):
@@ -83,49 +67,83 @@ def _load_teacher(config):
   if num_classes != config.dataset.num_classes:
     raise errors.TeacherError(f"config.teacher.checkpoint: teacher has {num_classes} classes, "
                               f"the dataset {config.dataset.num_classes}")
-  return jax.device_put(variables)
+  return variables
 
 
-def _results(workdir, config, history, wall_time, finished):
+def _resolved(config) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with the teacher path made absolute."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.method != "vanilla":
+    config.teacher.checkpoint = os.path.abspath(config.teacher.checkpoint)
+  return config
+
+
+def _epochs_done(workdir):
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return 0
+  import json  # pylint: disable=import-outside-toplevel
+  with open(path) as f:
+    return int(json.load(f).get("epochs_completed") or 0)
+
+
+def _previous_times(workdir) -> tuple[float, float]:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return 0.0, 0.0
+  import json  # pylint: disable=import-outside-toplevel
+  try:
+    with open(path) as f:
+      r = json.load(f)
+    return float(r.get("wall_time_s") or 0.0), float(r.get("train_time_s") or 0.0)
+  except (OSError, ValueError):
+    return 0.0, 0.0
+
+
+def _results(workdir, config, history, status, wall, train_time, extra=None):
   best = max(history, key=lambda h: h["top1"]) if history else None
   last = history[-1] if history else None
-  return {
+  out = {
       "method": config.method, "student": config.student.tag,
       "teacher": config.teacher.tag if config.method != "vanilla" else None,
-      "dataset": config.dataset.name, "seed": config.seed,
-      "finished": finished, "epochs_completed": len(history), "num_epochs": config.num_epochs,
+      "dataset": config.dataset.name, "train_split": config.dataset.train_split,
+      "eval_split": config.dataset.eval_split, "seed": config.seed,
+      "status": status, "finished": status == "finished",
+      "epochs_completed": len(history), "num_epochs": config.num_epochs,
       "best_top1": best and best["top1"], "best_top5": best and best["top5"],
       "best_epoch": best and best["epoch"],
       "last_top1": last and last["top1"], "last_top5": last and last["top5"],
-      "wall_time_s": wall_time, "history": history, "config": config.to_dict(),
-      "workdir": os.path.abspath(workdir),
+      "wall_time_s": wall, "train_time_s": train_time, "history": history,
+      "config": config.to_dict(), "workdir": workdir,
   }
+  out.update(extra or {})
+  return out
 
 
-def _write_json(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, default=str)
-  os.replace(tmp, path)
+def _replicate(mesh, tree):
+  """``tree`` (the same values on every process) as arrays replicated over the
+  mesh, which may span processes."""
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def put(leaf):
+    host = np.asarray(jax.device_get(leaf))
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+  return jax.tree_util.tree_map(put, tree)
 
 
-def _export(workdir, name, tag, variables):
+def _export(workdir, name, tag, variables, metadata):
+  """Writes export/<name> (replacing an older one) from every process."""
   target = os.path.join(workdir, "export", name)
   tmp = target + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  export.save_model(tmp, tag, variables)
-  shutil.rmtree(target, ignore_errors=True)
-  os.replace(tmp, target)
-
-
-def evaluate(eval_step, variables, batches) -> dict:
-  sums = None
-  for batch in batches:
-    out = jax.device_get(eval_step(variables, batch))
-    sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
-  count = float(sums["count"])
-  return {"top1": 100.0 * float(sums["top1"]) / count, "top5": 100.0 * float(sums["top5"]) / count,
-          "loss": float(sums["loss"]) / count, "count": int(count)}
+  if distributed.is_primary():
+    shutil.rmtree(tmp, ignore_errors=True)
+  distributed.barrier(f"export-{name}-begin")
+  export.save_model(tmp, tag, variables, metadata)
+  distributed.barrier(f"export-{name}-written")
+  if distributed.is_primary():
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+  distributed.barrier(f"export-{name}-done")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -133,125 +151,282 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Runs (or resumes) the experiment in ``workdir``; returns results.json's
   content. ``stop_after_epochs`` stops early as a preemption would (tests)."""
   config_lib.validate(config)
+  config = _resolved(config)
   workdir = os.path.abspath(workdir)  # Orbax needs absolute paths
-  os.makedirs(workdir, exist_ok=True)
-  start_time = time.time()
-  previous_wall = 0.0
-  if os.path.exists(os.path.join(workdir, "results.json")):
-    with open(os.path.join(workdir, "results.json")) as f:
-      previous_wall = float(json.load(f).get("wall_time_s") or 0.0)
-  start_time -= previous_wall
-  teacher_vars = _load_teacher(config)
-  builder = input_pipeline.load_builder(config.dataset.name, config.dataset.data_dir or None,
-                                        config.dataset.download)
-  n_devices = jax.device_count()
-  if config.batch_size % n_devices:
-    raise ValueError(f"config.batch_size: {config.batch_size} is not divisible by the "
-                     f"{n_devices} devices")
-  steps_per_epoch = input_pipeline.steps_per_epoch(builder, config.dataset.train_split,
-                                                   config.batch_size)
-  if steps_per_epoch < 1:
-    raise ValueError(f"config.batch_size: {config.batch_size} exceeds the training split")
-  total_steps = steps_per_epoch * config.num_epochs
-
-  student, tx, train_step, eval_step, init_fn, mesh = _programs(_program_key(config),
-                                                                steps_per_epoch)
-  size = config.dataset.image_size
-  # The "rbg" PRNG: XLA compiles its initialisers several times faster than
-  # threefry's (16 s -> 4 s for a small ResNet on CPU).
-  rng = jax.random.key(config.seed, impl="rbg")
-  variables = init_fn(rng)
-  state = TrainState.create(variables["params"], variables["batch_stats"], tx,
-                            jax.random.fold_in(rng, 1))
-  # Replicated over the mesh from the start, so the step compiles once.
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = jax.device_put(state, replicated)
-  if teacher_vars is not None:
-    teacher_vars = jax.device_put(teacher_vars, replicated)
-
-  manager = ckpt_lib.create_manager(os.path.join(workdir, "checkpoints"),
-                                    config.checkpoint.keep_latest, config.checkpoint.keep_best)
-  history_path = os.path.join(workdir, "history.json")
+  if distributed.is_primary():
+    os.makedirs(workdir, exist_ok=True)
+  lock = workdir_lib.WorkdirLock(workdir)
+  distributed.on_primary(lock.acquire)
   try:
-    restored = ckpt_lib.restore_latest(manager, ckpt_lib.abstract(state))
-    history = []
-    if restored is not None:
-      state = restored
-      if os.path.exists(history_path):
-        with open(history_path) as f:
-          history = json.load(f)
-      done = int(state.step) // steps_per_epoch
-      history = [h for h in history if h["epoch"] <= done]
-      logging.info("resumed from step %d (epoch %d) in %s", int(state.step), done, workdir)
+    distributed.on_primary(workdir_lib.check_config, workdir, config.to_dict(),
+                           lambda: _epochs_done(workdir))
+    return _Run(config, workdir).run(stop_after_epochs)
+  finally:
+    if distributed.is_primary():
+      lock.release()
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
 
-    step = int(state.step)
-    first_epoch = step // steps_per_epoch
+class _Run:
+  """One session of a run in its workdir."""
+
+  def __init__(self, config, workdir):
+    self.config, self.workdir = config, workdir
+    self.start = time.time()
+    self.previous_wall, self.previous_train = _previous_times(workdir)
+    self.train_time = 0.0
+    self.max_chunk = 8
+
+  # -- bookkeeping -----------------------------------------------------------
+
+  def wall(self):
+    return self.previous_wall + time.time() - self.start
+
+  def write_results(self, history, status, extra=None):
+    results = _results(self.workdir, self.config, history, status, self.wall(),
+                       self.previous_train + self.train_time, extra)
+    if distributed.is_primary():
+      workdir_lib.write_json(os.path.join(self.workdir, "history.json"), history)
+      workdir_lib.write_json(os.path.join(self.workdir, "results.json"), results)
+    return results
+
+  # -- the run ---------------------------------------------------------------
+
+  def run(self, stop_after_epochs):
+    config, workdir = self.config, self.workdir
+    ckpt_lib.quiet_orbax_logs()
+    teacher_vars = _load_teacher(config)
+    devices = jax.devices()
+    if config.batch_size % len(devices):
+      raise errors.ConfigError(f"config.batch_size: {config.batch_size} is not divisible by the "
+                               f"{len(devices)} devices")
+    mesh = programs_lib.step_lib.data_mesh(devices)
+    data = data_lib.load(config, mesh)
+    spe = data.steps_per_epoch
+    if spe < 1:
+      raise errors.ConfigError(f"config.batch_size: {config.batch_size} exceeds the training "
+                               f"split ({data.num_train} examples)")
+    self.programs = p = programs_lib.build(config, spe)
+    rng = jax.random.key(config.seed, impl="rbg")  # rbg: fast-compiling initialisers
+    variables = p.init(rng)
+    state = TrainState.create(variables["params"],
+                              jax.tree_util.tree_map(jnp.copy, variables["batch_stats"]), p.tx,
+                              jax.random.fold_in(rng, 1))
+    state = state.replace(best=jax.tree_util.tree_map(jnp.copy, state.best))
+    state = _replicate(mesh, state)  # replicated over the mesh from the start: one compile
+    if teacher_vars is not None:
+      teacher_vars = _replicate(mesh, teacher_vars)
+    self.data_key = _replicate(mesh, order.data_key_data(config.seed))
+    self.mesh, self.data, self.teacher_vars = mesh, data, teacher_vars
+
+    manager = ckpt_lib.create_manager(os.path.join(workdir, "checkpoints"),
+                                      config.checkpoint.keep_latest, config.checkpoint.keep_best)
+    writer = ScalarWriter(workdir)
+    try:
+      history = []
+      restored = ckpt_lib.restore_latest(manager, ckpt_lib.abstract(state))
+      if restored is not None:
+        state, history = restored
+        logging.info("resumed from step %d (epoch %d) in %s", int(state.step),
+                     int(state.step) // spe, workdir)
+      with PreemptionWatcher() as watcher:
+        state, history = self.train(state, history, manager, writer, watcher, stop_after_epochs)
+      manager.wait_until_finished()
+      finished = len(history) >= config.num_epochs
+      if finished:
+        best = jax.device_get(state.best)
+        best_record = history[int(best["epoch"]) - 1]
+        last = history[-1]
+        _export(workdir, "last", config.student.tag, state.variables,
+                {"epoch": last["epoch"], "top1": last["top1"]})
+        _export(workdir, "best", config.student.tag,
+                {"params": best["params"], "batch_stats": best["batch_stats"]},
+                {"epoch": best_record["epoch"], "top1": best_record["top1"]})
+      return self.write_results(history, "finished" if finished else "stopped")
+    finally:
+      writer.close()
+      manager.wait_until_finished()
+      manager.close()
+
+  def train(self, state, history, manager, writer, watcher, stop_after_epochs):
+    config, data, spe = self.config, self.data, self.data.steps_per_epoch
+    total = spe * config.num_epochs
+    step = int(jax.device_get(state.step))
+    first_epoch = step // spe
     last_epoch = config.num_epochs if stop_after_epochs is None else min(
         config.num_epochs, first_epoch + stop_after_epochs)
-    timer_step, timer = step, time.time()
-    ds = config.dataset
+    rate_mark = (step, time.time(), self.train_time)
     for epoch in range(first_epoch, last_epoch):
-      batches = input_pipeline.train_batches(
-          builder, ds.train_split, global_batch=config.batch_size, epoch=epoch,
-          seed=config.seed, kind=ds.kind, image_size=size,
-          start_step=step - epoch * steps_per_epoch, shuffle_buffer=ds.shuffle_buffer)
-      train_metrics = []
-      for batch in input_pipeline.to_global(batches, mesh):
-        state, metrics = train_step(state, teacher_vars, batch)
-        step += 1
-        train_metrics.append(metrics)
-        if step % config.log_every_steps == 0:
-          m = jax.device_get(metrics)
-          rate = (step - timer_step) / max(time.time() - timer, 1e-9)
-          eta = (total_steps - step) / max(rate, 1e-9)
-          writer.write_scalars(step, {f"train/{k}": float(v) for k, v in m.items()})
-          logging.info("step %d/%d epoch %d  loss %.4f  %.2f steps/s  ETA %.0fs",
-                       step, total_steps, epoch + 1, float(m["loss"]), rate, eta)
-          timer_step, timer = step, time.time()
-        if step % config.checkpoint.every_steps == 0 and step % steps_per_epoch:
-          ckpt_lib.save(manager, state)
-      if step != (epoch + 1) * steps_per_epoch:
-        raise RuntimeError(f"epoch {epoch + 1} ended at step {step}, expected "
-                           f"{(epoch + 1) * steps_per_epoch}: the input pipeline is short")
-      result = evaluate(eval_step, {"params": state.params, "batch_stats": state.batch_stats},
-                        input_pipeline.to_global(input_pipeline.eval_batches(
-                            builder, ds.eval_split, global_batch=config.batch_size,
-                            kind=ds.kind, image_size=size), mesh))
-      train_loss = float(np.mean([float(m["loss"]) for m in jax.device_get(train_metrics)])) \
-          if train_metrics else float("nan")
-      lr = float(recipe.learning_rate(config, epoch + 1))
-      history.append({"epoch": epoch + 1, "step": step, "top1": result["top1"],
-                      "top5": result["top5"], "test_loss": result["loss"],
-                      "train_loss": train_loss, "lr": lr})
-      writer.write_scalars(step, {"test/top1": result["top1"], "test/top5": result["top5"],
-                                  "test/loss": result["loss"], "train/epoch_loss": train_loss})
-      logging.info("epoch %d/%d  test top-1 %.2f  top-5 %.2f  (%d examples)", epoch + 1,
-                   config.num_epochs, result["top1"], result["top5"], result["count"])
-      ckpt_lib.save(manager, state, metrics={"top1": result["top1"]}, force=True)
-      if jax.process_index() == 0:
-        _write_json(history_path, history)
-        _write_json(os.path.join(workdir, "results.json"), _results(
-            workdir, config, history, time.time() - start_time, finished=False))
+      end = (epoch + 1) * spe
+      for state, step in self._advance(state, step, end, history):
+        if step % config.log_every_steps == 0 or step == end:
+          sums = jax.device_get(state.epoch_sums)
+          loss = sums["loss"] / max(sums["steps"], 1)
+          done_steps, t0, train0 = rate_mark
+          rate = (step - done_steps) / max(self.train_time - train0, 1e-9)
+          writer.write(step, {"train/loss": loss, "train/lr": recipe.learning_rate(config,
+                                                                                   epoch + 1)})
+          logging.info("step %d/%d  epoch %d  train loss %.4f  %.1f steps/s  ETA %.0fs", step,
+                       total, epoch + 1, loss, rate, (total - step) / max(rate, 1e-9))
+          rate_mark = (step, time.time(), self.train_time)
+        if step % config.checkpoint.every_steps == 0 and step != end:
+          ckpt_lib.save(manager, state, history)
+        if watcher.requested(step):
+          self._preempted(state, history, manager, step)
+      state, history = self._end_epoch(state, history, epoch, manager, writer)
     writer.flush()
+    return state, history
 
-    finished = len(history) >= config.num_epochs
+  def _next_stop(self, step, end):
+    """The next step at which the loop logs, checkpoints or ends the epoch."""
+    c = self.config
+    return min([end] + [(step // k + 1) * k for k in (c.log_every_steps,
+                                                      c.checkpoint.every_steps)])
+
+  def _advance(self, state, step, end, history):
+    """Runs the steps up to ``end`` and yields (state, step) at every point
+    where the loop may log, checkpoint or stop (and at least every
+    ``CHUNK_SECONDS`` or so, so that a stop request is served quickly);
+    a diverging step raises."""
+    c, p, data = self.config, self.programs, self.data
+    if data.path == "device" and c.steps_per_call > 1:
+      images, labels = data.device_train
+      perm = p.epoch_permutation(self.data_key, step // data.steps_per_epoch, data.num_train)
+      while step < end:
+        count = min(self._next_stop(step, end) - step, self.max_chunk, c.steps_per_call)
+        t0 = time.time()
+        state, info = p.train_chunk(state, self.teacher_vars, self.data_key, images, labels,
+                                    perm, jnp.int32(count))
+        info = jax.device_get(info)
+        seconds = time.time() - t0
+        self.train_time += seconds
+        if not info["finite"]:
+          self._diverged(step + int(info["steps"]), float(info["loss"]), history)
+        step += count
+        # Aim at calls of about CHUNK_SECONDS (the step count is a traced
+        # argument: no recompilation).
+        rate = count / max(seconds, 1e-6)
+        self.max_chunk = int(min(max(1, rate * CHUNK_SECONDS), 4 * max(self.max_chunk, 1)))
+        yield state, step
+      return
+    epoch = step // data.steps_per_epoch
+    if data.path == "device":
+      images, labels = data.device_train
+      perm = p.epoch_permutation(self.data_key, epoch, data.num_train)
+      batches = ({} for _ in range(step, end))
+      run = lambda s, _: p.train_step_indexed(s, self.teacher_vars, self.data_key, images,
+                                               labels, perm)
+    elif data.path == "host":
+      batches = self._to_global(data_lib.host_train_batches(
+          data, self.mesh, c.batch_size, self.data_key, epoch, step - epoch * data.steps_per_epoch))
+      run = lambda s, b: p.train_step_raw(s, self.teacher_vars, self.data_key, b)
+    else:
+      from rldjax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+      batches = self._to_global(self._checked(input_pipeline.train_batches(
+          data.builder, c.dataset.train_split, global_batch=c.batch_size, epoch=epoch,
+          seed=c.seed, image_size=c.dataset.image_size,
+          start_step=step - epoch * data.steps_per_epoch, shuffle_buffer=c.dataset.shuffle_buffer),
+          c.dataset.train_split))
+      run = lambda s, b: p.train_step(s, self.teacher_vars, b)
+    # Steps are dispatched asynchronously; their finite flags are read (one
+    # device sync) at every point where the loop may log, save or stop.
+    pending = []
+    t0 = time.time()
+    for batch in batches:
+      state, metrics = run(state, batch)
+      step += 1
+      pending.append((step, metrics))
+      if step == self._next_stop(step - 1, end) or len(pending) >= self.max_chunk:
+        self._check_finite(pending, history)
+        seconds = time.time() - t0
+        self.train_time += seconds
+        rate = len(pending) / max(seconds, 1e-6)
+        self.max_chunk = int(min(max(1, rate * CHUNK_SECONDS), 4 * max(self.max_chunk, 1)))
+        pending = []
+        yield state, step
+        t0 = time.time()
+    if step != end:
+      raise RuntimeError(f"epoch {epoch + 1} ended at step {step}, expected {end}: the input "
+                         "pipeline is short")
+
+  def _to_global(self, batches):
+    return data_lib.to_global(batches, self.mesh)
+
+  def _checked(self, batches, split):
+    ds = self.config.dataset
+    for batch in batches:
+      data_lib.check_batch_labels(batch["label"], ds.num_classes, ds.name, split)
+      yield batch
+
+  def _check_finite(self, pending, history):
+    flags = jax.device_get([(m["finite"], m["loss"]) for _, m in pending])
+    for (step, _), (finite, loss) in zip(pending, flags):
+      if not finite:
+        self._diverged(step, float(loss), history)
+
+  def _diverged(self, step, loss, history):
+    spe = self.data.steps_per_epoch
+    epoch = (step - 1) // spe + 1
+    results = self.write_results(history, "diverged", {"diverged": {
+        "step": step, "epoch": epoch, "loss": loss}})
+    del results
+    raise errors.DivergedError(
+        f"diverged: the loss or a gradient is not finite at step {step} (epoch {epoch}): loss = "
+        f"{loss}. The last good checkpoint in {self.workdir}/checkpoints is kept; nothing was "
+        "exported. Lower --config.optimizer.lr or check the data and the teacher, then start "
+        "in a new --workdir (or rerun here to retry from that checkpoint).")
+
+  def _preempted(self, state, history, manager, step):
+    ckpt_lib.save(manager, state, history, force=True)
     manager.wait_until_finished()
-    if finished and jax.process_index() == 0:
-      _export(workdir, "last", config.student.tag,
-              {"params": state.params, "batch_stats": state.batch_stats})
-      best_step = max(history, key=lambda h: h["top1"])["step"]
-      best = state
-      if best_step != int(state.step) and best_step in manager.all_steps():
-        best = ckpt_lib.restore_step(manager, best_step, ckpt_lib.abstract(state))
-      _export(workdir, "best", config.student.tag,
-              {"params": best.params, "batch_stats": best.batch_stats})
-    results = _results(workdir, config, history, time.time() - start_time, finished)
-    if jax.process_index() == 0:
-      _write_json(os.path.join(workdir, "results.json"), results)
-    return results
-  finally:
-    manager.wait_until_finished()
-    manager.close()
+    self.write_results(history, "preempted", {"preempted_at_step": step})
+    raise errors.PreemptedError(
+        f"stopped at step {step} on request (SIGTERM); checkpoint saved in "
+        f"{self.workdir}/checkpoints. Rerun the same command to resume.")
+
+  def _evaluate(self, state) -> dict:
+    c, p, data = self.config, self.programs, self.data
+    if data.path == "device":
+      sums = p.evaluate_arrays(state.variables, *data.device_eval)
+    else:
+      if data.path == "host":
+        batches, fn = data_lib.host_eval_batches(data, self.mesh, c.batch_size), p.eval_step_raw
+      else:
+        from rldjax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+        batches = self._checked(input_pipeline.eval_batches(
+            data.builder, c.dataset.eval_split, global_batch=c.batch_size,
+            image_size=c.dataset.image_size), c.dataset.eval_split)
+        fn = p.eval_step
+      sums = None
+      for batch in data_lib.to_global(batches, self.mesh):
+        out = fn(state.variables, batch)
+        sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
+    sums = jax.device_get(sums)
+    count = float(sums["count"])
+    return {"top1": 100.0 * float(sums["top1"]) / count,
+            "top5": 100.0 * float(sums["top5"]) / count,
+            "loss": float(sums["loss"]) / count, "count": int(count)}
+
+  def _end_epoch(self, state, history, epoch, manager, writer):
+    c = self.config
+    result = self._evaluate(state)
+    state = self.programs.record_evaluation(state, jnp.float32(result["top1"]),
+                                            jnp.int32(epoch + 1))
+    sums = jax.device_get(state.epoch_sums)
+    steps = max(float(sums["steps"]), 1.0)
+    step = int(jax.device_get(state.step))
+    record = {"epoch": epoch + 1, "step": step, "top1": result["top1"], "top5": result["top5"],
+              "test_loss": result["loss"], "train_loss": float(sums["loss"]) / steps,
+              "train_ce": float(sums["ce"]) / steps,
+              "train_accuracy": 100.0 * float(sums["accuracy"]) / steps,
+              "lr": float(recipe.learning_rate(c, epoch + 1))}
+    history = history + [record]
+    if (epoch + 1) % c.checkpoint.every_epochs == 0 or epoch + 1 == c.num_epochs:
+      ckpt_lib.save(manager, state, history, metrics={"top1": result["top1"]}, force=True)
+    self.write_results(history, "running")
+    writer.write(step, {"test/top1": record["top1"], "test/top5": record["top5"],
+                        "test/loss": record["test_loss"], "train/epoch_loss": record["train_loss"]})
+    best = max(h["top1"] for h in history)
+    logging.info("epoch %d/%d  train loss %.4f  test top-1 %.2f  top-5 %.2f  (best %.2f, %d "
+                 "examples)", epoch + 1, c.num_epochs, record["train_loss"], record["top1"],
+                 record["top5"], best, result["count"])
+    return state, history

@@ -8,22 +8,56 @@ import jax
 import jax.numpy as jnp
 import optax
 
+# Running sums of the current epoch's training metrics (plus the step count).
+EPOCH_SUM_KEYS = ("loss", "ce", "distill", "kd", "accuracy", "steps")
+
+
+def zero_epoch_sums() -> dict:
+  return {k: jnp.zeros((), jnp.float32) for k in EPOCH_SUM_KEYS}
+
 
 @flax.struct.dataclass
 class TrainState:
-  """Student params, batch statistics, optimiser state, step, PRNG key data.
+  """Student params, batch statistics, optimiser state, step, PRNG key data,
+  this epoch's running training-metric sums, and the best evaluated model.
 
   The teacher is not part of it: it is frozen and never in the optimiser.
   ``rng`` is raw key data (``jax.random.key_data``) so that it checkpoints as
-  a plain uint32 array.
+  a plain uint32 array. ``epoch_sums`` (keys :data:`EPOCH_SUM_KEYS`) restart
+  at every epoch boundary, so a run resumed mid-epoch reports that epoch's
+  training loss over all its steps. ``best`` holds the params and batch
+  statistics that scored the highest test top-1 so far (the first such epoch
+  on ties), with that top-1 and its 1-based epoch (-1 and 0 before any
+  evaluation): ``export/best`` is written from it.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+  epoch_sums: Any
+  best: Any
 
   @classmethod
   def create(cls, params, batch_stats, tx: optax.GradientTransformation, rng):
+    best = {"params": params, "batch_stats": batch_stats,
+            "top1": jnp.full((), -1.0, jnp.float32), "epoch": jnp.zeros((), jnp.int32)}
     return cls(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-               opt_state=tx.init(params), rng=jax.random.key_data(rng))
+               opt_state=tx.init(params), rng=jax.random.key_data(rng),
+               epoch_sums=zero_epoch_sums(), best=best)
+
+  @property
+  def variables(self) -> dict:
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def record_evaluation(state: TrainState, top1, epoch) -> TrainState:
+  """``state`` with ``best`` replaced when ``top1`` beats it (strictly: on a
+  tie the earlier epoch stays best). Pure; jit it."""
+  better = top1 > state.best["top1"]
+  pick = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), new, old)
+  best = {"params": pick(state.params, state.best["params"]),
+          "batch_stats": pick(state.batch_stats, state.best["batch_stats"]),
+          "top1": jnp.where(better, jnp.asarray(top1, jnp.float32), state.best["top1"]),
+          "epoch": jnp.where(better, jnp.asarray(epoch, jnp.int32), state.best["epoch"])}
+  return state.replace(best=best)

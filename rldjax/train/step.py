@@ -70,11 +70,29 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, recipe: recip
     metrics["finite"] = jnp.isfinite(metrics["loss"] + grad_sum).astype(jnp.float32)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # This epoch's running sums restart at its first step.
+    first = (state.step % steps_per_epoch) == 0
+    epoch_sums = {k: jnp.where(first, 0.0, v) + (1.0 if k == "steps" else metrics[k])
+                  for k, v in state.epoch_sums.items()}
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+                              opt_state=opt_state, epoch_sums=epoch_sums)
     return new_state, metrics
 
   return step
+
+
+def eval_sums(model: nn.Module, variables, images, labels, mask) -> dict:
+  """This device's sums of loss, top-1 and top-5 hits and the count over the
+  examples where ``mask`` is 1 (padding rows are 0)."""
+  logits = model.apply(variables, images, train=False).astype(jnp.float32)
+  mask = mask.astype(jnp.float32)
+  loss = recipe_lib.cross_entropy(logits, labels)
+  k = min(5, logits.shape[-1])
+  _, top = jax.lax.top_k(logits, k)
+  top1 = (top[:, 0] == labels).astype(jnp.float32)
+  top5 = jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+  return {"loss": jnp.sum(loss * mask), "top1": jnp.sum(top1 * mask),
+          "top5": jnp.sum(top5 * mask), "count": jnp.sum(mask)}
 
 
 def make_eval_step(model: nn.Module) -> Callable:
@@ -84,16 +102,8 @@ def make_eval_step(model: nn.Module) -> Callable:
   returns psum-ed sums of loss, top-1 and top-5 hits and the example count.
   """
   def step(variables, batch):
-    logits = model.apply(variables, batch["image"], train=False).astype(jnp.float32)
-    labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-    loss = recipe_lib.cross_entropy(logits, labels)
-    k = min(5, logits.shape[-1])
-    _, top = jax.lax.top_k(logits, k)
-    top1 = (top[:, 0] == labels).astype(jnp.float32)
-    top5 = jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
-    sums = {"loss": jnp.sum(loss * mask), "top1": jnp.sum(top1 * mask),
-            "top5": jnp.sum(top5 * mask), "count": jnp.sum(mask)}
-    return jax.lax.psum(sums, AXIS)
+    return jax.lax.psum(eval_sums(model, variables, batch["image"], batch["label"],
+                                  batch["mask"]), AXIS)
   return step
 
 
@@ -103,10 +113,12 @@ def data_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices), (AXIS,))
 
 
-def shard(per_device_step: Callable, mesh: Mesh, n_replicated: int, donate: bool = False):
+def shard(per_device_step: Callable, mesh: Mesh, n_replicated: int, donate: bool = False,
+          batch_last: bool = True):
   """``jax.jit(jax.shard_map(step))``: the first ``n_replicated`` arguments are
-  replicated, the last one (the batch) is split over ``'data'``; outputs are
-  replicated."""
-  in_specs = tuple([P()] * n_replicated) + (P(AXIS),)
+  replicated; with ``batch_last`` one more argument (the batch) follows, split
+  over ``'data'``. Outputs are replicated. ``donate`` donates the first
+  argument (the train state)."""
+  in_specs = tuple([P()] * n_replicated) + ((P(AXIS),) if batch_last else ())
   mapped = jax.shard_map(per_device_step, mesh=mesh, in_specs=in_specs, out_specs=P())
   return jax.jit(mapped, donate_argnums=(0,) if donate else ())

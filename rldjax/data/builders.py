@@ -1,0 +1,97 @@
+"""Finding (and, for offline datasets, preparing) TFDS datasets, without
+importing TensorFlow unless a dataset has to be prepared.
+
+In a multi-process run only process 0 prepares; the others wait at a barrier
+and then open the prepared dataset (:func:`load_builder`).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+
+from absl import logging
+
+from rldjax import distributed
+from rldjax.errors import DatasetNotFoundError
+
+IMAGE_FOLDER_PREFIX = "image_folder:"
+
+
+def _missing(name: str, data_dir: str | None) -> DatasetNotFoundError:
+  where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  return DatasetNotFoundError(
+      f"TFDS dataset {name!r} is not prepared in {where}. Provide it with one of: "
+      f"--config.dataset.data_dir=DIR (or TFDS_DATA_DIR=DIR) pointing at a directory where "
+      f"`tfds build {name}` has been run; for datasets that need a manual download "
+      f"(imagenet2012) put the archives in DIR/downloads/manual and run `tfds build "
+      f"{name} --data_dir=DIR`; or set --config.dataset.download=True on a machine with network.")
+
+
+def _open(name: str, data_dir: str | None):
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  # Registers the builders shipped with rldjax (the offline digits dataset).
+  from rldjax.data import digits  # pylint: disable=import-outside-toplevel,unused-import
+  return tfds.builder(name, data_dir=data_dir)
+
+
+def _prepare(builder, download: bool) -> None:
+  """Prepares ``builder`` (process 0 only). Offline datasets are built quietly."""
+  offline = getattr(builder, "OFFLINE", False)
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  if offline:
+    logging.info("preparing %s offline in %s", builder.name, builder.data_dir)
+    tfds.disable_progress_bar()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+      builder.download_and_prepare()
+  else:
+    builder.download_and_prepare()
+
+
+def load_builder(name: str, data_dir: str | None = None, download: bool = False):
+  """A prepared TFDS builder, or one clear error that says how to provide it.
+
+  ``name`` is a TFDS name (``cifar100``, ``imagenet2012``, ``rldjax_digits``) or
+  ``image_folder:ROOT`` for a ``tfds.folder_dataset.ImageFolder`` laid out as
+  ``ROOT/<split>/<class>/<image>`` (Tiny-ImageNet, users' own data); labels are
+  the class folders in sorted order.
+  """
+  if name.startswith(IMAGE_FOLDER_PREFIX):
+    root = name[len(IMAGE_FOLDER_PREFIX):]
+    if not os.path.isdir(root):
+      raise DatasetNotFoundError(
+          f"image folder {root!r} does not exist: lay images out as ROOT/<split>/<class>/<file> "
+          f"and set --config.dataset.name=image_folder:ROOT")
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    return tfds.ImageFolder(root)
+  builder = _open(name, data_dir)
+  if builder.is_prepared():
+    return builder
+  if not (download or getattr(builder, "OFFLINE", False)):
+    raise _missing(name, data_dir)
+  failure = None
+  if distributed.is_primary():
+    try:
+      _prepare(builder, download)
+    except Exception as err:  # pylint: disable=broad-except
+      failure = f"{type(err).__name__}: {err}"
+  distributed.raise_if_any_failed(failure, f"preparing dataset {name!r}")
+  # The other processes re-open the builder to see the files process 0 wrote.
+  return builder if distributed.is_primary() else _open(name, data_dir)
+
+
+def num_examples(builder, split: str) -> int | None:
+  """From the split metadata (None when the builder has none, as under
+  ``tfds.testing.mock_data``)."""
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError):
+    return None
+
+
+def declared_num_classes(builder) -> int | None:
+  """The label feature's class count, when the dataset declares one."""
+  try:
+    return int(builder.info.features["label"].num_classes)
+  except (KeyError, AttributeError, TypeError):
+    return None

@@ -1,0 +1,91 @@
+"""Multi-process runs: starting JAX's distributed runtime, and work done once
+by process 0 whose outcome every process learns.
+
+Everything here is a no-op with one process. With several, file writes are
+done by process 0 only, and every process reaches the same collectives in the
+same order: :func:`on_primary` broadcasts process 0's result *or error* to all
+processes, so that no process waits at a collective for a process that has
+already stopped.
+"""
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+
+from rldjax import errors
+
+_MESSAGE_BYTES = 16384
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+  """``jax.distributed.initialize`` with explicit values, or with JAX's cluster
+  auto-detection (TPU pods, SLURM, MPI) when all three are None."""
+  given = [v is not None for v in (coordinator_address, num_processes, process_id)]
+  if any(given) and not all(given):
+    raise errors.ConfigError("--coordinator_address, --num_processes and --process_id go "
+                             "together: give all three, or none for cluster auto-detection")
+  if all(given):
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  else:
+    jax.distributed.initialize()
+
+
+def is_primary() -> bool:
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def _broadcast_bytes(payload: bytes | None) -> bytes:
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  buffer = np.zeros(_MESSAGE_BYTES + 4, np.uint8)
+  if payload is not None:
+    payload = payload[:_MESSAGE_BYTES]
+    buffer[:4] = np.frombuffer(np.uint32(len(payload)).tobytes(), np.uint8)
+    buffer[4:4 + len(payload)] = np.frombuffer(payload, np.uint8)
+  out = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
+  size = int(np.frombuffer(out[:4].tobytes(), np.uint32)[0])
+  return out[4:4 + size].tobytes()
+
+
+def on_primary(fn, *args, **kwargs):
+  """Runs ``fn`` on process 0 and returns its (JSON-serialisable) result on
+  every process; a :class:`~rldjax.errors.RunError` it raises is raised on
+  every process, with the same type and message."""
+  if jax.process_count() == 1:
+    return fn(*args, **kwargs)
+  outcome = None
+  if is_primary():
+    try:
+      outcome = {"result": fn(*args, **kwargs)}
+    except errors.RunError as err:
+      outcome = {"error": type(err).__name__, "message": str(err)}
+    except Exception as err:  # pylint: disable=broad-except
+      outcome = {"error": "RunError", "message": f"process 0 failed: {type(err).__name__}: {err}"}
+  received = json.loads(_broadcast_bytes(json.dumps(outcome).encode() if is_primary() else None))
+  if "error" in received:
+    raise getattr(errors, received["error"], errors.RunError)(received["message"])
+  return received["result"]
+
+
+def raise_if_any_failed(failure: str | None, what: str) -> None:
+  """After work each process did on its own: raises on every process if it
+  failed on any (``failure`` is this process's error message, or None)."""
+  if jax.process_count() == 1:
+    if failure:
+      raise errors.RunError(f"{what} failed: {failure}")
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  failed = np.asarray(multihost_utils.process_allgather(np.int32(failure is not None)))
+  if failed.any():
+    where = ", ".join(str(i) for i in np.flatnonzero(failed))
+    raise errors.RunError(f"{what} failed on process {where}: "
+                          f"{failure or 'see that process log'}")

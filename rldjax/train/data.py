@@ -1,0 +1,130 @@
+"""A run's data, on one of three paths (see :mod:`rldjax.train.programs`):
+
+* ``device``: cifar/digits splits held on every device (default for those kinds),
+* ``host``: the same splits held in host memory, batches gathered there by the
+  same indices (``dataset.in_memory=False``; identical batches),
+* ``stream``: ImageNet-style tf.data streaming (``dataset.kind="imagenet"``).
+
+Labels are checked before training: a label outside ``[0, num_classes)``
+stops the run naming the dataset, split and value.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from rldjax.data import augment, builders, in_memory, order
+from rldjax.errors import ConfigError, DataError
+
+
+@dataclasses.dataclass
+class RunData:
+  path: str                     # "device", "host" or "stream"
+  steps_per_epoch: int
+  num_train: int
+  num_eval: int
+  builder: Any = None
+  train: tuple | None = None    # host arrays (images uint8, labels int32)
+  eval: tuple | None = None
+  device_train: tuple | None = None   # replicated device arrays
+  device_eval: tuple | None = None
+
+
+def _replicate(mesh, array):
+  sharding = NamedSharding(mesh, P())
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def load(config, mesh) -> RunData:
+  """Opens the dataset (process 0 prepares it) and loads what the path needs."""
+  ds = config.dataset
+  builder = builders.load_builder(ds.name, ds.data_dir or None, ds.download)
+  declared = builders.declared_num_classes(builder)
+  if declared is not None and declared > ds.num_classes:
+    raise DataError(f"dataset {ds.name!r} split {ds.train_split!r}: its labels take {declared} "
+                    f"values (0..{declared - 1}) but config.dataset.num_classes is "
+                    f"{ds.num_classes}")
+  if ds.kind == "imagenet":
+    from rldjax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+    spe = input_pipeline.steps_per_epoch(builder, ds.train_split, config.batch_size)
+    return RunData("stream", spe, input_pipeline.num_examples(builder, ds.train_split),
+                   input_pipeline.num_examples(builder, ds.eval_split), builder=builder)
+  if ds.kind not in augment.KINDS:
+    raise ConfigError(f"config.dataset.kind: {ds.kind!r} has no in-memory path")
+  splits = {}
+  for name in (ds.train_split, ds.eval_split):
+    images, labels = in_memory.load_split(builder, name)
+    splits[name] = (images, in_memory.check_labels(labels, ds.num_classes, ds.name, name))
+  train, evaluation = splits[ds.train_split], splits[ds.eval_split]
+  spe = order.steps_per_epoch(len(train[1]), config.batch_size)
+  data = RunData("device" if ds.in_memory else "host", spe, len(train[1]), len(evaluation[1]),
+                 builder=builder, train=train, eval=evaluation)
+  if ds.in_memory:
+    data.device_train = tuple(_replicate(mesh, a) for a in train)
+    data.device_eval = tuple(_replicate(mesh, a) for a in evaluation)
+  return data
+
+
+def local_rows(mesh, global_batch: int) -> slice:
+  """The rows of a global batch that this process's devices hold (they are
+  contiguous in the mesh)."""
+  per_device = global_batch // mesh.devices.size
+  positions = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
+  if positions != list(range(positions[0], positions[-1] + 1)):
+    raise RuntimeError("this process's devices are not contiguous in the mesh")
+  return slice(positions[0] * per_device, (positions[-1] + 1) * per_device)
+
+
+def host_train_batches(data: RunData, mesh, global_batch: int, data_key, epoch: int,
+                       start_step: int) -> Iterator[dict]:
+  """This process's raw batches {image uint8, label, index} of ``epoch``
+  (0-based) from ``start_step``: the device path's batches, gathered on the host."""
+  images, labels = data.train
+  perm = np.asarray(jax.device_get(order.epoch_permutation(data_key, epoch, len(labels))))
+  rows = local_rows(mesh, global_batch)
+  for s in range(start_step, data.steps_per_epoch):
+    idx = perm[s * global_batch:(s + 1) * global_batch][rows]
+    yield {"image": images[idx], "label": labels[idx], "index": idx.astype(np.int32)}
+
+
+def host_eval_batches(data: RunData, mesh, global_batch: int) -> Iterator[dict]:
+  """This process's raw evaluation batches {image, label, mask}: global batch
+  ``s`` covers examples ``[s·B, (s+1)·B)``; padding rows have mask 0."""
+  images, labels = data.eval
+  n, rows = len(labels), local_rows(mesh, global_batch)
+  for s in range(-(-n // global_batch)):
+    idx = np.arange(s * global_batch, (s + 1) * global_batch)[rows]
+    mask = (idx < n).astype(np.float32)
+    idx = np.minimum(idx, n - 1)
+    yield {"image": images[idx], "label": labels[idx], "mask": mask}
+
+
+def to_global(batches: Iterator[dict], mesh, prefetch: int = 2) -> Iterator[dict]:
+  """Local numpy batches -> global arrays sharded over ``'data'``, kept
+  ``prefetch`` batches ahead so the host overlaps with the device."""
+  sharding = NamedSharding(mesh, P("data"))
+  queue = collections.deque()
+
+  def put(batch):
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+  for batch in batches:
+    queue.append(put(batch))
+    if len(queue) > prefetch:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def check_batch_labels(labels, num_classes: int, dataset: str, split: str) -> None:
+  """Streaming path: a label outside [0, num_classes) stops the run."""
+  labels = np.asarray(labels)
+  bad = (labels < 0) | (labels >= num_classes)
+  if bad.any():
+    raise DataError(f"dataset {dataset!r} split {split!r}: label {int(labels[bad][0])} is "
+                    f"outside [0, {num_classes}) (config.dataset.num_classes)")

@@ -1,0 +1,164 @@
+"""The compiled programs of a run, built once per process for every run that
+differs only in seed, data location or cadence (the demo's runs reuse them).
+
+Two data paths:
+
+* **in memory** (dataset kinds ``cifar`` and ``digits``): the split lives on
+  every device; :attr:`Programs.train_step_indexed` gathers the global batch of
+  ``state.step`` by index (:mod:`rldjax.data.order`) and augments it on device
+  (:mod:`rldjax.data.augment`), so the host only dispatches, asynchronously.
+  :attr:`Programs.train_chunk` runs up to ``num_steps`` such steps in one call
+  (a ``while_loop`` inside ``shard_map``; ``config.steps_per_call`` > 1),
+  stopping after the first non-finite step. On XLA:CPU one step per call is
+  faster (BENCHMARKS.md), hence the default.
+  :attr:`Programs.evaluate_arrays` evaluates a whole split in one call. With
+  ``dataset.in_memory=False`` the same indices are gathered on the host and
+  fed one step at a time (:attr:`Programs.train_step_raw`): the batches are
+  identical.
+* **streaming** (``imagenet``): host-preprocessed batches, one step per call
+  (:attr:`Programs.train_step`, :attr:`Programs.eval_step`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax import lax
+
+from rldjax import models
+from rldjax.data import augment, order
+from rldjax.train import optim, recipe, step as step_lib
+from rldjax.train.state import record_evaluation
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Fields that change neither the programs nor what they compute.
+_NOT_IN_PROGRAMS = ("seed", "checkpoint", "log_every_steps", "steps_per_call", "num_epochs",
+                    "distributed")
+
+
+@dataclasses.dataclass
+class Programs:
+  student: Any
+  teacher: Any
+  tx: Any
+  mesh: Any
+  init: Callable
+  train_step: Callable
+  train_step_raw: Callable
+  train_step_indexed: Callable
+  train_chunk: Callable
+  epoch_permutation: Callable
+  eval_step: Callable
+  eval_step_raw: Callable
+  evaluate_arrays: Callable
+  record_evaluation: Callable
+
+
+def program_key(config) -> str:
+  """Everything the compiled programs depend on, as a hashable string."""
+  c = config.to_dict()
+  for key in _NOT_IN_PROGRAMS:
+    c.pop(key, None)
+  c["dataset"] = {k: v for k, v in c["dataset"].items()
+                  if k in ("image_size", "num_classes", "kind")}
+  c["teacher"] = c["teacher"]["tag"] if config.method != "vanilla" else None
+  return json.dumps(c, sort_keys=True, default=str)
+
+
+def build(config, steps_per_epoch: int) -> Programs:
+  return _build(program_key(config), steps_per_epoch, tuple(jax.devices()))
+
+
+@functools.lru_cache(maxsize=8)
+def _build(key: str, steps_per_epoch: int, devices) -> Programs:
+  config = ml_collections.ConfigDict(json.loads(key))
+  kind = config.dataset.kind
+  student = models.create(config.student.tag, config.dataset.num_classes,
+                          dtype=DTYPES[config.student.dtype], bn_axis_name=step_lib.AXIS)
+  teacher = None
+  if config.method != "vanilla":
+    teacher = models.create(config.teacher, config.dataset.num_classes)
+  tx = optim.sgd(optim.schedule(config, steps_per_epoch), config.optimizer.momentum,
+                 config.optimizer.weight_decay, config.optimizer.weight_decay_mask,
+                 config.optimizer.nesterov)
+  mesh = step_lib.data_mesh(list(devices))
+  per_device = step_lib.make_train_step(student, teacher, recipe.Recipe.from_config(config),
+                                        tx, steps_per_epoch)
+  global_batch = config.batch_size
+  device_batch = global_batch // len(devices)
+
+  def train_step_indexed(state, teacher_variables, data_key, images, labels, perm):
+    """One step on the global batch ``state.step`` of the epoch whose order is ``perm``."""
+    epoch = state.step // steps_per_epoch
+    idx = order.batch_indices(perm, state.step % steps_per_epoch, global_batch,
+                              lax.axis_index(step_lib.AXIS) * device_batch, device_batch)
+    x = augment.train_images(images[idx], order.example_keys(data_key, epoch, idx), kind)
+    return per_device(state, teacher_variables, {"image": x, "label": labels[idx]})
+
+  def train_chunk(state, teacher_variables, data_key, images, labels, perm, num_steps):
+    """Up to ``num_steps`` steps (within one epoch) in one call; stops after
+    the first non-finite step."""
+    def cond(carry):
+      i, _, finite, _ = carry
+      return (i < num_steps) & finite
+
+    def body(carry):
+      i, state, _, _ = carry
+      state, metrics = train_step_indexed(state, teacher_variables, data_key, images, labels,
+                                          perm)
+      return i + 1, state, metrics["finite"] > 0, metrics["loss"]
+
+    init = (jnp.zeros((), jnp.int32), state, jnp.ones((), bool), jnp.zeros((), jnp.float32))
+    done, state, finite, loss = lax.while_loop(cond, body, init)
+    return state, {"steps": done, "finite": finite, "loss": loss}
+
+  def train_step_raw(state, teacher_variables, data_key, batch):
+    epoch = state.step // steps_per_epoch
+    x = augment.train_images(batch["image"], order.example_keys(data_key, epoch, batch["index"]),
+                             kind)
+    return per_device(state, teacher_variables, {"image": x, "label": batch["label"]})
+
+  def eval_step_raw(variables, batch):
+    return lax.psum(step_lib.eval_sums(student, variables, augment.eval_images(batch["image"], kind),
+                                       batch["label"], batch["mask"]), step_lib.AXIS)
+
+  def evaluate_arrays(variables, images, labels):
+    n = images.shape[0]
+    first_row = lax.axis_index(step_lib.AXIS) * device_batch
+
+    def body(s, sums):
+      idx = s * global_batch + first_row + jnp.arange(device_batch)
+      mask = idx < n
+      idx = jnp.minimum(idx, n - 1)
+      out = step_lib.eval_sums(student, variables, augment.eval_images(images[idx], kind),
+                               labels[idx], mask)
+      return {k: sums[k] + out[k] for k in sums}
+
+    zeros = {k: lax.pcast(jnp.zeros((), jnp.float32), step_lib.AXIS, to="varying")
+             for k in ("loss", "top1", "top5", "count")}  # per-device sums until the psum
+    sums = lax.fori_loop(0, -(-n // global_batch), body, zeros)  # ceil(n / global_batch)
+    return lax.psum(sums, step_lib.AXIS)
+
+  size = config.dataset.image_size
+  init = jax.jit(lambda rng: student.init(rng, jnp.zeros((1, size, size, 3)), train=False))
+  return Programs(
+      student=student, teacher=teacher, tx=tx, mesh=mesh, init=init,
+      train_step=step_lib.shard(per_device, mesh, n_replicated=2, donate=True),
+      train_step_raw=step_lib.shard(train_step_raw, mesh, n_replicated=3, donate=True),
+      train_step_indexed=step_lib.shard(train_step_indexed, mesh, n_replicated=6, donate=True,
+                                        batch_last=False),
+      train_chunk=step_lib.shard(train_chunk, mesh, n_replicated=7, donate=True,
+                                 batch_last=False),
+      epoch_permutation=jax.jit(order.epoch_permutation, static_argnums=2,
+                                out_shardings=jax.sharding.NamedSharding(
+                                    mesh, jax.sharding.PartitionSpec())),
+      eval_step=step_lib.shard(step_lib.make_eval_step(student), mesh, n_replicated=1),
+      eval_step_raw=step_lib.shard(eval_step_raw, mesh, n_replicated=1),
+      evaluate_arrays=step_lib.shard(evaluate_arrays, mesh, n_replicated=3, batch_last=False),
+      record_evaluation=jax.jit(record_evaluation, donate_argnums=(0,)))
+

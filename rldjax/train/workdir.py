@@ -1,0 +1,163 @@
+"""One run per workdir, and one experiment per workdir.
+
+* :class:`WorkdirLock`: ``<workdir>/run.lock`` holds the host and pid of the
+  process running there. A second process fails at once naming the workdir
+  and the holder; a lock left by a dead process on the same host is taken
+  over with a warning. In multi-process runs process 0 holds it for all.
+* :func:`check_config`: ``<workdir>/config.json`` records the config a run was
+  started with. A rerun whose config differs in a field that changes the
+  experiment fails before training, naming every such field
+  (``config.method: kd -> dkd``); logging and checkpoint cadence, the data
+  location, the data path (in memory or not: same batches) and a larger
+  ``num_epochs`` (continue training) may change.
+* :func:`write_json`: atomic, strict JSON (a non-finite float is written as
+  ``null``), readable by any parser.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import socket
+import time
+
+from absl import logging
+
+from rldjax.errors import WorkdirError
+
+LOCK_NAME = "run.lock"
+CONFIG_NAME = "config.json"
+# Fields that may differ between the runs of one workdir.
+MAY_CHANGE = ("checkpoint", "log_every_steps", "steps_per_call", "dataset.data_dir",
+              "dataset.download", "dataset.in_memory", "distributed", "num_epochs")
+
+
+def _finite(obj):
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {str(k): _finite(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_finite(v) for v in obj]
+  return obj
+
+
+def write_json(path: str, obj) -> None:
+  """Atomically writes ``obj`` as strict JSON (non-finite floats -> null)."""
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(_finite(obj), f, indent=1, default=str, allow_nan=False)
+  os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except OSError as err:
+    return err.errno == errno.EPERM
+  return True
+
+
+class WorkdirLock:
+  """``with WorkdirLock(workdir):`` — exclusive use of ``workdir`` by this process."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_NAME)
+    self.held = False
+
+  def _holder(self) -> dict:
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      return {}
+
+  def acquire(self) -> None:
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self._holder()
+        if not holder:  # being written right now, or unreadable: look again
+          time.sleep(0.2)
+          holder = self._holder()
+        pid, host = holder.get("pid"), holder.get("host")
+        if host == me["host"] and isinstance(pid, int) and not _alive(pid):
+          logging.warning("taking over the stale lock %s of process %d on %s (no longer "
+                          "running)", self.path, pid, host)
+          try:
+            os.remove(self.path)
+          except FileNotFoundError:
+            pass
+          continue
+        raise WorkdirError(
+            f"workdir {os.path.dirname(self.path)} is in use by process {pid} on host {host} "
+            f"(since {holder.get('started', '?')}; lock file {self.path}). Wait for it, use "
+            f"another --workdir, or delete the lock file if that process is gone.") from None
+      with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+      self.held = True
+      return
+    raise WorkdirError(f"could not take the lock {self.path}")
+
+  def release(self) -> None:
+    if self.held:
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+      self.held = False
+
+  def __enter__(self):
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in d.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(_flatten(value, name + "."))
+    else:
+      out[name] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def _may_change(field: str) -> bool:
+  return any(field == m or field.startswith(m + ".") for m in MAY_CHANGE)
+
+
+def check_config(workdir: str, config: dict, epochs_done_fn=None) -> None:
+  """Records ``config`` (a plain dict) in a new workdir, or compares it with
+  the recorded one; raises WorkdirError naming each field that changes the
+  experiment. ``epochs_done_fn()`` gives the epochs already trained (checked
+  against a smaller ``num_epochs``)."""
+  path = os.path.join(workdir, CONFIG_NAME)
+  if not os.path.exists(path):
+    write_json(path, config)
+    return
+  with open(path) as f:
+    recorded = json.load(f)
+  old, new = _flatten(recorded), _flatten(json.loads(json.dumps(config, default=str)))
+  changed = [f"config.{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+             for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k) and not _may_change(k)]
+  if changed:
+    raise WorkdirError(
+        f"workdir {workdir} holds a run of another experiment; these fields differ from its "
+        f"{CONFIG_NAME}:\n  " + "\n  ".join(changed) + "\nUse a new --workdir for a new "
+        "experiment.")
+  if new.get("num_epochs") != old.get("num_epochs"):
+    done = epochs_done_fn() if epochs_done_fn else 0
+    if new["num_epochs"] < done:
+      raise WorkdirError(f"config.num_epochs: {old['num_epochs']} -> {new['num_epochs']}, but "
+                         f"{done} epochs are already done in {workdir}")
+  if new != old:
+    write_json(path, config)

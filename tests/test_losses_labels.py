@@ -1,0 +1,46 @@
+"""A label outside [0, C) never gives a finite loss: an eager call raises
+ValueError naming `labels`; under jit (values unknown at trace time) that
+example's loss (label_revision: the batch loss) is NaN, and the others stay
+what they were."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rldjax import losses
+
+C = 10
+LABELLED = ["dkd", "rld", "swap_kd", "rc", "label_revision"]
+
+
+def _batch():
+  rng = np.random.default_rng(0)
+  s = jnp.asarray(rng.standard_normal((4, C)), jnp.float32)
+  t = jnp.asarray(rng.standard_normal((4, C)), jnp.float32)
+  return s, t, np.array([1, 2, 3, 4], np.int32)
+
+
+@pytest.mark.parametrize("bad", [C, -1])
+@pytest.mark.parametrize("name", LABELLED)
+def test_eager_call_raises_naming_labels(name, bad):
+  s, t, y = _batch()
+  y[2] = bad
+  with pytest.raises(ValueError, match="`labels` must lie in"):
+    losses.get(name)(s, t, jnp.asarray(y))
+
+
+@pytest.mark.parametrize("bad", [C, -1])
+@pytest.mark.parametrize("name", LABELLED)
+def test_traced_call_gives_nan_for_that_example(name, bad):
+  s, t, y = _batch()
+  fn = jax.jit(losses.get(name))
+  good = np.asarray(fn(s, t, jnp.asarray(y)))
+  y[2] = bad
+  out = np.asarray(fn(s, t, jnp.asarray(y)))
+  assert not np.isfinite(out).all()
+  if losses.PER_EXAMPLE[name]:
+    assert np.isnan(out[2])
+    np.testing.assert_array_equal(np.delete(out, 2), np.delete(good, 2))
+  # The batch objective a train step minimises is NaN: its finite check stops the run.
+  mean = jax.jit(lambda a, b, c: jnp.mean(losses.get(name)(a, b, c)))(s, t, jnp.asarray(y))
+  assert np.isnan(float(mean))
