@@ -7,6 +7,15 @@
 Every config field can be overridden with ``--config.<field>=<value>``; a
 field that does not exist, or a value the run cannot use, stops the launch
 before any data or teacher is loaded, naming the field.
+
+Multi-process (one process per host, or several on one machine): give every
+process the same command plus ``--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I``; or ``--config.distributed=True`` alone to
+let JAX detect the cluster (TPU pod slices, SLURM, MPI). See the README.
+
+Exit status: 0 finished, 1 flag
+errors, 2 a run that cannot start (config, data, teacher, workdir), 3 diverged,
+143 stopped by SIGTERM after saving a checkpoint (rerun to resume).
 """
 import importlib.util
 import os
@@ -19,6 +28,14 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiment config file[:args]",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, results.json)")
+flags.DEFINE_string("coordinator_address", None,
+                    "multi-process: HOST:PORT of process 0's coordinator (with --num_processes "
+                    "and --process_id)")
+flags.DEFINE_integer("num_processes", None, "multi-process: how many processes take part")
+flags.DEFINE_integer("process_id", None, "multi-process: this process's index, 0..N-1")
+flags.DEFINE_string("compilation_cache", None,
+                    "JAX persistent compilation cache directory (default $RLDJAX_CACHE_DIR or "
+                    "~/.cache/rldjax/jax); 'none' turns it off")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -85,14 +102,20 @@ def main(argv):
 
 
 def run(config, workdir):
+  from rldjax import distributed, runtime  # pylint: disable=import-outside-toplevel
+  added = runtime.set_cpu_flags()  # before JAX's backend starts
   from rldjax.train import config as config_lib  # pylint: disable=import-outside-toplevel
   config_lib.validate(config)  # before any device, data or teacher is touched
+  if FLAGS.compilation_cache != "none":
+    runtime.use_compilation_cache(FLAGS.compilation_cache)
+  explicit = any(v is not None for v in (FLAGS.coordinator_address, FLAGS.num_processes,
+                                         FLAGS.process_id))
+  if explicit or config.distributed:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   import jax  # pylint: disable=import-outside-toplevel
-  if config.distributed:
-    jax.distributed.initialize()
   from rldjax.train import loop  # pylint: disable=import-outside-toplevel
-  logging.info("process %d/%d, %d devices", jax.process_index(), jax.process_count(),
-               jax.device_count())
+  logging.info("process %d/%d, %d devices (%s); XLA flags added: %s", jax.process_index(),
+               jax.process_count(), jax.device_count(), jax.default_backend(), added or "none")
   loop.train_and_evaluate(config, os.path.abspath(workdir))
 
 

@@ -226,7 +226,7 @@ class _Run:
       restored = ckpt_lib.restore_latest(manager, ckpt_lib.abstract(state))
       if restored is not None:
         state, history = restored
-        logging.info("resumed from step %d (epoch %d) in %s", int(state.step),
+        logging.info("resumed from step %d (%d epochs done) in %s", int(state.step),
                      int(state.step) // spe, workdir)
       with PreemptionWatcher() as watcher:
         state, history = self.train(state, history, manager, writer, watcher, stop_after_epochs)
@@ -251,7 +251,12 @@ class _Run:
     config, data, spe = self.config, self.data, self.data.steps_per_epoch
     total = spe * config.num_epochs
     step = int(jax.device_get(state.step))
-    first_epoch = step // spe
+    # Epochs evaluated so far. A checkpoint saved on a stop request right at
+    # an epoch's end holds that epoch trained but not yet evaluated.
+    first_epoch = len(history)
+    if not first_epoch * spe <= step <= (first_epoch + 1) * spe:
+      raise RuntimeError(f"checkpoint at step {step} does not match its history of "
+                         f"{first_epoch} epochs of {spe} steps")
     last_epoch = config.num_epochs if stop_after_epochs is None else min(
         config.num_epochs, first_epoch + stop_after_epochs)
     rate_mark = (step, time.time(), self.train_time)
@@ -290,7 +295,7 @@ class _Run:
     c, p, data = self.config, self.programs, self.data
     if data.path == "device" and c.steps_per_call > 1:
       images, labels = data.device_train
-      perm = p.epoch_permutation(self.data_key, step // data.steps_per_epoch, data.num_train)
+      perm = p.epoch_permutation(self.data_key, end // data.steps_per_epoch - 1, data.num_train)
       while step < end:
         count = min(self._next_stop(step, end) - step, self.max_chunk, c.steps_per_call)
         t0 = time.time()
@@ -308,7 +313,7 @@ class _Run:
         self.max_chunk = int(min(max(1, rate * CHUNK_SECONDS), 4 * max(self.max_chunk, 1)))
         yield state, step
       return
-    epoch = step // data.steps_per_epoch
+    epoch = end // data.steps_per_epoch - 1  # the epoch being trained (0-based)
     if data.path == "device":
       images, labels = data.device_train
       perm = p.epoch_permutation(self.data_key, epoch, data.num_train)

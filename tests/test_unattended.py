@@ -1,0 +1,129 @@
+"""Runs left alone, as real processes launched with the README's command:
+SIGKILL and SIGTERM at random points (each relaunched) end bit-identical to
+an uninterrupted run; a second process on a busy workdir fails at once; a
+lock left by a killed process is taken over; exit statuses say what happened;
+the log is the run's own."""
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from rldjax import export
+from rldjax.data import builders
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = f"--config={ROOT}/experiments/configs/digits.py:method=vanilla,epochs=20"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  base = tmp_path_factory.mktemp("unattended")
+  data_dir = base / "tfds"
+  builders.load_builder("rldjax_digits", str(data_dir))
+  environment = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3",
+                     RLDJAX_CACHE_DIR=str(base / "jax_cache"))
+  return {"base": base, "data_dir": str(data_dir), "env": environment}
+
+
+def command(env, workdir, *extra):
+  return [sys.executable, "-m", "experiments.train", CONFIG, f"--workdir={workdir}",
+          f"--config.dataset.data_dir={env['data_dir']}", "--config.checkpoint.every_steps=7",
+          *extra]
+
+
+def run(env, workdir, *extra, timeout=300):
+  return subprocess.run(command(env, workdir, *extra), env=env["env"], capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def start(env, workdir, *extra):
+  return subprocess.Popen(command(env, workdir, *extra), env=env["env"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def assert_same_run(a, b):
+  for name in ("last", "best"):
+    _, _, va = export.load_model(str(a / "export" / name))
+    _, _, vb = export.load_model(str(b / "export" / name))
+    import jax
+    for x, y in zip(jax.tree_util.tree_leaves(va), jax.tree_util.tree_leaves(vb)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  ha = json.loads((a / "history.json").read_text())
+  hb = json.loads((b / "history.json").read_text())
+  assert ha == hb
+
+
+def test_killed_and_terminated_runs_end_bit_identical(env):
+  reference = env["base"] / "reference"
+  done = run(env, reference)
+  assert done.returncode == 0, done.stderr[-3000:]
+  # The run's own progress lines, not the checkpoint library's INFO lines.
+  assert "loop.py" in done.stderr and "orbax" not in done.stderr.lower()
+
+  chaos = env["base"] / "chaos"
+  rng = np.random.default_rng(2026)
+  outcomes = []
+  for i in range(25):
+    sig = signal.SIGKILL if i < 20 else signal.SIGTERM
+    proc = start(env, chaos)
+    time.sleep(rng.uniform(1.0, 4.0))
+    proc.send_signal(sig)
+    try:
+      _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      pytest.fail(f"launch {i} did not stop after {sig.name}")
+    outcomes.append(proc.returncode)
+    if sig == signal.SIGTERM and proc.returncode == 143:
+      assert "stopped at step" in err and "Rerun the same command" in err
+      status = json.loads((chaos / "results.json").read_text())["status"]
+      assert status == "preempted"
+  assert outcomes[:20].count(-signal.SIGKILL) >= 15, outcomes  # most were killed mid-run
+  # SIGTERM once the run is going: a saved checkpoint and exit status 143.
+  assert 143 in outcomes[20:], outcomes
+  final = run(env, chaos)
+  assert final.returncode == 0, final.stderr[-3000:]
+  assert json.loads((chaos / "results.json").read_text())["finished"]
+  assert_same_run(reference, chaos)
+
+
+def test_second_process_on_a_busy_workdir_fails_at_once(env):
+  workdir = env["base"] / "busy"
+  first = start(env, workdir, "--config.num_epochs=200")
+  lock = workdir / "run.lock"
+  deadline = time.time() + 60
+  while not lock.exists() and time.time() < deadline:
+    time.sleep(0.1)
+  assert lock.exists(), first.stderr.read() if first.poll() is not None else "no lock"
+  t0 = time.time()
+  second = run(env, workdir, "--config.num_epochs=200")
+  assert second.returncode == 2
+  assert time.time() - t0 < 30
+  holder = json.loads(lock.read_text())
+  assert f"in use by process {holder['pid']}" in second.stderr and str(workdir) in second.stderr
+  first.kill()
+  first.wait()
+  # The killed process left its lock behind: the next run takes it over.
+  resumed = run(env, workdir, "--config.num_epochs=2")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "taking over the stale lock" in resumed.stderr
+  assert not lock.exists()
+
+
+def test_exit_statuses(env):
+  diverged = run(env, env["base"] / "diverged", "--config.optimizer.lr=1e6")
+  assert diverged.returncode == 3, diverged.stderr[-3000:]
+  assert re.search(r"diverged: the loss or a gradient is not finite at step \d+ \(epoch 1\)",
+                   diverged.stderr)
+  assert not (env["base"] / "diverged" / "export").exists()
+  bad_labels = run(env, env["base"] / "labels", "--config.dataset.num_classes=5")
+  assert bad_labels.returncode == 2
+  assert "rldjax_digits" in bad_labels.stderr and "config.dataset.num_classes is 5" in bad_labels.stderr
+  assert "Traceback" not in bad_labels.stderr
