@@ -175,6 +175,7 @@ class _Run:
     self.previous_wall, self.previous_train = _previous_times(workdir)
     self.train_time = 0.0
     self.max_chunk = 8
+    self.pending = []
 
   # -- bookkeeping -----------------------------------------------------------
 
@@ -259,24 +260,26 @@ class _Run:
                          f"{first_epoch} epochs of {spe} steps")
     last_epoch = config.num_epochs if stop_after_epochs is None else min(
         config.num_epochs, first_epoch + stop_after_epochs)
-    rate_mark = (step, time.time(), self.train_time)
+    rate_mark = (step, self.train_time)
     for epoch in range(first_epoch, last_epoch):
       end = (epoch + 1) * spe
-      for state, step in self._advance(state, step, end, history):
+      for state, step, synced in self._advance(state, step, end, history):
+        if watcher.requested(step):
+          self._preempted(state, history, manager, step)
+        if not synced:
+          continue
         if step % config.log_every_steps == 0 or step == end:
           sums = jax.device_get(state.epoch_sums)
           loss = sums["loss"] / max(sums["steps"], 1)
-          done_steps, t0, train0 = rate_mark
+          done_steps, train0 = rate_mark
           rate = (step - done_steps) / max(self.train_time - train0, 1e-9)
           writer.write(step, {"train/loss": loss, "train/lr": recipe.learning_rate(config,
                                                                                    epoch + 1)})
           logging.info("step %d/%d  epoch %d  train loss %.4f  %.1f steps/s  ETA %.0fs", step,
                        total, epoch + 1, loss, rate, (total - step) / max(rate, 1e-9))
-          rate_mark = (step, time.time(), self.train_time)
+          rate_mark = (step, self.train_time)
         if step % config.checkpoint.every_steps == 0 and step != end:
           ckpt_lib.save(manager, state, history)
-        if watcher.requested(step):
-          self._preempted(state, history, manager, step)
       state, history = self._end_epoch(state, history, epoch, manager, writer)
     writer.flush()
     return state, history
@@ -287,15 +290,25 @@ class _Run:
     return min([end] + [(step // k + 1) * k for k in (c.log_every_steps,
                                                       c.checkpoint.every_steps)])
 
+  def _adapt_chunk(self, steps, seconds):
+    """With one process, aim at about CHUNK_SECONDS between finite checks (so a
+    stop request is served quickly). With several, every process must stop at
+    the same steps, so the chunk stays fixed."""
+    if jax.process_count() == 1:
+      rate = steps / max(seconds, 1e-6)
+      self.max_chunk = int(min(max(1, rate * CHUNK_SECONDS), 4 * max(self.max_chunk, 1)))
+
   def _advance(self, state, step, end, history):
-    """Runs the steps up to ``end`` and yields (state, step) at every point
-    where the loop may log, checkpoint or stop (and at least every
-    ``CHUNK_SECONDS`` or so, so that a stop request is served quickly);
-    a diverging step raises."""
+    """Runs the steps up to ``end``, yielding ``(state, step, synced)`` after
+    every device call, the same sequence on every process. ``synced``: every
+    step so far is known to be finite (a diverged step raises); it holds at
+    every step where the loop logs, checkpoints or ends the epoch, and at
+    least every ``max_chunk`` steps."""
     c, p, data = self.config, self.programs, self.data
+    epoch = end // data.steps_per_epoch - 1  # the epoch being trained (0-based)
     if data.path == "device" and c.steps_per_call > 1:
       images, labels = data.device_train
-      perm = p.epoch_permutation(self.data_key, end // data.steps_per_epoch - 1, data.num_train)
+      perm = p.epoch_permutation(self.data_key, epoch, data.num_train)
       while step < end:
         count = min(self._next_stop(step, end) - step, self.max_chunk, c.steps_per_call)
         t0 = time.time()
@@ -307,13 +320,9 @@ class _Run:
         if not info["finite"]:
           self._diverged(step + int(info["steps"]), float(info["loss"]), history)
         step += count
-        # Aim at calls of about CHUNK_SECONDS (the step count is a traced
-        # argument: no recompilation).
-        rate = count / max(seconds, 1e-6)
-        self.max_chunk = int(min(max(1, rate * CHUNK_SECONDS), 4 * max(self.max_chunk, 1)))
-        yield state, step
+        self._adapt_chunk(count, seconds)
+        yield state, step, True
       return
-    epoch = end // data.steps_per_epoch - 1  # the epoch being trained (0-based)
     if data.path == "device":
       images, labels = data.device_train
       perm = p.epoch_permutation(self.data_key, epoch, data.num_train)
@@ -333,22 +342,20 @@ class _Run:
           c.dataset.train_split))
       run = lambda s, b: p.train_step(s, self.teacher_vars, b)
     # Steps are dispatched asynchronously; their finite flags are read (one
-    # device sync) at every point where the loop may log, save or stop.
-    pending = []
-    t0 = time.time()
+    # device sync) at the points listed above.
+    self.pending, t0 = [], time.time()
     for batch in batches:
       state, metrics = run(state, batch)
       step += 1
-      pending.append((step, metrics))
-      if step == self._next_stop(step - 1, end) or len(pending) >= self.max_chunk:
-        self._check_finite(pending, history)
+      self.pending.append((step, metrics))
+      synced = step == self._next_stop(step - 1, end) or len(self.pending) >= self.max_chunk
+      if synced:
+        self._check_finite(history)
         seconds = time.time() - t0
         self.train_time += seconds
-        rate = len(pending) / max(seconds, 1e-6)
-        self.max_chunk = int(min(max(1, rate * CHUNK_SECONDS), 4 * max(self.max_chunk, 1)))
-        pending = []
-        yield state, step
-        t0 = time.time()
+        self._adapt_chunk(len(self.pending), seconds)
+        self.pending, t0 = [], time.time()
+      yield state, step, synced
     if step != end:
       raise RuntimeError(f"epoch {epoch + 1} ended at step {step}, expected {end}: the input "
                          "pipeline is short")
@@ -362,11 +369,13 @@ class _Run:
       data_lib.check_batch_labels(batch["label"], ds.num_classes, ds.name, split)
       yield batch
 
-  def _check_finite(self, pending, history):
-    flags = jax.device_get([(m["finite"], m["loss"]) for _, m in pending])
-    for (step, _), (finite, loss) in zip(pending, flags):
+  def _check_finite(self, history):
+    """Reads the finite flags of the steps dispatched since the last check."""
+    flags = jax.device_get([(m["finite"], m["loss"]) for _, m in self.pending])
+    for (step, _), (finite, loss) in zip(self.pending, flags):
       if not finite:
         self._diverged(step, float(loss), history)
+    self.pending = []
 
   def _diverged(self, step, loss, history):
     spe = self.data.steps_per_epoch
@@ -381,6 +390,7 @@ class _Run:
         "in a new --workdir (or rerun here to retry from that checkpoint).")
 
   def _preempted(self, state, history, manager, step):
+    self._check_finite(history)  # never save a state that is not finite
     ckpt_lib.save(manager, state, history, force=True)
     manager.wait_until_finished()
     self.write_results(history, "preempted", {"preempted_at_step": step})

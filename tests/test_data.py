@@ -1,0 +1,129 @@
+"""The in-memory data path: the training order, the on-device augmentation
+against a NumPy reference, process-count invariance, the host-fed path's
+batches, the array cache, label checks."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rldjax import errors
+from rldjax.data import augment, builders, in_memory, order
+from rldjax.train import data as data_lib
+
+
+def test_epoch_order_visits_every_example_once_and_changes_per_epoch():
+  key = order.data_key_data(7)
+  a = np.asarray(order.epoch_permutation(key, 0, 1000))
+  b = np.asarray(order.epoch_permutation(key, 1, 1000))
+  np.testing.assert_array_equal(np.sort(a), np.arange(1000))
+  assert not np.array_equal(a, b)
+  np.testing.assert_array_equal(a, np.asarray(order.epoch_permutation(key, 0, 1000)))
+  other_seed = np.asarray(order.epoch_permutation(order.data_key_data(8), 0, 1000))
+  assert not np.array_equal(a, other_seed)
+  # Under jit, on the device, the same numbers (threefry is backend-independent).
+  jitted = jax.jit(order.epoch_permutation, static_argnums=2)(key, 0, 1000)
+  np.testing.assert_array_equal(a, np.asarray(jitted))
+
+
+def test_batch_rows_do_not_depend_on_how_the_batch_is_split():
+  perm = order.epoch_permutation(order.data_key_data(0), 3, 100)
+  whole = np.asarray(order.batch_indices(perm, 2, 16, 0, 16))
+  for parts in (2, 4, 8):
+    rows = parts and 16 // parts
+    pieces = [np.asarray(order.batch_indices(perm, 2, 16, p * rows, rows)) for p in range(parts)]
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
+  np.testing.assert_array_equal(whole, np.asarray(perm)[32:48])
+
+
+def numpy_crop_flip(image, key, padding=4):
+  """Reference: the same random draws, applied with NumPy indexing."""
+  k_crop, k_flip = jax.random.split(key)
+  top, left = (int(v) for v in jax.random.randint(k_crop, (2,), 0, 2 * padding + 1))
+  flip = bool(jax.random.bernoulli(k_flip))
+  h, w, _ = image.shape
+  padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+  crop = padded[top:top + h, left:left + w]
+  return (crop[:, ::-1] if flip else crop), (top, left, flip)
+
+
+def test_cifar_augmentation_matches_numpy_reference():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+  indices = jnp.arange(64) * 37
+  keys = order.example_keys(order.data_key_data(1), 5, indices)
+  train_images = jax.jit(augment.train_images, static_argnums=2)
+  got = np.asarray(train_images(images, keys, "cifar"))
+  draws = []
+  for i in range(64):
+    ref, draw = numpy_crop_flip(images[i], keys[i])
+    draws.append(draw)
+    expected = (ref / 255.0 - np.asarray(augment.CIFAR_MEAN)) / np.asarray(augment.CIFAR_STD)
+    np.testing.assert_allclose(got[i], expected, rtol=1e-6, atol=1e-6)
+  tops, lefts, flips = zip(*draws)
+  assert set(tops) <= set(range(9)) and len(set(tops)) > 5 and len(set(lefts)) > 5
+  assert 16 < sum(flips) < 48  # flips with probability 1/2
+  # An example's draws depend on its index and epoch, not on its position.
+  again = train_images(images[::-1], keys[::-1], "cifar")
+  np.testing.assert_array_equal(np.asarray(again), got[::-1])
+
+
+def test_digits_are_normalised_without_augmentation():
+  images = np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8, 1)
+  keys = order.example_keys(order.data_key_data(0), 0, jnp.arange(2))
+  out = np.asarray(augment.train_images(images, keys, "digits"))
+  assert out.shape == (2, 8, 8, 3)
+  np.testing.assert_allclose(out[..., 1], (images[..., 0] / 255.0 - 0.5) / 0.5, rtol=1e-6)
+  np.testing.assert_array_equal(out, np.asarray(augment.eval_images(images, "digits")))
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+  path = tmp_path_factory.mktemp("tfds")
+  return builders.load_builder("rldjax_digits", str(path))
+
+
+def test_split_is_read_once_then_cached(digits, monkeypatch):
+  images, labels = in_memory.load_split(digits, "test")
+  assert images.shape == (359, 8, 8, 1) and images.dtype == np.uint8
+  assert sorted(np.bincount(labels)) == sorted(np.bincount(labels))  # 10 classes present
+  assert len(np.unique(labels)) == 10
+  monkeypatch.setattr(in_memory, "_read_tfds", lambda *a: pytest.fail("cache not used"))
+  cached_images, cached_labels = in_memory.load_split(digits, "test")
+  np.testing.assert_array_equal(cached_images, images)
+  np.testing.assert_array_equal(cached_labels, labels)
+  # Split slices (the validation split) are cached separately.
+  monkeypatch.undo()
+  head, _ = in_memory.load_split(digits, "train[:80%]")
+  assert len(head) == 1150
+
+
+def test_labels_out_of_range_name_dataset_split_and_value():
+  with pytest.raises(errors.DataError, match=r"'digits' split 'train': label 10 of example 2"):
+    in_memory.check_labels(np.array([0, 9, 10, -1]), 10, "digits", "train")
+  with pytest.raises(errors.DataError, match="label -1"):
+    data_lib.check_batch_labels(np.array([3, -1]), 10, "imagenet2012", "validation")
+
+
+def test_host_batches_equal_the_device_order(digits):
+  """The host-fed path gathers exactly the rows the device path indexes."""
+  import types
+  images, labels = in_memory.load_split(digits, "train")
+  data = types.SimpleNamespace(train=(images, labels.astype(np.int32)), steps_per_epoch=22)
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+  key = order.data_key_data(3)
+  batches = list(data_lib.host_train_batches(data, mesh, 64, key, 2, start_step=20))
+  assert len(batches) == 2
+  perm = np.asarray(order.epoch_permutation(key, 2, len(labels)))
+  np.testing.assert_array_equal(batches[1]["index"], perm[21 * 64:22 * 64])
+  np.testing.assert_array_equal(batches[1]["image"], images[perm[21 * 64:22 * 64]])
+
+
+def test_host_eval_batches_count_every_example_once(digits):
+  import types
+  images, labels = in_memory.load_split(digits, "test")
+  data = types.SimpleNamespace(eval=(images, labels.astype(np.int32)))
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+  batches = list(data_lib.host_eval_batches(data, mesh, 100))
+  assert len(batches) == 4 and all(len(b["label"]) == 100 for b in batches)
+  assert sum(b["mask"].sum() for b in batches) == 359
+  assert batches[-1]["mask"][59:].sum() == 0

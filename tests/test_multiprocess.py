@@ -1,0 +1,108 @@
+"""Multi-host training with real processes on 127.0.0.1 (JAX's cross-process
+CPU collectives): two processes from a fresh data directory finish and give
+the per-epoch top-1 of a single process (1 device, or 2 devices in one
+process); killing both mid-epoch and relaunching both ends equal to the
+uninterrupted two-process run."""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from rldjax import export
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = f"--config={ROOT}/experiments/configs/digits.py:method=vanilla,model=teacher,epochs=2"
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+  return tmp_path_factory.mktemp("multiprocess")
+
+
+def environment(base, devices=1):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3",
+             RLDJAX_CACHE_DIR=str(base / "jax_cache"))
+  env.pop("XLA_FLAGS", None)
+  if devices > 1:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def launch(base, workdir, data_dir, *extra, devices=1):
+  cmd = [sys.executable, "-m", "experiments.train", CONFIG, f"--workdir={workdir}",
+         f"--config.dataset.data_dir={data_dir}", "--config.checkpoint.every_steps=5", *extra]
+  return subprocess.Popen(cmd, env=environment(base, devices), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def launch_pair(base, workdir, data_dir):
+  address = f"127.0.0.1:{free_port()}"
+  return [launch(base, workdir, data_dir, f"--coordinator_address={address}",
+                 "--num_processes=2", f"--process_id={i}") for i in (0, 1)]
+
+
+def finish(procs, timeout=240):
+  for p in procs:
+    _, err = p.communicate(timeout=timeout)
+    assert p.returncode == 0, err[-4000:]
+
+
+def results(workdir):
+  return json.loads((workdir / "results.json").read_text())
+
+
+def weights(workdir, name="last"):
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(
+      export.load_model(str(workdir / "export" / name))[2])]
+
+
+def test_two_processes_match_one_and_resume_after_both_are_killed(base):
+  single_data = base / "data_single"
+  finish([launch(base, base / "one", single_data)])
+  finish([launch(base, base / "one_two_devices", single_data, devices=2)])
+  # Two processes, and a data directory that nobody has prepared yet.
+  finish(launch_pair(base, base / "two", base / "data_fresh"))
+
+  one, two = results(base / "one"), results(base / "two")
+  assert two["finished"] and two["epochs_completed"] == 2
+  for name in ("one_two_devices", "two"):
+    other = results(base / name)
+    assert [h["top1"] for h in other["history"]] == [h["top1"] for h in one["history"]], name
+    for a, b in zip(weights(base / "one"), weights(base / name)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  for name in ("best", "last"):
+    assert (base / "two" / "export" / name / "model.json").exists()
+  assert not list((base / "two" / "export").glob("*.tmp"))
+
+  # Kill both mid-run, relaunch both: the same end as the uninterrupted pair.
+  workdir = base / "killed"
+  procs = launch_pair(base, workdir, base / "data_fresh")
+  deadline = time.time() + 180
+  ckpts = workdir / "checkpoints"
+  while time.time() < deadline:
+    steps = [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
+    if any(5 <= s < 22 for s in steps):
+      break
+    time.sleep(0.2)
+  for p in procs:
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+  assert not (workdir / "export").exists()
+  finish(launch_pair(base, workdir, base / "data_fresh"))
+  assert results(workdir)["history"] == two["history"]
+  for a, b in zip(weights(base / "two"), weights(workdir)):
+    np.testing.assert_array_equal(a, b)
