@@ -1,80 +1,218 @@
-"""Distillation train-step throughput on synthetic data.
+"""Distillation train-step throughput, this project against PyTorch, in one run.
 
-  python benchmarks/train_step.py --pair=res32x4_res8x4 --method=rld --batch=64 --dtype=float32
+  python benchmarks/train_step.py --pair=res32x4_res8x4 --method=rld --batch=64
+  python benchmarks/train_step.py --compare_bn          # project BN vs the textbook one
+  python benchmarks/train_step.py --compare_cpu_flags   # with and without the project's XLA:CPU flags
 
-Prints compile time and the median images/s of the sharded step (jit of
-shard_map over all local devices) over --reps timed steps, after one warm-up.
+Prints the median images/s over --reps interleaved blocks of steps of:
+
+* ``rldjax step``: the sharded step (jit of shard_map) on a prepared batch;
+* ``rldjax step + data``: the in-memory path's step, which also gathers the
+  batch from the device-resident split and crops/flips it on device;
+* ``torch step``: the same two networks and loss in PyTorch
+  (benchmarks/torch_reference.py; when the ``torch`` extra is installed),
+
+timed interleaved (alternating order) so that machine noise hits all alike,
+and their ratios. ``--compare_bn`` adds the step with a textbook float32 batch
+norm (autodiff through (x - mean) * rsqrt(var + eps)); ``--compare_cpu_flags``
+runs this script in subprocesses alternately with and without the flags of
+``rldjax.runtime.CPU_FLAGS`` (flags are fixed when JAX starts).
 """
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from rldjax import runtime  # noqa: E402  (before JAX starts: flags)
 
-from experiments.configs import cifar100, imagenet
-from rldjax import models
-from rldjax.train import config as config_lib, optim, recipe, step as step_lib
-from rldjax.train.state import TrainState
+
+def parse():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--pair", default="res32x4_res8x4")
+  p.add_argument("--method", default="rld", choices=["vanilla", "kd", "dkd", "rld", "ldrld"])
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--reps", type=int, default=10)
+  p.add_argument("--no_torch", action="store_true")
+  p.add_argument("--compare_bn", action="store_true")
+  p.add_argument("--compare_cpu_flags", action="store_true")
+  p.add_argument("--rounds", type=int, default=3, help="--compare_cpu_flags: alternations")
+  p.add_argument("--cpu_flags", default="project", choices=["project", "none"])
+  p.add_argument("--json", action="store_true", help="print one JSON line (subprocess mode)")
+  return p.parse_args()
+
+
+def textbook_batch_norm(x, scale, bias, epsilon=1e-5, axis_name=None):
+  """The direct float32 evaluation (what the project replaced), for timing."""
+  import jax
+  import jax.numpy as jnp
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axis=axes)
+  if axis_name:
+    mean = jax.lax.pmean(mean, axis_name)
+  var = jnp.mean(jnp.square(x - mean), axis=axes)
+  if axis_name:
+    var = jax.lax.pmean(var, axis_name)
+  return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias, mean, var
+
+
+def build_jax(args, batch_norm_fn=None):
+  """(step, step_with_data, state, teacher vars, batch, data arrays, sizes)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from experiments.configs import cifar100
+  from rldjax.models import batch_norm
+  from rldjax.train import programs, state as state_lib, loop
+  from rldjax.data import order
+  c = cifar100.get_config(f"pair={args.pair},method={args.method}")
+  c.batch_size = args.batch
+  c.student.dtype = args.dtype
+  original = batch_norm.batch_norm_train
+  if batch_norm_fn is not None:  # traced anew with the other batch norm
+    programs._build.cache_clear()  # pylint: disable=protected-access
+    batch_norm.batch_norm_train = batch_norm_fn
+  try:
+    p = programs.build(c, steps_per_epoch=10**6)
+    rng = jax.random.key(0, impl="rbg")
+    v = p.init(rng)
+    st = state_lib.TrainState.create(v["params"], jax.tree_util.tree_map(jnp.copy,
+                                                                         v["batch_stats"]),
+                                     p.tx, rng)
+    st = loop._replicate(p.mesh, st.replace(best=jax.tree_util.tree_map(jnp.copy, st.best)))
+    size, n = c.dataset.image_size, c.dataset.num_classes
+    tv = None
+    if p.teacher is not None:
+      tv = loop._replicate(p.mesh, jax.jit(lambda k: p.teacher.init(
+          k, jnp.zeros((1, size, size, 3)), train=False))(rng))
+    data_rng = np.random.default_rng(0)
+    batch = {"image": data_rng.standard_normal((args.batch, size, size, 3)).astype(np.float32),
+             "label": data_rng.integers(0, n, args.batch).astype(np.int32)}
+    sharding = jax.sharding.NamedSharding(p.mesh, jax.sharding.PartitionSpec("data"))
+    batch = {k: jax.make_array_from_process_local_data(sharding, x) for k, x in batch.items()}
+    images = loop._replicate(p.mesh, data_rng.integers(0, 256, (4096, size, size, 3),
+                                                       dtype=np.uint8))
+    labels = loop._replicate(p.mesh, data_rng.integers(0, n, 4096).astype(np.int32))
+    key = loop._replicate(p.mesh, order.data_key_data(0))
+    perm = p.epoch_permutation(key, 0, 4096)
+    t0 = time.perf_counter()
+    step = p.train_step.lower(st, tv, batch).compile()
+    compile_s = time.perf_counter() - t0
+    with_data = p.train_step_indexed.lower(st, tv, key, images, labels, perm).compile()
+    state = {"s": st}
+
+    def run_step():
+      state["s"], m = step(state["s"], tv, batch)
+      jax.block_until_ready(m)
+
+    def run_with_data():
+      state["s"], m = with_data(state["s"], tv, key, images, labels, perm)
+      jax.block_until_ready(m)
+    return run_step, run_with_data, compile_s, c
+  finally:
+    batch_norm.batch_norm_train = original
+
+
+def build_torch(args, c):
+  import numpy as np
+  import torch
+  from benchmarks import torch_reference
+  student_name, teacher_name = c.student.tag.split("/")[1], c.teacher.tag.split("/")[1]
+  student = torch_reference.create(student_name, c.dataset.num_classes)
+  teacher = torch_reference.create(teacher_name, c.dataset.num_classes) \
+      if args.method != "vanilla" else None
+  step = torch_reference.make_step(student, teacher, args.method)
+  rng = np.random.default_rng(0)
+  size = c.dataset.image_size
+  x = torch.from_numpy(rng.standard_normal((args.batch, 3, size, size)).astype(np.float32))
+  y = torch.from_numpy(rng.integers(0, c.dataset.num_classes, args.batch))
+  return lambda: step(x, y)
+
+
+def timed(fn, block: int = 3):
+  """Seconds per step over a block of ``block`` consecutive steps, after one
+  untimed step: the first step after the other framework ran pays for its
+  caches and spinning worker threads."""
+  fn()
+  t0 = time.perf_counter()
+  for _ in range(block):
+    fn()
+  return (time.perf_counter() - t0) / block
+
+
+def measure(runners: dict, reps: int) -> dict:
+  """Median seconds per step of each runner, blocks interleaved in alternating order."""
+  for fn in runners.values():  # warm-up
+    fn()
+  times = {k: [] for k in runners}
+  names = list(runners)
+  for r in range(reps):
+    for name in (names if r % 2 == 0 else names[::-1]):
+      times[name].append(timed(runners[name]))
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
+def compare_cpu_flags(args):
+  base = [sys.executable, os.path.abspath(__file__), f"--pair={args.pair}",
+          f"--method={args.method}", f"--batch={args.batch}", f"--dtype={args.dtype}",
+          f"--reps={args.reps}", "--no_torch", "--json"]
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  results = {"project": [], "none": []}
+  for r in range(args.rounds):
+    for mode in (("project", "none") if r % 2 == 0 else ("none", "project")):
+      out = subprocess.run(base + [f"--cpu_flags={mode}"], env=env, capture_output=True,
+                           text=True, check=True)
+      results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+  print(f"XLA:CPU flags {runtime.CPU_FLAGS}, {args.rounds} alternating subprocess rounds, "
+        f"pair={args.pair} method={args.method} batch={args.batch} {args.dtype}")
+  for key in ("rldjax step", "rldjax step + data"):
+    on = statistics.median(r[key] for r in results["project"])
+    off = statistics.median(r[key] for r in results["none"])
+    print(f"  {key:20s} with flags {args.batch / on:7.1f} img/s   without {args.batch / off:7.1f}"
+          f" img/s   speed-up {off / on:.2f}x")
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--pair", default="res32x4_res8x4",
-                      help=f"one of {', '.join(list(cifar100.PAIRS) + list(imagenet.PAIRS))}")
-  parser.add_argument("--method", default="rld", choices=config_lib.METHODS)
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--reps", type=int, default=20)
-  args = parser.parse_args()
-
-  module = imagenet if args.pair in imagenet.PAIRS else cifar100
-  c = module.get_config(f"pair={args.pair},method={args.method}")
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-  n = c.dataset.num_classes
-  size = c.dataset.image_size
-  student = models.create(c.student.tag, n, dtype=dtype, bn_axis_name=step_lib.AXIS)
-  teacher = models.create(c.teacher.tag, n, dtype=dtype) if args.method != "vanilla" else None
-  x = jnp.zeros((1, size, size, 3))
-  key = jax.random.key(0, impl="rbg")
-  s_vars = jax.jit(lambda k: student.init(k, x, train=False))(key)
-  t_vars = jax.jit(lambda k: teacher.init(k, x, train=False))(key) if teacher else None
-  tx = optim.sgd(lambda _: 0.05)
-  spec = recipe.Recipe.from_config(c)
-  mesh = step_lib.data_mesh()
-  fn = step_lib.shard(step_lib.make_train_step(student, teacher, spec, tx, 100), mesh, 2,
-                      donate=True)
-  state = TrainState.create(s_vars["params"], s_vars["batch_stats"], tx, key)
-  rng = np.random.default_rng(0)
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  batch = {"image": rng.standard_normal((args.batch, size, size, 3)).astype(np.float32),
-           "label": rng.integers(0, n, args.batch).astype(np.int32)}
-  batch = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state, t_vars = jax.device_put((state, t_vars), replicated)
-
-  start = time.perf_counter()
-  compiled = fn.lower(state, t_vars, batch).compile()
-  compile_s = time.perf_counter() - start
-  state, m = compiled(state, t_vars, batch)
-  jax.block_until_ready(m)
-  times = []
-  for _ in range(args.reps):
-    start = time.perf_counter()
-    state, m = compiled(state, t_vars, batch)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - start)
-  med = statistics.median(times)
+  args = parse()
+  if args.compare_cpu_flags:
+    compare_cpu_flags(args)
+    return
+  added = runtime.set_cpu_flags() if args.cpu_flags == "project" else []
+  import jax
+  run_step, run_with_data, compile_s, c = build_jax(args)
+  runners = {"rldjax step": run_step, "rldjax step + data": run_with_data}
+  if args.compare_bn:
+    textbook_step, _, _, _ = build_jax(args, textbook_batch_norm)
+    runners["rldjax step, textbook BN"] = textbook_step
+  have_torch = False
+  if not args.no_torch:
+    try:
+      import torch  # noqa: F401
+      have_torch = True
+    except ImportError:
+      print("(torch not installed: pip install -e '.[torch]' for the PyTorch reference)")
+  if have_torch:
+    runners["torch step"] = build_torch(args, c)
+  medians = measure(runners, args.reps)
+  if args.json:
+    print(json.dumps(medians))
+    return
   print(f"backend={jax.default_backend()} devices={jax.device_count()} pair={args.pair} "
         f"({c.teacher.tag} -> {c.student.tag}) method={args.method} batch={args.batch} "
-        f"dtype={args.dtype}")
-  print(f"compile: {compile_s:.1f} s")
-  print(f"step: median {med * 1e3:.1f} ms over {args.reps}  ->  {args.batch / med:.1f} images/s")
+        f"dtype={args.dtype} XLA flags added: {added or 'none'}")
+  print(f"compile: {compile_s:.1f} s; medians over {args.reps} interleaved reps")
+  ref = medians["rldjax step"]
+  for name, sec in medians.items():
+    print(f"  {name:26s} {sec * 1e3:8.1f} ms  {args.batch / sec:8.1f} img/s  "
+          f"({ref / sec:.2f}x of rldjax step)")
+  if have_torch:
+    print(f"rldjax step / torch step throughput ratio: {medians['torch step'] / ref:.2f}")
 
 
 if __name__ == "__main__":

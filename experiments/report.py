@@ -3,11 +3,19 @@
   python -m experiments.report RUN_DIR [RUN_DIR ...] [--out DIR]
 
 Finds every results.json under the given directories and writes
-``report.md`` (rows: teacher -> student pairs; columns: methods; cells: mean ±
-std test top-1 over seeds with the seed count, for the best epoch and for the
-last epoch; the teacher's and the vanilla student's accuracy alongside) and
-``accuracy.png`` (test top-1 per epoch, one curve per method, mean over seeds).
-Unfinished runs are listed and left out of the table.
+``report.md`` and ``accuracy.png``:
+
+* Runs are grouped by experiment: the same teacher, student, method, data
+  splits and config apart from the seed (and fields that do not change a
+  run's result: cadence, data location). Runs of different configs never share
+  a cell; a pair with several configs gets one row per config.
+* Cells: test top-1 mean ± std over seeds with the seed count (a single run
+  shows its value and ``n=1``), at the last epoch and at the best epoch (the
+  papers' convention; the best epoch is picked on the evaluation split).
+* Paired gains over ``vanilla``: per seed (same seed = same initialisation and
+  data order), method minus vanilla at the last epoch; mean and a 95% interval
+  (Student t, n - 1 degrees of freedom), and whether that interval includes 0.
+* Unfinished runs are listed and left out.
 """
 from __future__ import annotations
 
@@ -15,9 +23,19 @@ import argparse
 import collections
 import glob
 import json
+import math
 import os
 
 import numpy as np
+
+ORDER = ["vanilla", "kd", "dkd", "rld", "ldrld", "swap_kd", "rc", "label_revision"]
+# Config fields that do not change what a run computes.
+_IGNORED = ("seed", "checkpoint", "log_every_steps", "steps_per_call", "eval_batch_size",
+            "distributed",
+            "dataset.data_dir", "dataset.download", "dataset.in_memory", "teacher.checkpoint")
+# Fields a method's recipe sets: they may differ between the columns of a row.
+_METHOD_FIELDS = ("method", "ce_weight", "distill_weight", "kd_weight", "warmup_epochs", "loss",
+                  "optimizer.schedule", "optimizer.lr_warmup_epochs")
 
 
 def collect(run_dirs):
@@ -34,54 +52,178 @@ def collect(run_dirs):
   return runs
 
 
-def mean_std(values):
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in (d or {}).items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def experiment_key(run) -> str:
+  """The run's config without the seed and the fields that do not change it."""
+  flat = _flat(run.get("config"))
+  kept = {k: v for k, v in flat.items()
+          if not any(k == f or k.startswith(f + ".") for f in _IGNORED)}
+  kept.update(method=run["method"], student=run["student"], teacher=run.get("teacher"))
+  return json.dumps(kept, sort_keys=True, default=str)
+
+
+def mean_std(values) -> str:
   values = np.asarray(values, np.float64)
-  std = values.std(ddof=1) if len(values) > 1 else 0.0
-  return f"{values.mean():.2f} ± {std:.2f} (n={len(values)})"
+  if len(values) == 1:
+    return f"{values[0]:.2f} (n=1)"
+  return f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (n={len(values)})"
+
+
+def t_quantile(dof: int, q: float = 0.975) -> float:
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  return float(stats.t.ppf(q, dof))
+
+
+def paired_gain(values: dict, baseline: dict) -> dict | None:
+  """Per-seed differences (same seeds only): mean, 95% interval, n."""
+  seeds = sorted(set(values) & set(baseline))
+  if len(seeds) < 2:
+    return None
+  diff = np.asarray([values[s] - baseline[s] for s in seeds], np.float64)
+  half = t_quantile(len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+  return {"mean": float(diff.mean()), "low": float(diff.mean() - half),
+          "high": float(diff.mean() + half), "n": len(diff),
+          "includes_zero": bool(diff.mean() - half <= 0 <= diff.mean() + half)}
+
+
+def _row_label(run) -> tuple:
+  cfg = _flat(run.get("config"))
+  return (run.get("teacher") or "—", run["student"], run.get("dataset", "?"),
+          cfg.get("dataset.train_split", "train"), cfg.get("dataset.eval_split", "test"))
+
+
+def _split_key(key: str) -> tuple[str, str]:
+  """(row part, method part) of an experiment key."""
+  flat = json.loads(key)
+  is_method = lambda k: any(k == f or k.startswith(f + ".") for f in _METHOD_FIELDS)
+  row = {k: v for k, v in flat.items() if not is_method(k)}
+  method = {k: v for k, v in flat.items() if is_method(k)}
+  return json.dumps(row, sort_keys=True), json.dumps(method, sort_keys=True)
 
 
 def build_table(runs):
-  """Returns (markdown, cells) where cells[(pair, method)] = {"best": [...], "last": [...]}."""
+  """Returns (markdown, cells, gains).
+
+  Rows: distillation setups (teacher, student, data and splits, schedule...);
+  columns: methods, one per method config (``kd [2]`` when a row holds kd
+  runs of two configs). ``cells[(row, column)] = {"best": [...], "last":
+  [...], "seeds": {seed: last}}``. Vanilla runs of the row's student with the
+  row's data and schedule are its "vanilla" column; vanilla runs of its
+  teacher give the teacher column.
+  """
   finished = [r for r in runs if r.get("finished")]
-  teacher_acc = {"best": {}, "last": {}}
-  cells = collections.defaultdict(lambda: {"best": [], "last": []})
+  groups = collections.defaultdict(list)
   for r in finished:
-    if r["method"] == "vanilla":
-      teacher_acc["best"].setdefault(r["student"], []).append(r["best_top1"])
-      teacher_acc["last"].setdefault(r["student"], []).append(r["last_top1"])
-  for r in finished:
-    teacher = r["teacher"]
-    if r["method"] == "vanilla":
-      # A vanilla run is the "student alone" column of every pair with that student.
-      pairs = {(t, r["student"]) for t in {x["teacher"] for x in finished if x["teacher"]}
-               if any(x["student"] == r["student"] and x["teacher"] == t for x in finished)}
-      for pair in pairs:
-        cells[(pair, "vanilla")]["best"].append(r["best_top1"])
-        cells[(pair, "vanilla")]["last"].append(r["last_top1"])
+    groups[experiment_key(r)].append(r)
+  # Rows from the distillation experiments; a vanilla run's row part drops the teacher.
+  def row_of(r, key):
+    row_part, _ = _split_key(key)
+    flat = json.loads(row_part)
+    flat.pop("teacher", None)
+    flat.pop("teacher.tag", None)
+    return json.dumps(flat, sort_keys=True)
+  rows, labels = {}, {}
+  for key, members in groups.items():
+    r = members[0]
+    if r["method"] != "vanilla":
+      rows.setdefault((_row_label(r), row_of(r, key)), None)
+  for i, (label, part) in enumerate(sorted(rows)):
+    same_label = [p for (l, p) in rows if l == label]
+    labels[(label, part)] = label + ((f"setup {sorted(same_label).index(part) + 1}",)
+                                     if len(same_label) > 1 else ())
+  columns = collections.defaultdict(list)  # (row, method) -> [method parts]
+  cells = collections.defaultdict(lambda: {"best": [], "last": [], "seeds": {}})
+  pending = []
+  for key, members in groups.items():
+    r0 = members[0]
+    if r0["method"] == "vanilla":
       continue
-    pair = (teacher, r["student"])
-    cells[(pair, r["method"])]["best"].append(r["best_top1"])
-    cells[(pair, r["method"])]["last"].append(r["last_top1"])
-  pairs = sorted({p for p, _ in cells})
-  order = ["vanilla", "kd", "dkd", "rld", "ldrld", "swap_kd", "rc", "label_revision"]
-  methods = [m for m in order if any((p, m) in cells for p in pairs)]
+    row = labels[(_row_label(r0), row_of(r0, key))]
+    _, method_part = _split_key(key)
+    if method_part not in columns[(row, r0["method"])]:
+      columns[(row, r0["method"])].append(method_part)
+    pending.append((row, r0["method"], method_part, members))
+  for row, method, part, members in pending:
+    variants = sorted(columns[(row, method)])
+    column = method if len(variants) == 1 else f"{method} [{variants.index(part) + 1}]"
+    cell = cells[(row, column)]
+    for r in members:
+      cell["best"].append(r["best_top1"])
+      cell["last"].append(r["last_top1"])
+      cell["seeds"][r["seed"]] = r["last_top1"]
+  teacher_runs = collections.defaultdict(lambda: {"best": [], "last": []})
+  for key, members in groups.items():
+    r0 = members[0]
+    if r0["method"] != "vanilla":
+      continue
+    for r in members:
+      _, student, dataset, _, evaluation = _row_label(r)
+      teacher_runs[(student, dataset, evaluation)]["best"].append(r["best_top1"])
+      teacher_runs[(student, dataset, evaluation)]["last"].append(r["last_top1"])
+    for (label, part), row in labels.items():
+      if label[1:] == _row_label(r0)[1:] and part == row_of(r0, key):
+        cell = cells[(row, "vanilla")]
+        for r in members:
+          cell["best"].append(r["best_top1"])
+          cell["last"].append(r["last_top1"])
+          cell["seeds"][r["seed"]] = r["last_top1"]
+  ordered_rows = sorted(set(labels.values()))
+  present = {c for (_, c) in cells}
+  methods = [c for m in ORDER for c in sorted(present) if c == m or c.startswith(m + " [")]
+  gains = {}
+  for row in ordered_rows:
+    base = cells.get((row, "vanilla"))
+    for m in methods:
+      if m != "vanilla" and base and (row, m) in cells:
+        gains[(row, m)] = paired_gain(cells[(row, m)]["seeds"], base["seeds"])
   lines = []
-  for which in ("best", "last"):
-    title = "best epoch" if which == "best" else "last epoch"
-    lines.append(f"### Test top-1 (%), {title}: mean ± std over seeds\n")
-    lines.append("| teacher → student | teacher | " + " | ".join(methods) + " |")
-    lines.append("|---|---|" + "---|" * len(methods))
-    for pair in pairs:
-      t_acc = teacher_acc[which].get(pair[0])
-      row = [f"{pair[0]} → {pair[1]}", mean_std(t_acc) if t_acc else "—"]
+  for which, title in (("last", "last epoch"), ("best", "best epoch (picked on the "
+                                                         "evaluation split, as the papers do)")):
+    lines.append(f"### Top-1 (%) on the evaluation split, {title}: mean ± std over seeds\n")
+    lines.append("| teacher → student | data (train → eval) | teacher | " + " | ".join(methods)
+                 + " |")
+    lines.append("|---|---|---|" + "---|" * len(methods))
+    for row in ordered_rows:
+      t_acc = teacher_runs.get((row[0], row[2], row[4]), {}).get(which)
+      name = f"{row[0]} → {row[1]}" + (f" ({row[5]})" if len(row) > 5 else "")
+      line = [name, f"{row[2]} {row[3]} → {row[4]}", mean_std(t_acc) if t_acc else "—"]
       for m in methods:
-        v = cells.get((pair, m), {}).get(which)
-        row.append(mean_std(v) if v else "—")
-      lines.append("| " + " | ".join(row) + " |")
+        v = cells.get((row, m), {}).get(which)
+        line.append(mean_std(v) if v else "—")
+      lines.append("| " + " | ".join(line) + " |")
     lines.append("")
-  lines.append("*best epoch*: the highest test top-1 seen during training (what the published "
-               "code reports); *last epoch*: the test top-1 of the final weights.")
-  return "\n".join(lines), dict(cells)
+  if any(g is not None for g in gains.values()):
+    others = [m for m in methods if m != "vanilla"]
+    lines.append("### Paired gain over vanilla (last epoch, same seeds): mean [95% interval]\n")
+    lines.append("| teacher → student | data | " + " | ".join(others) + " |")
+    lines.append("|---|---|" + "---|" * len(others))
+    notes = []
+    for row in ordered_rows:
+      line = [f"{row[0]} → {row[1]}", f"{row[3]} → {row[4]}"]
+      for m in others:
+        g = gains.get((row, m))
+        if g is None:
+          line.append("—")
+          continue
+        line.append(f"{g['mean']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}] (n={g['n']})")
+        verdict = ("the interval includes 0: the difference is within noise"
+                   if g["includes_zero"] else
+                   ("above vanilla beyond noise" if g["low"] > 0 else "below vanilla beyond noise"))
+        notes.append(f"- {m}: {verdict}.")
+      lines.append("| " + " | ".join(line) + " |")
+    lines.append("")
+    lines.extend(notes)
+    lines.append("")
+  return "\n".join(lines), dict(cells), gains
 
 
 def plot(runs, path):
@@ -98,42 +240,47 @@ def plot(runs, path):
         label = f"teacher ({r['student']})"
       else:
         label = f"vanilla student ({r['student']})"
-      curves[label].append([h["top1"] for h in r["history"]])
+      cfg = _flat(r.get("config"))
+      split = cfg.get("dataset.eval_split", "test")
+      curves[f"{label}, {split}"].append([h["top1"] for h in r["history"]])
   fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
   for label in sorted(curves):
     n = min(len(c) for c in curves[label])
     values = np.asarray([c[:n] for c in curves[label]])
     epochs = np.arange(1, n + 1)
-    mean = values.mean(0)
-    ax.plot(epochs, mean, marker="o", markersize=3, label=f"{label} (n={len(values)})")
+    ax.plot(epochs, values.mean(0), marker="o", markersize=2, label=f"{label} (n={len(values)})")
     if len(values) > 1:
       ax.fill_between(epochs, values.min(0), values.max(0), alpha=0.15)
   ax.set_xlabel("epoch")
   ax.xaxis.get_major_locator().set_params(integer=True)
-  ax.set_ylabel("test top-1 accuracy (%)")
-  ax.set_title("Test accuracy per epoch (mean over seeds; band: min–max)")
+  ax.set_ylabel("top-1 accuracy on the evaluation split (%)")
+  ax.set_title("Accuracy per epoch (mean over seeds; band: min–max)")
   ax.grid(alpha=0.3)
-  ax.legend(loc="lower right")
+  ax.legend(loc="lower right", fontsize=7)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
 
 
-def write_report(run_dirs, out_dir):
+def write_report(run_dirs, out_dir, preamble: str = "", plot_runs=None):
+  """Writes report.md and accuracy.png; returns (table markdown, cells, gains, unfinished)."""
   runs = collect(run_dirs)
   if not runs:
     raise SystemExit(f"no results.json under {', '.join(run_dirs)}")
-  table, cells = build_table(runs)
+  table, cells, gains = build_table(runs)
   unfinished = [r["_path"] for r in runs if not r.get("finished")]
-  lines = ["# Results\n", table, ""]
+  lines = ["# Results\n"]
+  if preamble:
+    lines += [preamble, ""]
+  lines += [table, ""]
   if unfinished:
-    lines.append("## Unfinished runs (not in the table)\n")
+    lines.append("## Unfinished runs (not in the tables)\n")
     lines += [f"- {p}" for p in unfinished]
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  plot(runs, os.path.join(out_dir, "accuracy.png"))
-  return table, cells, unfinished
+  plot(plot_runs if plot_runs is not None else runs, os.path.join(out_dir, "accuracy.png"))
+  return table, cells, gains, unfinished
 
 
 def main(argv=None):
@@ -141,7 +288,7 @@ def main(argv=None):
   parser.add_argument("run_dirs", nargs="+")
   parser.add_argument("--out", default=None, help="output directory (default: the first RUN_DIR)")
   args = parser.parse_args(argv)
-  table, _, unfinished = write_report(args.run_dirs, args.out or args.run_dirs[0])
+  table, _, _, unfinished = write_report(args.run_dirs, args.out or args.run_dirs[0])
   print(table)
   for p in unfinished:
     print(f"unfinished: {p}")

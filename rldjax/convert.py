@@ -140,12 +140,15 @@ def from_torch_state_dict(tag: str, state_dict: Mapping[str, Any], num_classes: 
   return {"params": params, "batch_stats": stats}
 
 
+INSTALL_TORCH = 'pip install -e ".[torch]"'  # the README gives the same command
+
+
 def _import_torch():
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise ImportError("reading .pth checkpoints needs PyTorch: pip install -e '.[torch]' "
-                      "(from a checkout) or pip install 'rldjax[torch]'") from None
+    raise ImportError(f"reading .pth checkpoints needs PyTorch: {INSTALL_TORCH} (from a "
+                      "checkout of rldjax)") from None
   return torch
 
 

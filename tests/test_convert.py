@@ -2,6 +2,7 @@
 command writes an export the trainer can load, and models behave as documented
 (init distributions, dtype, features)."""
 import os
+import re
 import subprocess
 import sys
 
@@ -200,3 +201,19 @@ def test_batch_norm_matches_torch_semantics():
 def test_unknown_tag():
   with pytest.raises(KeyError, match="unknown model tag"):
     models.create("cifar/resnet9")
+
+
+def test_install_hint_matches_the_readme(monkeypatch):
+  import builtins
+  import pathlib
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  assert convert.INSTALL_TORCH in readme
+  real_import = builtins.__import__
+
+  def no_torch(name, *args, **kwargs):
+    if name == "torch":
+      raise ImportError("no torch here")
+    return real_import(name, *args, **kwargs)
+  monkeypatch.setattr(builtins, "__import__", no_torch)
+  with pytest.raises(ImportError, match=re.escape(convert.INSTALL_TORCH)):
+    convert.load_torch_checkpoint("missing.pth")

@@ -1,59 +1,83 @@
-"""The demo pipeline at a tiny size, and the report built from results.json."""
+"""The demo pipeline at a tiny size, and the report built from results.json:
+cells come from the runs, runs of different configs never share a cell, a
+single run shows no spread, paired gains and their intervals are right."""
 import json
+import math
 import re
 
 import numpy as np
+import pytest
+from scipy import stats
 
 from experiments import demo, report
 
 
 def test_demo_writes_report_from_results(tmp_path):
   workdir = tmp_path / "demo"
-  demo.run_demo(str(workdir), seeds=1, teacher_epochs=1, student_epochs=1,
-                methods=["vanilla", "rld", "ldrld"])
+  summary = demo.run_demo(str(workdir), seeds=2, teacher_epochs=1, student_epochs=2,
+                          methods=["vanilla", "rld"], scales=[1.0, 0.25], selection_seeds=1)
   md = (workdir / "report.md").read_text()
   png = (workdir / "accuracy.png").read_bytes()
   assert png.startswith(b"\x89PNG") and len(png) > 10_000
-  # Every number in the table comes from a results.json.
-  runs = {p.parent.name: json.loads(p.read_text()) for p in workdir.glob("*/results.json")}
-  assert set(runs) == {"teacher", "vanilla_seed0", "rld_seed0", "ldrld_seed0"}
-  row = [line for line in md.splitlines() if line.startswith("| digits/resnet14 → digits/resnet8")]
-  assert len(row) == 2  # best-epoch and last-epoch tables
-  best_cells = [c.strip() for c in row[0].strip("|").split("|")]
-  header = [c.strip() for c in md.splitlines()[
-      md.splitlines().index(row[0]) - 2].strip("|").split("|")]
-  cells = dict(zip(header, best_cells))
-  assert cells["teacher"].startswith(f"{runs['teacher']['best_top1']:.2f} ± 0.00 (n=1)")
-  for method in ("vanilla", "rld", "ldrld"):
-    expected = runs[f"{method}_seed0"]["best_top1"]
-    assert cells[method] == f"{expected:.2f} ± 0.00 (n=1)", (method, cells[method])
+  runs = {p.parent.name: json.loads(p.read_text()) for p in (workdir / "runs").glob("*/results.json")}
+  assert set(runs) == {"vanilla_seed0", "vanilla_seed1", "rld_seed0", "rld_seed1"}
+  # The weights were chosen on the validation split, never on the test split.
+  chosen = summary["selection"]["rld"]["chosen"]
+  assert chosen in (1.0, 0.25)
+  for p in (workdir / "selection").glob("*/results.json"):
+    r = json.loads(p.read_text())
+    assert (r["train_split"], r["eval_split"]) == ("train[:80%]", "train[80%:]")
+  assert runs["rld_seed0"]["eval_split"] == "test"
+  assert abs(runs["rld_seed0"]["config"]["distill_weight"] - chosen) < 1e-12
+  assert "How the distillation weights were chosen" in md and "never on the test split" in md
+  # Every number in the last-epoch table comes from a results.json.
+  row = next(line for line in md.splitlines() if line.startswith("| digits/resnet14 → digits/resnet8"))
+  header = md.splitlines()[md.splitlines().index(row) - 2]
+  cells = dict(zip([c.strip() for c in header.strip("|").split("|")],
+                   [c.strip() for c in row.strip("|").split("|")]))
+  for method in ("vanilla", "rld"):
+    values = [runs[f"{method}_seed{s}"]["last_top1"] for s in (0, 1)]
+    assert cells[method] == f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f} (n=2)"
+  teacher = json.loads((workdir / "teacher" / "results.json").read_text())
+  assert cells["teacher"] == f"{teacher['last_top1']:.2f} (n=1)"
+  assert "Paired gain over vanilla" in md and "steps" in md
 
 
-def test_report_mean_std_unfinished_and_layout(tmp_path):
-  def write(name, method, seed, best, last, finished=True):
-    d = tmp_path / name
-    d.mkdir()
-    history = [{"epoch": 1, "top1": last - 1}, {"epoch": 2, "top1": best},
-               {"epoch": 3, "top1": last}]
-    (d / "results.json").write_text(json.dumps({
-        "method": method, "student": "cifar/resnet8x4",
-        "teacher": None if method == "vanilla" else "cifar/resnet32x4", "seed": seed,
-        "finished": finished, "best_top1": best, "last_top1": last, "history": history}))
-  write("t", "vanilla", 0, 79.0, 78.0)
-  (tmp_path / "t" / "results.json").write_text(
-      (tmp_path / "t" / "results.json").read_text().replace('"cifar/resnet8x4"',
-                                                            '"cifar/resnet32x4"'))
-  write("v0", "vanilla", 0, 72.0, 71.0)
-  write("r0", "rld", 0, 76.0, 75.5)
-  write("r1", "rld", 1, 77.0, 76.5)
-  write("r2", "rld", 2, 10.0, 10.0, finished=False)
-  table, cells, unfinished = report.write_report([str(tmp_path)], str(tmp_path / "out"))
-  pair = ("cifar/resnet32x4", "cifar/resnet8x4")
-  assert cells[(pair, "rld")]["best"] == [76.0, 77.0]
-  std = np.std([76.0, 77.0], ddof=1)
-  assert f"76.50 ± {std:.2f} (n=2)" in table and "76.00 ± " in table  # best and last
-  assert "79.00 ± 0.00 (n=1)" in table  # the teacher column
-  assert "72.00 ± 0.00 (n=1)" in table  # the vanilla student
-  assert len(unfinished) == 1 and unfinished[0].endswith("r2/results.json")
-  assert "Unfinished" in (tmp_path / "out" / "report.md").read_text()
-  assert (tmp_path / "out" / "accuracy.png").exists()
+def _write(root, name, method, seed, best, last, finished=True, **config):
+  d = root / name
+  d.mkdir(parents=True)
+  cfg = {"seed": seed, "dataset": {"train_split": "train", "eval_split": "test"},
+         "distill_weight": 1.0}
+  cfg.update(config)
+  (d / "results.json").write_text(json.dumps({
+      "method": method, "student": "cifar/resnet8x4", "dataset": "cifar100",
+      "teacher": None if method == "vanilla" else "cifar/resnet32x4", "seed": seed,
+      "finished": finished, "best_top1": best, "last_top1": last, "config": cfg,
+      "history": [{"epoch": 1, "top1": last - 1}, {"epoch": 2, "top1": best},
+                  {"epoch": 3, "top1": last}]}))
+
+
+def test_report_groups_by_config_and_states_the_noise(tmp_path):
+  vanilla = [71.0, 72.0, 70.5]
+  rld = [72.5, 73.6, 71.9]
+  for seed, (v, r) in enumerate(zip(vanilla, rld)):
+    _write(tmp_path, f"v{seed}", "vanilla", seed, v + 0.5, v)
+    _write(tmp_path, f"r{seed}", "rld", seed, r + 0.5, r)
+  # Another rld config (other weights): its own column, never averaged in.
+  _write(tmp_path, "r_other", "rld", 0, 10.5, 10.0, distill_weight=0.25)
+  _write(tmp_path, "kd0", "kd", 0, 74.0, 73.5)  # a single run: no spread shown
+  _write(tmp_path, "unfinished", "rld", 5, 1.0, 1.0, finished=False)
+  table, cells, gains, unfinished = report.write_report([str(tmp_path)], str(tmp_path / "out"))
+  assert len(unfinished) == 1 and unfinished[0].endswith("unfinished/results.json")
+  rld_cells = {k: v for k, v in cells.items() if k[1].startswith("rld")}
+  assert sorted(sorted(v["last"]) for v in rld_cells.values()) == [[10.0], sorted(rld)]
+  assert "73.50 (n=1)" in table and "± 0.00" not in table
+  main = next(k for k in rld_cells if sorted(cells[k]["last"]) == sorted(rld))
+  g = gains[main]
+  diff = np.asarray(rld) - np.asarray(vanilla)
+  half = stats.t.ppf(0.975, 2) * diff.std(ddof=1) / math.sqrt(3)
+  assert g["mean"] == pytest.approx(diff.mean()) and g["low"] == pytest.approx(diff.mean() - half)
+  assert not g["includes_zero"] and "above vanilla beyond noise" in table
+  text = (tmp_path / "out" / "report.md").read_text()
+  assert "Unfinished" in text
+  assert re.search(r"rld \[\d\]", table)  # two rld configs, two columns

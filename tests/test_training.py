@@ -285,3 +285,22 @@ def test_image_folder_streams_through_tf_data(tmp_path):
   assert result["finished"] and result["history"][0]["step"] == 3  # 12 // 4
   with pytest.raises(errors.DatasetNotFoundError, match="image_folder"):
     builders.load_builder(f"image_folder:{tmp_path / 'missing'}")
+
+
+def test_several_steps_per_call_train_the_same_and_stop_on_divergence(tmp_path, data_dir,
+                                                                      teacher_export):
+  config = small_config(data_dir, teacher_export, method="kd", epochs=2)
+  one = loop.train_and_evaluate(config, str(tmp_path / "one"))
+  config.steps_per_call = 4  # a while_loop of up to 4 steps per device call
+  chunked = loop.train_and_evaluate(config, str(tmp_path / "chunked"))
+  assert [h["step"] for h in chunked["history"]] == [h["step"] for h in one["history"]]
+  for a, b in zip(one["history"], chunked["history"]):
+    assert a["top1"] == pytest.approx(b["top1"], abs=0.6)  # at most 2 of 359 examples
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+  _, _, va = export.load_model(str(tmp_path / "one" / "export" / "last"))
+  _, _, vb = export.load_model(str(tmp_path / "chunked" / "export" / "last"))
+  for x, y in zip(leaves(va), leaves(vb)):
+    np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4)
+  config.optimizer.decay_rate = 1e8  # the LR explodes after epoch 1
+  with pytest.raises(errors.DivergedError, match=r"not finite at step \d+ \(epoch 2\)"):
+    loop.train_and_evaluate(config, str(tmp_path / "diverging"))

@@ -69,10 +69,11 @@ def _moments(x, axis_name):
     shift = lax.pmean(shift, axis_name)
   n = count(x, axis_name)
   d = x - shift
+  # One pass over the data for both sums (XLA fuses them); the shift keeps
+  # E[d^2] - m^2 free of the cancellation the unshifted form suffers.
   m = _sum(d, axis_name) / n
-  centered = d - m
-  var = _sum(jnp.square(centered), axis_name) / n
-  return shift, m, centered, var, n
+  var = jnp.maximum(_sum(jnp.square(d), axis_name) / n - jnp.square(m), 0.0)
+  return shift, m, d - m, var, n
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))

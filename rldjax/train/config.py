@@ -84,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
       lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4, weight_decay_mask="all",
       schedule="multistep", decay_epochs=(150, 180, 210), decay_rate=0.1, lr_warmup_epochs=0))
   c.batch_size = 64
+  c.eval_batch_size = 512  # evaluation only: any size gives the same result
   c.num_epochs = 240
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, every_epochs=1, keep_latest=2,
                                                  keep_best=1))
@@ -201,7 +202,7 @@ def validate(config) -> None:
     _fail("student.tag", f"unknown model {config.student.tag!r}")
   if config.student.dtype not in ("float32", "bfloat16"):
     _fail("student.dtype", f"must be float32 or bfloat16, got {config.student.dtype!r}")
-  for field in ("batch_size", "num_epochs", "log_every_steps", "dataset.num_classes",
+  for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "dataset.num_classes",
                 "dataset.image_size", "checkpoint.every_steps", "checkpoint.every_epochs",
                 "checkpoint.keep_latest", "checkpoint.keep_best", "steps_per_call"):
     value = _field(config, field)

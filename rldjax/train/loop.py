@@ -45,7 +45,8 @@ from rldjax.train.preemption import PreemptionWatcher
 from rldjax.train.state import TrainState
 from rldjax.train.writer import ScalarWriter
 
-CHUNK_SECONDS = 1.0  # about how long one device call of training steps lasts
+CHUNK_SECONDS = 1.0  # about how often, at least, finite flags and stop requests are read
+RESULTS_SECONDS = 10.0  # how often, at most, a running run rewrites results.json
 
 
 def _load_teacher(config):
@@ -176,13 +177,21 @@ class _Run:
     self.train_time = 0.0
     self.max_chunk = 8
     self.pending = []
+    self.last_write = 0.0
 
   # -- bookkeeping -----------------------------------------------------------
 
   def wall(self):
     return self.previous_wall + time.time() - self.start
 
-  def write_results(self, history, status, extra=None):
+  def write_results(self, history, status, extra=None, throttle=False):
+    """results.json and history.json (process 0). ``throttle``: skip when the
+    last write is less than RESULTS_SECONDS old (the progress record of a
+    running run; the checkpoints hold the history in any case)."""
+    now = time.time()
+    if throttle and now - self.last_write < RESULTS_SECONDS:
+      return None
+    self.last_write = now
     results = _results(self.workdir, self.config, history, status, self.wall(),
                        self.previous_train + self.train_time, extra)
     if distributed.is_primary():
@@ -197,9 +206,10 @@ class _Run:
     ckpt_lib.quiet_orbax_logs()
     teacher_vars = _load_teacher(config)
     devices = jax.devices()
-    if config.batch_size % len(devices):
-      raise errors.ConfigError(f"config.batch_size: {config.batch_size} is not divisible by the "
-                               f"{len(devices)} devices")
+    for field in ("batch_size", "eval_batch_size"):
+      if config[field] % len(devices):
+        raise errors.ConfigError(f"config.{field}: {config[field]} is not divisible by the "
+                                 f"{len(devices)} devices")
     mesh = programs_lib.step_lib.data_mesh(devices)
     data = data_lib.load(config, mesh)
     spe = data.steps_per_epoch
@@ -350,11 +360,12 @@ class _Run:
       self.pending.append((step, metrics))
       synced = step == self._next_stop(step - 1, end) or len(self.pending) >= self.max_chunk
       if synced:
+        count = len(self.pending)
         self._check_finite(history)
         seconds = time.time() - t0
         self.train_time += seconds
-        self._adapt_chunk(len(self.pending), seconds)
-        self.pending, t0 = [], time.time()
+        self._adapt_chunk(count, seconds)
+        t0 = time.time()
       yield state, step, synced
     if step != end:
       raise RuntimeError(f"epoch {epoch + 1} ended at step {step}, expected {end}: the input "
@@ -404,11 +415,11 @@ class _Run:
       sums = p.evaluate_arrays(state.variables, *data.device_eval)
     else:
       if data.path == "host":
-        batches, fn = data_lib.host_eval_batches(data, self.mesh, c.batch_size), p.eval_step_raw
+        batches, fn = data_lib.host_eval_batches(data, self.mesh, c.eval_batch_size), p.eval_step_raw
       else:
         from rldjax.data import input_pipeline  # pylint: disable=import-outside-toplevel
         batches = self._checked(input_pipeline.eval_batches(
-            data.builder, c.dataset.eval_split, global_batch=c.batch_size,
+            data.builder, c.dataset.eval_split, global_batch=c.eval_batch_size,
             image_size=c.dataset.image_size), c.dataset.eval_split)
         fn = p.eval_step
       sums = None
@@ -437,7 +448,7 @@ class _Run:
     history = history + [record]
     if (epoch + 1) % c.checkpoint.every_epochs == 0 or epoch + 1 == c.num_epochs:
       ckpt_lib.save(manager, state, history, metrics={"top1": result["top1"]}, force=True)
-    self.write_results(history, "running")
+    self.write_results(history, "running", throttle=True)
     writer.write(step, {"test/top1": record["top1"], "test/top5": record["top5"],
                         "test/loss": record["test_loss"], "train/epoch_loss": record["train_loss"]})
     best = max(h["top1"] for h in history)

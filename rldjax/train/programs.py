@@ -91,6 +91,8 @@ def _build(key: str, steps_per_epoch: int, devices) -> Programs:
                                         tx, steps_per_epoch)
   global_batch = config.batch_size
   device_batch = global_batch // len(devices)
+  eval_batch = config.eval_batch_size
+  eval_device_batch = eval_batch // len(devices)
 
   def train_step_indexed(state, teacher_variables, data_key, images, labels, perm):
     """One step on the global batch ``state.step`` of the epoch whose order is ``perm``."""
@@ -129,10 +131,10 @@ def _build(key: str, steps_per_epoch: int, devices) -> Programs:
 
   def evaluate_arrays(variables, images, labels):
     n = images.shape[0]
-    first_row = lax.axis_index(step_lib.AXIS) * device_batch
+    first_row = lax.axis_index(step_lib.AXIS) * eval_device_batch
 
     def body(s, sums):
-      idx = s * global_batch + first_row + jnp.arange(device_batch)
+      idx = s * eval_batch + first_row + jnp.arange(eval_device_batch)
       mask = idx < n
       idx = jnp.minimum(idx, n - 1)
       out = step_lib.eval_sums(student, variables, augment.eval_images(images[idx], kind),
@@ -141,7 +143,7 @@ def _build(key: str, steps_per_epoch: int, devices) -> Programs:
 
     zeros = {k: lax.pcast(jnp.zeros((), jnp.float32), step_lib.AXIS, to="varying")
              for k in ("loss", "top1", "top5", "count")}  # per-device sums until the psum
-    sums = lax.fori_loop(0, -(-n // global_batch), body, zeros)  # ceil(n / global_batch)
+    sums = lax.fori_loop(0, -(-n // eval_batch), body, zeros)  # ceil(n / eval_batch)
     return lax.psum(sums, step_lib.AXIS)
 
   size = config.dataset.image_size

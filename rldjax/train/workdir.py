@@ -29,7 +29,8 @@ from rldjax.errors import WorkdirError
 LOCK_NAME = "run.lock"
 CONFIG_NAME = "config.json"
 # Fields that may differ between the runs of one workdir.
-MAY_CHANGE = ("checkpoint", "log_every_steps", "steps_per_call", "dataset.data_dir",
+MAY_CHANGE = ("checkpoint", "log_every_steps", "steps_per_call", "eval_batch_size",
+              "dataset.data_dir",
               "dataset.download", "dataset.in_memory", "distributed", "num_epochs")
 
 
