@@ -68,7 +68,8 @@ def build_jax(args, batch_norm_fn=None):
   import numpy as np
   from experiments.configs import cifar100
   from rldjax.models import batch_norm
-  from rldjax.train import programs, state as state_lib, loop
+  from rldjax import distributed
+  from rldjax.train import programs, state as state_lib
   from rldjax.data import order
   c = cifar100.get_config(f"pair={args.pair},method={args.method}")
   c.batch_size = args.batch
@@ -81,24 +82,22 @@ def build_jax(args, batch_norm_fn=None):
     p = programs.build(c, steps_per_epoch=10**6)
     rng = jax.random.key(0, impl="rbg")
     v = p.init(rng)
-    st = state_lib.TrainState.create(v["params"], jax.tree_util.tree_map(jnp.copy,
-                                                                         v["batch_stats"]),
-                                     p.tx, rng)
-    st = loop._replicate(p.mesh, st.replace(best=jax.tree_util.tree_map(jnp.copy, st.best)))
+    st = distributed.replicate(
+        p.mesh, state_lib.TrainState.create(v["params"], v["batch_stats"], p.tx, rng))
     size, n = c.dataset.image_size, c.dataset.num_classes
     tv = None
     if p.teacher is not None:
-      tv = loop._replicate(p.mesh, jax.jit(lambda k: p.teacher.init(
+      tv = distributed.replicate(p.mesh, jax.jit(lambda k: p.teacher.init(
           k, jnp.zeros((1, size, size, 3)), train=False))(rng))
     data_rng = np.random.default_rng(0)
     batch = {"image": data_rng.standard_normal((args.batch, size, size, 3)).astype(np.float32),
              "label": data_rng.integers(0, n, args.batch).astype(np.int32)}
     sharding = jax.sharding.NamedSharding(p.mesh, jax.sharding.PartitionSpec("data"))
     batch = {k: jax.make_array_from_process_local_data(sharding, x) for k, x in batch.items()}
-    images = loop._replicate(p.mesh, data_rng.integers(0, 256, (4096, size, size, 3),
+    images = distributed.replicate(p.mesh, data_rng.integers(0, 256, (4096, size, size, 3),
                                                        dtype=np.uint8))
-    labels = loop._replicate(p.mesh, data_rng.integers(0, n, 4096).astype(np.int32))
-    key = loop._replicate(p.mesh, order.data_key_data(0))
+    labels = distributed.replicate(p.mesh, data_rng.integers(0, n, 4096).astype(np.int32))
+    key = distributed.replicate(p.mesh, order.data_key_data(0))
     perm = p.epoch_permutation(key, 0, 4096)
     t0 = time.perf_counter()
     step = p.train_step.lower(st, tv, batch).compile()

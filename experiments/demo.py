@@ -79,7 +79,6 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
   timings = {"warmup_s": 0.0, "runs": []}
 
   def run(name, config, record=True):
-    t0 = time.time()
     result = loop.train_and_evaluate(config, os.path.join(workdir, name))
     if record:
       timings["runs"].append({"name": name, "wall_s": result["wall_time_s"],

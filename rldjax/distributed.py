@@ -34,6 +34,17 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.distributed.initialize()
 
 
+def replicate(mesh, tree):
+  """``tree`` (host or single-device values, the same on every process) as
+  arrays replicated over ``mesh``, which may span processes."""
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def put(leaf):
+    host = np.asarray(jax.device_get(leaf))
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+  return jax.tree_util.tree_map(put, tree)
+
+
 def is_primary() -> bool:
   return jax.process_index() == 0
 

@@ -1,7 +1,6 @@
 """PyTorch interchange: errors name the entry, round trips are exact, the
 command writes an export the trainer can load, and models behave as documented
 (init distributions, dtype, features)."""
-import os
 import re
 import subprocess
 import sys
@@ -63,7 +62,7 @@ def test_load_torch_checkpoint_and_command(tmp_path):
   _, variables = init_variables(num_classes=100)
   state = convert.to_torch_state_dict(TAG, variables)
   path = tmp_path / "teacher.pth"
-  torch.save({"model": {k: torch.from_numpy(v) for k, v in state.items()}, "epoch": 240}, path)
+  torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in state.items()}, "epoch": 240}, path)
   loaded = convert.load_torch_checkpoint(str(path))
   assert list(loaded) == list(state)
   out = tmp_path / "export"

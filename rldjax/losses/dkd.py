@@ -1,7 +1,6 @@
 """Decoupled Knowledge Distillation (Zhao et al., CVPR 2022)."""
 from __future__ import annotations
 
-import jax.numpy as jnp
 
 from rldjax.losses import _common as c
 

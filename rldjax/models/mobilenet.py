@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from rldjax.models.layers import Net, ZooModel, global_avg_pool, torch_default_kernel
+from rldjax.models.layers import ZooModel, global_avg_pool, torch_default_kernel
 
 # (t, c, n, s) of the standard MobileNetV2 table.
 V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),

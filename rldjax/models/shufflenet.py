@@ -10,7 +10,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from rldjax.models.layers import Net, ZooModel, channel_shuffle, global_avg_pool
+from rldjax.models.layers import ZooModel, channel_shuffle, global_avg_pool
 from rldjax.models.layers import torch_default_kernel
 
 

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import flax.linen as nn
 
-from rldjax.models.layers import Net, ZooModel, global_avg_pool
+from rldjax.models.layers import ZooModel, global_avg_pool
 
 CONFIGS = {
     "vgg8": ((64,), (128,), (256,), (512,), (512,)),

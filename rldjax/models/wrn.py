@@ -3,9 +3,8 @@ ARCHITECTURES.md §6): pre-activation blocks, depth 6n + 4, widen factor k."""
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 
-from rldjax.models.layers import Net, ZooModel, global_avg_pool
+from rldjax.models.layers import ZooModel, global_avg_pool
 
 
 class WideResNet(ZooModel):

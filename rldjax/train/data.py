@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rldjax import distributed
 from rldjax.data import augment, builders, in_memory, order
 from rldjax.errors import ConfigError, DataError
 
@@ -33,11 +34,6 @@ class RunData:
   eval: tuple | None = None
   device_train: tuple | None = None   # replicated device arrays
   device_eval: tuple | None = None
-
-
-def _replicate(mesh, array):
-  sharding = NamedSharding(mesh, P())
-  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
 def load(config, mesh) -> RunData:
@@ -65,8 +61,8 @@ def load(config, mesh) -> RunData:
   data = RunData("device" if ds.in_memory else "host", spe, len(train[1]), len(evaluation[1]),
                  builder=builder, train=train, eval=evaluation)
   if ds.in_memory:
-    data.device_train = tuple(_replicate(mesh, a) for a in train)
-    data.device_eval = tuple(_replicate(mesh, a) for a in evaluation)
+    data.device_train = distributed.replicate(mesh, train)
+    data.device_eval = distributed.replicate(mesh, evaluation)
   return data
 
 

@@ -31,7 +31,6 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 
 from rldjax import distributed, errors, export
@@ -40,7 +39,7 @@ from rldjax.train import checkpoint as ckpt_lib
 from rldjax.train import config as config_lib
 from rldjax.train import data as data_lib
 from rldjax.train import programs as programs_lib
-from rldjax.train import recipe, workdir as workdir_lib
+from rldjax.train import recipe, step as step_lib, workdir as workdir_lib
 from rldjax.train.preemption import PreemptionWatcher
 from rldjax.train.state import TrainState
 from rldjax.train.writer import ScalarWriter
@@ -121,17 +120,6 @@ def _results(workdir, config, history, status, wall, train_time, extra=None):
   return out
 
 
-def _replicate(mesh, tree):
-  """``tree`` (the same values on every process) as arrays replicated over the
-  mesh, which may span processes."""
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-  def put(leaf):
-    host = np.asarray(jax.device_get(leaf))
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-  return jax.tree_util.tree_map(put, tree)
-
-
 def _export(workdir, name, tag, variables, metadata):
   """Writes export/<name> (replacing an older one) from every process."""
   target = os.path.join(workdir, "export", name)
@@ -210,7 +198,7 @@ class _Run:
       if config[field] % len(devices):
         raise errors.ConfigError(f"config.{field}: {config[field]} is not divisible by the "
                                  f"{len(devices)} devices")
-    mesh = programs_lib.step_lib.data_mesh(devices)
+    mesh = step_lib.data_mesh(devices)
     data = data_lib.load(config, mesh)
     spe = data.steps_per_epoch
     if spe < 1:
@@ -219,14 +207,12 @@ class _Run:
     self.programs = p = programs_lib.build(config, spe)
     rng = jax.random.key(config.seed, impl="rbg")  # rbg: fast-compiling initialisers
     variables = p.init(rng)
-    state = TrainState.create(variables["params"],
-                              jax.tree_util.tree_map(jnp.copy, variables["batch_stats"]), p.tx,
+    state = TrainState.create(variables["params"], variables["batch_stats"], p.tx,
                               jax.random.fold_in(rng, 1))
-    state = state.replace(best=jax.tree_util.tree_map(jnp.copy, state.best))
-    state = _replicate(mesh, state)  # replicated over the mesh from the start: one compile
+    state = distributed.replicate(mesh, state)  # replicated from the start: one compile
     if teacher_vars is not None:
-      teacher_vars = _replicate(mesh, teacher_vars)
-    self.data_key = _replicate(mesh, order.data_key_data(config.seed))
+      teacher_vars = distributed.replicate(mesh, teacher_vars)
+    self.data_key = distributed.replicate(mesh, order.data_key_data(config.seed))
     self.mesh, self.data, self.teacher_vars = mesh, data, teacher_vars
 
     manager = ckpt_lib.create_manager(os.path.join(workdir, "checkpoints"),
@@ -238,7 +224,7 @@ class _Run:
       if restored is not None:
         state, history = restored
         logging.info("resumed from step %d (%d epochs done) in %s", int(state.step),
-                     int(state.step) // spe, workdir)
+                     len(history), workdir)
       with PreemptionWatcher() as watcher:
         state, history = self.train(state, history, manager, writer, watcher, stop_after_epochs)
       manager.wait_until_finished()
@@ -259,7 +245,7 @@ class _Run:
       manager.close()
 
   def train(self, state, history, manager, writer, watcher, stop_after_epochs):
-    config, data, spe = self.config, self.data, self.data.steps_per_epoch
+    config, spe = self.config, self.data.steps_per_epoch
     total = spe * config.num_epochs
     step = int(jax.device_get(state.step))
     # Epochs evaluated so far. A checkpoint saved on a stop request right at

@@ -40,7 +40,8 @@ class TrainState:
 
   @classmethod
   def create(cls, params, batch_stats, tx: optax.GradientTransformation, rng):
-    best = {"params": params, "batch_stats": batch_stats,
+    copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)  # own buffers (donation)
+    best = {"params": copy(params), "batch_stats": copy(batch_stats),
             "top1": jnp.full((), -1.0, jnp.float32), "epoch": jnp.zeros((), jnp.int32)}
     return cls(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                opt_state=tx.init(params), rng=jax.random.key_data(rng),
