@@ -45,8 +45,11 @@ def environment(base, devices=1):
 def launch(base, workdir, data_dir, *extra, devices=1):
   cmd = [sys.executable, "-m", "experiments.train", CONFIG, f"--workdir={workdir}",
          f"--config.dataset.data_dir={data_dir}", "--config.checkpoint.every_steps=5", *extra]
-  return subprocess.Popen(cmd, env=environment(base, devices), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  log = open(base / f"log_{time.time_ns()}.txt", "w+")  # a file: a pipe could fill and block
+  proc = subprocess.Popen(cmd, env=environment(base, devices), stdout=log,
+                          stderr=subprocess.STDOUT, text=True)
+  proc.log = log
+  return proc
 
 
 def launch_pair(base, workdir, data_dir):
@@ -56,9 +59,15 @@ def launch_pair(base, workdir, data_dir):
 
 
 def finish(procs, timeout=240):
+  logs = []
   for p in procs:
-    _, err = p.communicate(timeout=timeout)
-    assert p.returncode == 0, err[-4000:]
+    p.wait(timeout=timeout)
+    p.log.seek(0)
+    log = p.log.read()
+    p.log.close()
+    assert p.returncode == 0, log[-4000:]
+    logs.append(log)
+  return logs
 
 
 def results(workdir):
@@ -74,8 +83,10 @@ def test_two_processes_match_one_and_resume_after_both_are_killed(base):
   single_data = base / "data_single"
   finish([launch(base, base / "one", single_data)])
   finish([launch(base, base / "one_two_devices", single_data, devices=2)])
-  # Two processes, and a data directory that nobody has prepared yet.
-  finish(launch_pair(base, base / "two", base / "data_fresh"))
+  # Two processes, and a data directory that nobody has prepared yet. The
+  # offline dataset is prepared quietly (no "Downloading ..." lines).
+  for err in finish(launch_pair(base, base / "two", base / "data_fresh")):
+    assert "Downloading" not in err
 
   one, two = results(base / "one"), results(base / "two")
   assert two["finished"] and two["epochs_completed"] == 2
