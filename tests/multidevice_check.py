@@ -16,6 +16,7 @@ from rldjax import models  # noqa: E402
 from rldjax.train import optim, step as step_lib  # noqa: E402
 from rldjax.train.recipe import Recipe  # noqa: E402
 from rldjax.train.state import TrainState  # noqa: E402
+from tests.evaluation_check import check_evaluate_arrays  # noqa: E402
 
 
 def main():
@@ -54,6 +55,8 @@ def main():
   # Not a no-op: parameters and running statistics moved from their initial values.
   assert np.abs(np.asarray(one.params["fc"]["bias"]) - s_vars["params"]["fc"]["bias"]).max() > 1e-3
   assert np.abs(np.asarray(one.batch_stats["bn1"]["var"]) - 1.0).max() > 1e-3
+  # Evaluation over 8 devices: 2 full global batches of 16 and a remainder of 5.
+  check_evaluate_arrays(eval_batch_size=16, n=37)
   print("MULTIDEVICE OK", method, float(m8["loss"]))
 
 

@@ -1,6 +1,7 @@
 """PyTorch interchange: errors name the entry, round trips are exact, the
 command writes an export the trainer can load, and models behave as documented
 (init distributions, dtype, features)."""
+import json
 import re
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rldjax import convert, export, models
+from rldjax import convert, errors, export, models
 
 TAG = "cifar/resnet8"
 
@@ -148,6 +149,30 @@ def test_export_round_trip_and_refuses_overwrite(tmp_path):
     export.save_model(str(tmp_path / "m"), TAG, variables)
   with pytest.raises(FileNotFoundError, match="not an exported rldjax model"):
     export.load_model(str(tmp_path))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored,
+                         jax.tree_util.tree_map(np.asarray, dict(variables)))
+  # A plain npz: numpy alone reads it, named by the variables' paths.
+  with np.load(tmp_path / "m" / export.VARIABLES_FILE) as npz:
+    np.testing.assert_array_equal(npz["params/fc/bias"], variables["params"]["fc"]["bias"])
+
+
+def test_export_written_before_the_npz_layout_is_still_read(tmp_path):
+  """Exports of earlier versions: model.json plus an Orbax checkpoint in variables/."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  _, variables = init_variables()
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(str(tmp_path / "old" / "variables"), dict(variables))
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  (tmp_path / "old" / "model.json").write_text(json.dumps({"tag": TAG, "num_classes": 100}))
+  tag, n, restored = export.load_model(str(tmp_path / "old"))
+  assert (tag, n) == (TAG, 100)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored,
+                         jax.tree_util.tree_map(np.asarray, dict(variables)))
+  (tmp_path / "bad").mkdir()
+  (tmp_path / "bad" / "model.json").write_text(json.dumps({"tag": TAG, "num_classes": 100}))
+  with pytest.raises(errors.TeacherError, match="incomplete"):
+    export.load_model(str(tmp_path / "bad"))
 
 
 @pytest.mark.parametrize("tag,conv,std", [

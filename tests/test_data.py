@@ -124,6 +124,18 @@ def test_host_eval_batches_count_every_example_once(digits):
   data = types.SimpleNamespace(eval=(images, labels.astype(np.int32)))
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
   batches = list(data_lib.host_eval_batches(data, mesh, 100))
-  assert len(batches) == 4 and all(len(b["label"]) == 100 for b in batches)
+  assert [len(b["label"]) for b in batches] == [100, 100, 100, 59]  # one device: no padding
   assert sum(b["mask"].sum() for b in batches) == 359
-  assert batches[-1]["mask"][59:].sum() == 0
+  seen = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+  np.testing.assert_array_equal(seen, labels)
+
+
+def test_eval_batch_sizes_cover_the_split_once():
+  assert order.eval_batch_sizes(359, 512, 1) == [359]
+  assert order.eval_batch_sizes(359, 512, 8) == [360]
+  assert order.eval_batch_sizes(10000, 512, 8) == [512] * 19 + [272]
+  assert order.eval_batch_sizes(1024, 512, 8) == [512, 512]
+  for n, b, d in [(37, 16, 8), (5, 16, 8), (1, 8, 2), (333, 64, 4)]:
+    sizes = order.eval_batch_sizes(n, b, d)
+    assert all(s % d == 0 and 0 < s <= b for s in sizes)
+    assert sum(sizes[:-1]) < n <= sum(sizes) < n + d  # padding: fewer rows than devices

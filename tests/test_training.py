@@ -15,6 +15,7 @@ from experiments.configs import digits as digits_config
 from rldjax import errors, export, models
 from rldjax.data import builders
 from rldjax.train import config as config_lib, loop, optim
+from tests.evaluation_check import check_evaluate_arrays
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,11 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, data_dir, teacher_e
   assert list((tmp_path / "straight").glob("events.out.tfevents*"))
 
 
+@pytest.mark.parametrize("eval_batch_size,n", [(16, 37), (16, 32), (512, 37)])
+def test_in_memory_evaluation_counts_every_example_once(eval_batch_size, n):
+  check_evaluate_arrays(eval_batch_size, n)  # full batches, then the remainder
+
+
 def test_device_and_host_paths_train_identically(tmp_path, data_dir, teacher_export):
   config = small_config(data_dir, teacher_export, method="kd", epochs=1)
   device = loop.train_and_evaluate(config, str(tmp_path / "device"))
@@ -139,9 +145,9 @@ def test_export_best_is_the_first_best_epoch_on_a_tie(tmp_path, data_dir, teache
   scores = iter([50.0, 80.0, 80.0, 70.0])
   real = loop._Run._evaluate
 
-  def fixed_score(self, state):
-    out = real(self, state)
-    out["top1"] = next(scores)
+  def fixed_score(self, state):  # evaluation sums whose top-1 is the next score
+    out = dict(real(self, state))
+    out["top1"], out["count"] = jnp.float32(next(scores)), jnp.float32(100.0)
     return out
   monkeypatch.setattr(loop._Run, "_evaluate", fixed_score)
   config = small_config(data_dir, teacher_export, method="vanilla", epochs=4)
@@ -183,13 +189,11 @@ def test_diverged_teacher_export_is_refused(tmp_path, data_dir):
   # A file written by something else: loading it names the file.
   export.save_model(str(tmp_path / "nan"), "digits/resnet14",
                     jax.tree_util.tree_map(np.zeros_like, variables))
-  import orbax.checkpoint as ocp
-  checkpointer = ocp.StandardCheckpointer()
-  import shutil
-  shutil.rmtree(tmp_path / "nan" / "variables")
-  checkpointer.save(str(tmp_path / "nan" / "variables"), variables)
-  checkpointer.wait_until_finished()
-  checkpointer.close()
+  npz = tmp_path / "nan" / export.VARIABLES_FILE
+  with np.load(npz) as f:
+    arrays = dict(f)
+  arrays["params/fc/bias"] = arrays["params/fc/bias"] * np.nan
+  np.savez(npz, **arrays)
   with pytest.raises(errors.TeacherError, match=f"{tmp_path / 'nan'}.*non-finite"):
     export.load_model(str(tmp_path / "nan"))
   config = small_config(data_dir, str(tmp_path / "nan"), method="kd", epochs=1)

@@ -54,3 +54,12 @@ def batch_indices(perm, step_in_epoch, global_batch: int, first_row, rows: int):
   batch at ``step_in_epoch``."""
   start = step_in_epoch * global_batch + first_row
   return jax.lax.dynamic_slice_in_dim(perm, start, rows)
+
+
+def eval_batch_sizes(num_examples: int, global_batch: int, num_devices: int) -> list[int]:
+  """Global batch sizes that cover an evaluation split once, in order: full
+  batches of ``global_batch``, then one batch for the remainder rounded up to
+  a multiple of ``num_devices`` (its extra rows are padding, masked out).
+  Batch ``i`` starts at example ``sum(sizes[:i])``."""
+  full, rest = divmod(num_examples, global_batch)
+  return [global_batch] * full + ([-(-rest // num_devices) * num_devices] if rest else [])

@@ -89,12 +89,14 @@ def host_train_batches(data: RunData, mesh, global_batch: int, data_key, epoch: 
 
 
 def host_eval_batches(data: RunData, mesh, global_batch: int) -> Iterator[dict]:
-  """This process's raw evaluation batches {image, label, mask}: global batch
-  ``s`` covers examples ``[s·B, (s+1)·B)``; padding rows have mask 0."""
+  """This process's raw evaluation batches {image, label, mask}, of the sizes
+  :func:`rldjax.data.order.eval_batch_sizes` gives (as the in-memory
+  evaluation); padding rows have mask 0."""
   images, labels = data.eval
-  n, rows = len(labels), local_rows(mesh, global_batch)
-  for s in range(-(-n // global_batch)):
-    idx = np.arange(s * global_batch, (s + 1) * global_batch)[rows]
+  n, start = len(labels), 0
+  for size in order.eval_batch_sizes(n, global_batch, mesh.devices.size):
+    idx = np.arange(start, start + size)[local_rows(mesh, size)]
+    start += size
     mask = (idx < n).astype(np.float32)
     idx = np.minimum(idx, n - 1)
     yield {"image": images[idx], "label": labels[idx], "mask": mask}

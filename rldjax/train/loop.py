@@ -19,8 +19,8 @@ alone:
   its epoch and top-1.
 
 Multi-process: every process runs this function; process 0 writes every file
-(lock, config, results, history, events), and every process enters every
-collective (Orbax saves, restores and exports).
+(lock, config, results, history, events, exports), and every process enters
+every collective (Orbax checkpoint saves and restores) and every barrier.
 """
 from __future__ import annotations
 
@@ -166,6 +166,7 @@ class _Run:
     self.max_chunk = 8
     self.pending = []
     self.last_write = 0.0
+    self.learning_rates = {}
 
   # -- bookkeeping -----------------------------------------------------------
 
@@ -269,8 +270,7 @@ class _Run:
           loss = sums["loss"] / max(sums["steps"], 1)
           done_steps, train0 = rate_mark
           rate = (step - done_steps) / max(self.train_time - train0, 1e-9)
-          writer.write(step, {"train/loss": loss, "train/lr": recipe.learning_rate(config,
-                                                                                   epoch + 1)})
+          writer.write(step, {"train/loss": loss, "train/lr": self._learning_rate(epoch + 1)})
           logging.info("step %d/%d  epoch %d  train loss %.4f  %.1f steps/s  ETA %.0fs", step,
                        total, epoch + 1, loss, rate, (total - step) / max(rate, 1e-9))
           rate_mark = (step, self.train_time)
@@ -396,6 +396,8 @@ class _Run:
         f"{self.workdir}/checkpoints. Rerun the same command to resume.")
 
   def _evaluate(self, state) -> dict:
+    """The evaluation sums (``loss``, ``top1``, ``top5``, ``count``) over the
+    evaluation split, as device arrays: nothing is read back here."""
     c, p, data = self.config, self.programs, self.data
     if data.path == "device":
       sums = p.evaluate_arrays(state.variables, *data.device_eval)
@@ -412,25 +414,31 @@ class _Run:
       for batch in data_lib.to_global(batches, self.mesh):
         out = fn(state.variables, batch)
         sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
-    sums = jax.device_get(sums)
-    count = float(sums["count"])
-    return {"top1": 100.0 * float(sums["top1"]) / count,
-            "top5": 100.0 * float(sums["top5"]) / count,
-            "loss": float(sums["loss"]) / count, "count": int(count)}
+    return sums
+
+  def _learning_rate(self, epoch) -> float:
+    """recipe.learning_rate of the 1-based ``epoch`` as a float (computed once)."""
+    if epoch not in self.learning_rates:
+      self.learning_rates[epoch] = float(recipe.learning_rate(self.config, epoch))
+    return self.learning_rates[epoch]
 
   def _end_epoch(self, state, history, epoch, manager, writer):
     c = self.config
-    result = self._evaluate(state)
-    state = self.programs.record_evaluation(state, jnp.float32(result["top1"]),
-                                            jnp.int32(epoch + 1))
-    sums = jax.device_get(state.epoch_sums)
+    eval_sums = self._evaluate(state)
+    # Dispatched before anything is read back; then one read for everything.
+    state = self.programs.record_evaluation(state, eval_sums, jnp.int32(epoch + 1))
+    eval_sums, sums, step = jax.device_get((eval_sums, state.epoch_sums, state.step))
+    count = float(eval_sums["count"])
+    result = {"top1": 100.0 * float(eval_sums["top1"]) / count,
+              "top5": 100.0 * float(eval_sums["top5"]) / count,
+              "loss": float(eval_sums["loss"]) / count, "count": int(count)}
     steps = max(float(sums["steps"]), 1.0)
-    step = int(jax.device_get(state.step))
+    step = int(step)
     record = {"epoch": epoch + 1, "step": step, "top1": result["top1"], "top5": result["top5"],
               "test_loss": result["loss"], "train_loss": float(sums["loss"]) / steps,
               "train_ce": float(sums["ce"]) / steps,
               "train_accuracy": 100.0 * float(sums["accuracy"]) / steps,
-              "lr": float(recipe.learning_rate(c, epoch + 1))}
+              "lr": self._learning_rate(epoch + 1)}
     history = history + [record]
     if (epoch + 1) % c.checkpoint.every_epochs == 0 or epoch + 1 == c.num_epochs:
       ckpt_lib.save(manager, state, history, metrics={"top1": result["top1"]}, force=True)

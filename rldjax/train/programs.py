@@ -130,20 +130,32 @@ def _build(key: str, steps_per_epoch: int, devices) -> Programs:
                                        batch["label"], batch["mask"]), step_lib.AXIS)
 
   def evaluate_arrays(variables, images, labels):
+    """Every example of the split once, in the global batches of
+    :func:`rldjax.data.order.eval_batch_sizes`: full ones of ``eval_batch``
+    in a loop, then one smaller batch for the remainder (no compute on padding
+    beyond rounding it up to a multiple of the device count)."""
     n = images.shape[0]
-    first_row = lax.axis_index(step_lib.AXIS) * eval_device_batch
+    device = lax.axis_index(step_lib.AXIS)
 
-    def body(s, sums):
-      idx = s * eval_batch + first_row + jnp.arange(eval_device_batch)
+    def batch_sums(start, per_device):
+      idx = start + device * per_device + jnp.arange(per_device)
       mask = idx < n
       idx = jnp.minimum(idx, n - 1)
-      out = step_lib.eval_sums(student, variables, augment.eval_images(images[idx], kind),
-                               labels[idx], mask)
+      return step_lib.eval_sums(student, variables, augment.eval_images(images[idx], kind),
+                                labels[idx], mask)
+
+    def body(s, sums):
+      out = batch_sums(s * eval_batch, eval_device_batch)
       return {k: sums[k] + out[k] for k in sums}
 
     zeros = {k: lax.pcast(jnp.zeros((), jnp.float32), step_lib.AXIS, to="varying")
              for k in ("loss", "top1", "top5", "count")}  # per-device sums until the psum
-    sums = lax.fori_loop(0, -(-n // eval_batch), body, zeros)  # ceil(n / eval_batch)
+    sizes = order.eval_batch_sizes(n, eval_batch, len(devices))
+    full = sizes.count(eval_batch)  # a remainder rounded up to eval_batch is masked like one
+    sums = lax.fori_loop(0, full, body, zeros)
+    for size in sizes[full:]:  # the remainder
+      out = batch_sums(full * eval_batch, size // len(devices))
+      sums = {k: sums[k] + out[k] for k in sums}
     return lax.psum(sums, step_lib.AXIS)
 
   size = config.dataset.image_size

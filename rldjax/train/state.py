@@ -52,13 +52,22 @@ class TrainState:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def record_evaluation(state: TrainState, top1, epoch) -> TrainState:
-  """``state`` with ``best`` replaced when ``top1`` beats it (strictly: on a
-  tie the earlier epoch stays best). Pure; jit it."""
+def top1_percent(eval_sums) -> jax.Array:
+  """Top-1 in percent (float32) from evaluation sums (``top1``, ``count``)."""
+  return (100.0 * jnp.asarray(eval_sums["top1"], jnp.float32)
+          / jnp.maximum(jnp.asarray(eval_sums["count"], jnp.float32), 1.0))
+
+
+def record_evaluation(state: TrainState, eval_sums, epoch) -> TrainState:
+  """``state`` with ``best`` replaced when this evaluation's top-1 (from the
+  sums ``top1`` and ``count``, see :func:`top1_percent`) beats it (strictly:
+  on a tie the earlier epoch stays best). Pure; jit it. Taking the sums, not
+  a host float, lets the loop dispatch it before reading anything back."""
+  top1 = top1_percent(eval_sums)
   better = top1 > state.best["top1"]
   pick = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), new, old)
   best = {"params": pick(state.params, state.best["params"]),
           "batch_stats": pick(state.batch_stats, state.best["batch_stats"]),
-          "top1": jnp.where(better, jnp.asarray(top1, jnp.float32), state.best["top1"]),
+          "top1": jnp.where(better, top1, state.best["top1"]),
           "epoch": jnp.where(better, jnp.asarray(epoch, jnp.int32), state.best["epoch"])}
   return state.replace(best=best)
