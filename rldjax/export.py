@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import Any
 
 import jax
@@ -99,8 +100,14 @@ def read_metadata(directory: str) -> dict:
 def _read_variables(directory: str) -> dict[str, Any]:
   path = os.path.join(directory, VARIABLES_FILE)
   if os.path.exists(path):
-    with np.load(path, allow_pickle=False) as npz:
-      tree = _unflatten({name: npz[name] for name in npz.files})
+    try:
+      with np.load(path, allow_pickle=False) as npz:
+        tree = _unflatten({name: npz[name] for name in npz.files})
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+      raise TeacherError(f"{path} cannot be read ({type(err).__name__}: {err}); export the "
+                         "model again") from err
+    if "params" not in tree:
+      raise TeacherError(f"{path} holds no params/... arrays; export the model again")
     tree.setdefault("batch_stats", {})
     return tree
   if os.path.isdir(os.path.join(directory, "variables")):  # the earlier Orbax layout

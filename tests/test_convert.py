@@ -175,6 +175,15 @@ def test_export_written_before_the_npz_layout_is_still_read(tmp_path):
     export.load_model(str(tmp_path / "bad"))
 
 
+def test_truncated_export_is_refused_naming_the_file(tmp_path):
+  _, variables = init_variables()
+  export.save_model(str(tmp_path / "m"), TAG, variables)
+  npz = tmp_path / "m" / export.VARIABLES_FILE
+  npz.write_bytes(npz.read_bytes()[:1000])
+  with pytest.raises(errors.TeacherError, match=f"{npz}.*cannot be read"):
+    export.load_model(str(tmp_path / "m"))
+
+
 @pytest.mark.parametrize("tag,conv,std", [
     ("cifar/resnet8", "layer1.0.conv1", np.sqrt(2 / (16 * 9))),      # He-normal fan_out
     ("cifar/MobileNetV2", "blocks.1.0.conv.3", np.sqrt(2 / (48 * 9))),  # depthwise
