@@ -5,7 +5,7 @@ much smaller student trained to convergence, distillation weights sized for
   python -m experiments.demo --workdir=runs/demo      # what `make demo` runs
 
 On the real handwritten digits of ``rldjax_digits`` (no download), through the
-same TFDS -> in-memory data -> sharded step -> Orbax path as CIFAR-100:
+same TFDS -> in-memory data -> sharded step -> Orbax checkpoint path as CIFAR-100:
 
 1. **Teacher**: ``digits/resnet14`` (vanilla CE) on the training split; its
    last epoch is the teacher, as the published teachers are.

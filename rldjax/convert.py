@@ -7,7 +7,8 @@ out], BN weight/bias -> params scale/bias, running_mean/var -> batch_stats
 mean/var. ``num_batches_tracked`` entries carry no information (momentum is
 fixed) and are accepted and dropped.
 
-Command line: write exported models (Orbax) that the trainer loads as teachers::
+Command line: write exported models (model.json + variables.npz, see
+rldjax.export) that the trainer loads as teachers::
 
   python -m rldjax.convert cifar_teachers.tar runs/cifar100/teachers   # -> <arch>/export each
   python -m rldjax.convert --arch resnet32x4 ckpt_epoch_240.pth OUTDIR
