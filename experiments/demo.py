@@ -89,7 +89,8 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
       print(f"[{time.time() - start:6.1f}s] {name:<28} top-1 last {result['last_top1']:6.2f}, "
             f"best {result['best_top1']:6.2f} (epoch {result['best_epoch']}); "
             f"{result['train_time_s'] / max(result['wall_time_s'], 1e-9):.0%} of "
-            f"{result['wall_time_s']:.1f}s in steps", flush=True)
+            f"{result['wall_time_s']:.1f}s in steps, {result['compile_time_s']:.1f}s compiling",
+            flush=True)
     return result
 
   teacher_config = digits.get_config(f"method=vanilla,model=teacher,epochs={teacher_epochs}")

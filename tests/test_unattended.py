@@ -66,6 +66,11 @@ def test_killed_and_terminated_runs_end_bit_identical(env):
   assert done.returncode == 0, done.stderr[-3000:]
   # The run's own progress lines, not the checkpoint library's INFO lines.
   assert "loop.py" in done.stderr and "orbax" not in done.stderr.lower()
+  # A fresh process compiles its programs; that time is reported apart from
+  # the time in steps (JAX's compile events), and both fit in the wall time.
+  times = json.loads((reference / "results.json").read_text())
+  assert times["compile_time_s"] > 0.05, times["compile_time_s"]
+  assert 0 < times["train_time_s"] <= times["wall_time_s"] - times["compile_time_s"]
 
   chaos = env["base"] / "chaos"
   rng = np.random.default_rng(2026)

@@ -36,6 +36,7 @@ from absl import logging
 from rldjax import distributed, errors, export
 from rldjax.data import order
 from rldjax.train import checkpoint as ckpt_lib
+from rldjax.train import compile_clock
 from rldjax.train import config as config_lib
 from rldjax.train import data as data_lib
 from rldjax.train import programs as programs_lib
@@ -87,20 +88,22 @@ def _epochs_done(workdir):
     return int(json.load(f).get("epochs_completed") or 0)
 
 
-def _previous_times(workdir) -> tuple[float, float]:
+def _previous_times(workdir) -> tuple[float, float, float]:
+  """(wall, train, compile) seconds of the earlier sessions of this run."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
-    return 0.0, 0.0
+    return 0.0, 0.0, 0.0
   import json  # pylint: disable=import-outside-toplevel
   try:
     with open(path) as f:
       r = json.load(f)
-    return float(r.get("wall_time_s") or 0.0), float(r.get("train_time_s") or 0.0)
+    return tuple(float(r.get(k) or 0.0) for k in ("wall_time_s", "train_time_s",
+                                                   "compile_time_s"))
   except (OSError, ValueError):
-    return 0.0, 0.0
+    return 0.0, 0.0, 0.0
 
 
-def _results(workdir, config, history, status, wall, train_time, extra=None):
+def _results(workdir, config, history, status, wall, train_time, compile_time, extra=None):
   best = max(history, key=lambda h: h["top1"]) if history else None
   last = history[-1] if history else None
   out = {
@@ -113,7 +116,8 @@ def _results(workdir, config, history, status, wall, train_time, extra=None):
       "best_top1": best and best["top1"], "best_top5": best and best["top5"],
       "best_epoch": best and best["epoch"],
       "last_top1": last and last["top1"], "last_top5": last and last["top5"],
-      "wall_time_s": wall, "train_time_s": train_time, "history": history,
+      "wall_time_s": wall, "train_time_s": train_time, "compile_time_s": compile_time,
+      "history": history,
       "config": config.to_dict(), "workdir": workdir,
   }
   out.update(extra or {})
@@ -161,8 +165,9 @@ class _Run:
   def __init__(self, config, workdir):
     self.config, self.workdir = config, workdir
     self.start = time.time()
-    self.previous_wall, self.previous_train = _previous_times(workdir)
+    self.previous_wall, self.previous_train, self.previous_compile = _previous_times(workdir)
     self.train_time = 0.0
+    self.compile_start = compile_clock.seconds()
     self.max_chunk = 8
     self.pending = []
     self.last_write = 0.0
@@ -173,6 +178,13 @@ class _Run:
   def wall(self):
     return self.previous_wall + time.time() - self.start
 
+  def _step_seconds(self, t0: float, compile0: float) -> float:
+    """Adds the time since ``t0`` to the time in steps, less the compilation
+    done meanwhile (a program's first call compiles it); returns it."""
+    seconds = max(time.time() - t0 - (compile_clock.seconds() - compile0), 0.0)
+    self.train_time += seconds
+    return seconds
+
   def write_results(self, history, status, extra=None, throttle=False):
     """results.json and history.json (process 0). ``throttle``: skip when the
     last write is less than RESULTS_SECONDS old (the progress record of a
@@ -182,7 +194,9 @@ class _Run:
       return None
     self.last_write = now
     results = _results(self.workdir, self.config, history, status, self.wall(),
-                       self.previous_train + self.train_time, extra)
+                       self.previous_train + self.train_time,
+                       self.previous_compile + compile_clock.seconds() - self.compile_start,
+                       extra)
     if distributed.is_primary():
       workdir_lib.write_json(os.path.join(self.workdir, "history.json"), history)
       workdir_lib.write_json(os.path.join(self.workdir, "results.json"), results)
@@ -307,12 +321,11 @@ class _Run:
       perm = p.epoch_permutation(self.data_key, epoch, data.num_train)
       while step < end:
         count = min(self._next_stop(step, end) - step, self.max_chunk, c.steps_per_call)
-        t0 = time.time()
+        t0, compile0 = time.time(), compile_clock.seconds()
         state, info = p.train_chunk(state, self.teacher_vars, self.data_key, images, labels,
                                     perm, jnp.int32(count))
         info = jax.device_get(info)
-        seconds = time.time() - t0
-        self.train_time += seconds
+        seconds = self._step_seconds(t0, compile0)
         if not info["finite"]:
           self._diverged(step + int(info["steps"]), float(info["loss"]), history)
         step += count
@@ -339,7 +352,7 @@ class _Run:
       run = lambda s, b: p.train_step(s, self.teacher_vars, b)
     # Steps are dispatched asynchronously; their finite flags are read (one
     # device sync) at the points listed above.
-    self.pending, t0 = [], time.time()
+    self.pending, t0, compile0 = [], time.time(), compile_clock.seconds()
     for batch in batches:
       state, metrics = run(state, batch)
       step += 1
@@ -348,10 +361,9 @@ class _Run:
       if synced:
         count = len(self.pending)
         self._check_finite(history)
-        seconds = time.time() - t0
-        self.train_time += seconds
+        seconds = self._step_seconds(t0, compile0)
         self._adapt_chunk(count, seconds)
-        t0 = time.time()
+        t0, compile0 = time.time(), compile_clock.seconds()
       yield state, step, synced
     if step != end:
       raise RuntimeError(f"epoch {epoch + 1} ended at step {step}, expected {end}: the input "
