@@ -40,9 +40,9 @@ def replicate(mesh, tree):
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
   def put(leaf):
-    host = np.asarray(jax.device_get(leaf))
+    host = np.asarray(leaf)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-  return jax.tree_util.tree_map(put, tree)
+  return jax.tree_util.tree_map(put, jax.device_get(tree))  # one read-back for the whole tree
 
 
 def is_primary() -> bool:

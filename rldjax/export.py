@@ -66,15 +66,15 @@ def save_model(directory: str, tag: str, variables: dict[str, Any],
                metadata: dict | None = None) -> None:
   """Writes ``variables`` of zoo model ``tag``; ``metadata`` goes into model.json."""
   directory = os.path.abspath(directory)
-  if os.path.exists(os.path.join(directory, "model.json")):
-    raise FileExistsError(f"{directory} already holds an exported model")
   tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
   tree = jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
   bad = _nonfinite_leaves(tree)
   if bad:
     raise ValueError(f"refusing to export non-finite weights to {directory}: {', '.join(bad[:5])}")
-  if jax.process_index() != 0:
+  if jax.process_index() != 0:  # process 0 writes; the others only check
     return
+  if os.path.exists(os.path.join(directory, "model.json")):
+    raise FileExistsError(f"{directory} already holds an exported model")
   num_classes = int(np.shape(tree["params"][classifier_name(tag)]["bias"])[0])
   os.makedirs(directory, exist_ok=True)
   tmp = os.path.join(directory, VARIABLES_FILE + ".tmp")

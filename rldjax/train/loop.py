@@ -31,6 +31,7 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 
 from rldjax import distributed, errors, export
@@ -125,18 +126,19 @@ def _results(workdir, config, history, status, wall, train_time, compile_time, e
 
 
 def _export(workdir, name, tag, variables, metadata):
-  """Writes export/<name> (replacing an older one) from every process."""
+  """Writes export/<name> (replacing an older one). Process 0 writes it; every
+  process waits for it, and a failure there is raised on every process (so no
+  process is left waiting on one that has stopped)."""
   target = os.path.join(workdir, "export", name)
-  tmp = target + ".tmp"
-  if distributed.is_primary():
+
+  def write():
+    tmp = target + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-  distributed.barrier(f"export-{name}-begin")
-  export.save_model(tmp, tag, variables, metadata)
-  distributed.barrier(f"export-{name}-written")
-  if distributed.is_primary():
+    export.save_model(tmp, tag, variables, metadata)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
-  distributed.barrier(f"export-{name}-done")
+
+  distributed.on_primary(write)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -323,7 +325,7 @@ class _Run:
         count = min(self._next_stop(step, end) - step, self.max_chunk, c.steps_per_call)
         t0, compile0 = time.time(), compile_clock.seconds()
         state, info = p.train_chunk(state, self.teacher_vars, self.data_key, images, labels,
-                                    perm, jnp.int32(count))
+                                    perm, np.int32(count))
         info = jax.device_get(info)
         seconds = self._step_seconds(t0, compile0)
         if not info["finite"]:
@@ -429,16 +431,19 @@ class _Run:
     return sums
 
   def _learning_rate(self, epoch) -> float:
-    """recipe.learning_rate of the 1-based ``epoch`` as a float (computed once)."""
+    """recipe.learning_rate of the 1-based ``epoch`` as a float (every epoch's
+    computed at once, on first use)."""
     if epoch not in self.learning_rates:
-      self.learning_rates[epoch] = float(recipe.learning_rate(self.config, epoch))
+      epochs = range(1, max(self.config.num_epochs, epoch) + 1)
+      rates = jax.vmap(lambda e: recipe.learning_rate(self.config, e))(jnp.asarray(epochs))
+      self.learning_rates = dict(zip(epochs, map(float, jax.device_get(rates))))
     return self.learning_rates[epoch]
 
   def _end_epoch(self, state, history, epoch, manager, writer):
     c = self.config
     eval_sums = self._evaluate(state)
     # Dispatched before anything is read back; then one read for everything.
-    state = self.programs.record_evaluation(state, eval_sums, jnp.int32(epoch + 1))
+    state = self.programs.record_evaluation(state, eval_sums, np.int32(epoch + 1))
     eval_sums, sums, step = jax.device_get((eval_sums, state.epoch_sums, state.step))
     count = float(eval_sums["count"])
     result = {"top1": 100.0 * float(eval_sums["top1"]) / count,
