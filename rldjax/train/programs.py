@@ -74,7 +74,7 @@ def build(config, steps_per_epoch: int) -> Programs:
   return _build(program_key(config), steps_per_epoch, tuple(jax.devices()))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=32)  # the demo uses 17 configs in one process
 def _build(key: str, steps_per_epoch: int, devices) -> Programs:
   config = ml_collections.ConfigDict(json.loads(key))
   kind = config.dataset.kind
