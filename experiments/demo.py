@@ -25,9 +25,9 @@ same TFDS -> in-memory data -> sharded step -> Orbax checkpoint path as CIFAR-10
    the selection table, timings) and ``accuracy.png`` in WORKDIR.
 
 Compilation happens once per config (method, weight factor, split), in warm-up
-runs stopped after one epoch (under WORKDIR/warmup, reported separately); with JAX's
-persistent cache a rerun compiles nothing. The numbers are whatever the runs give; the tables are
-computed from the runs' results.json files.
+runs stopped after one epoch (under WORKDIR/warmup, reported separately); with
+JAX's persistent cache a rerun compiles nothing. The numbers are whatever the
+runs give; the tables are computed from the runs' results.json files.
 """
 from __future__ import annotations
 

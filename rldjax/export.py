@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -44,7 +44,7 @@ def _flatten(tree, prefix="") -> dict[str, np.ndarray]:
     key = str(key)
     if _SEP in key:
       raise ValueError(f"variable name {key!r} contains {_SEP!r}")
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # dicts and flax FrozenDicts
       flat.update(_flatten(value, prefix + key + _SEP))
     else:
       flat[prefix + key] = np.asarray(value)

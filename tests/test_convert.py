@@ -151,6 +151,11 @@ def test_export_round_trip_and_refuses_overwrite(tmp_path):
     export.load_model(str(tmp_path))
   jax.tree_util.tree_map(np.testing.assert_array_equal, restored,
                          jax.tree_util.tree_map(np.asarray, dict(variables)))
+  # Frozen variables (flax.core.freeze) are written the same way.
+  import flax  # pylint: disable=import-outside-toplevel
+  export.save_model(str(tmp_path / "frozen"), TAG, flax.core.freeze(dict(variables)))
+  _, _, frozen = export.load_model(str(tmp_path / "frozen"))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, frozen, restored)
   # A plain npz: numpy alone reads it, named by the variables' paths.
   with np.load(tmp_path / "m" / export.VARIABLES_FILE) as npz:
     np.testing.assert_array_equal(npz["params/fc/bias"], variables["params"]["fc"]["bias"])
