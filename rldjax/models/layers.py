@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rldjax.models import batch_norm
+from rldjax.models import conv as conv_lib
 
 Dtype = Any
 
@@ -102,7 +103,8 @@ class Net:
         features, (kernel, kernel), strides=(stride, stride),
         padding=((padding, padding), (padding, padding)), feature_group_count=groups,
         use_bias=bias, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=self.conv_init, bias_init=nn.initializers.zeros, name=name))
+        kernel_init=self.conv_init, bias_init=nn.initializers.zeros, name=name,
+        conv_general_dilated=conv_lib.conv_general_dilated))
     return layer(x)
 
   def bn(self, name, x, relu=False):
