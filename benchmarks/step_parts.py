@@ -3,7 +3,8 @@
   python benchmarks/step_parts.py [--batch=64] [--reps=8]
 
 Median ms of: the teacher's inference forward (resnet32x4), the student's
-training forward + backward (resnet8x4), and single layers (a 3×3 convolution
+training forward + backward (resnet8x4; also with plain ``lax`` convolutions
+instead of ``rldjax.models.conv``, interleaved), and single layers (a 3×3 convolution
 forward + both gradients, a training-mode batch norm forward + backward) at the
 three CIFAR stage sizes. Needs the ``torch`` extra for the PyTorch column.
 """
@@ -37,6 +38,7 @@ def jax_parts(batch, reps):
   import numpy as np
   from rldjax import models
   from rldjax.models import batch_norm
+  from rldjax.models import conv as conv_lib
   out = {}
   x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, 32, 32, 3)), jnp.float32)
   teacher, student = models.create("cifar/resnet32x4"), models.create("cifar/resnet8x4")
@@ -50,8 +52,20 @@ def jax_parts(batch, reps):
                               mutable=["batch_stats"])
     return jnp.sum(logits ** 2)
   grad = jax.jit(jax.grad(loss))
-  out["student training forward+backward"] = median_ms(
-      lambda: jax.block_until_ready(grad(sv["params"], sv["batch_stats"], x)), reps)
+  original = conv_lib.conv_general_dilated
+  conv_lib.conv_general_dilated = jax.lax.conv_general_dilated  # traced with plain convs
+  try:
+    plain = jax.jit(jax.grad(loss)).lower(sv["params"], sv["batch_stats"], x).compile()
+  finally:
+    conv_lib.conv_general_dilated = original
+  run = {"ours": lambda: jax.block_until_ready(grad(sv["params"], sv["batch_stats"], x)),
+         "plain": lambda: jax.block_until_ready(plain(sv["params"], sv["batch_stats"], x))}
+  times = {"ours": [], "plain": []}
+  for r in range(reps):  # interleaved: the difference is what matters here
+    for name in (("ours", "plain") if r % 2 == 0 else ("plain", "ours")):
+      times[name].append(median_ms(run[name], 1))
+  out["student training forward+backward"] = statistics.median(times["ours"])
+  out["  same, plain lax convolutions"] = statistics.median(times["plain"])
   for hw, c in SIZES:
     rng = np.random.default_rng(hw)
     a = jnp.asarray(rng.standard_normal((batch, hw, hw, c)), jnp.float32)

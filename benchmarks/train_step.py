@@ -2,6 +2,7 @@
 
   python benchmarks/train_step.py --pair=res32x4_res8x4 --method=rld --batch=64
   python benchmarks/train_step.py --compare_bn          # project BN vs the textbook one
+  python benchmarks/train_step.py --compare_conv        # stored-input weight gradient vs plain
   python benchmarks/train_step.py --compare_cpu_flags   # with and without the project's XLA:CPU flags
 
 Prints the median images/s over --reps interleaved blocks of steps of:
@@ -14,7 +15,10 @@ Prints the median images/s over --reps interleaved blocks of steps of:
 
 timed interleaved (alternating order) so that machine noise hits all alike,
 and their ratios. ``--compare_bn`` adds the step with a textbook float32 batch
-norm (autodiff through (x - mean) * rsqrt(var + eps)); ``--compare_cpu_flags``
+norm (autodiff through (x - mean) * rsqrt(var + eps)); ``--compare_conv`` adds
+the step with plain ``lax`` convolutions (whose weight gradients recompute
+their fused input in transposed order, ``rldjax/models/conv.py``);
+``--compare_cpu_flags``
 runs this script in subprocesses alternately with and without the flags of
 ``rldjax.runtime.CPU_FLAGS`` (flags are fixed when JAX starts).
 """
@@ -40,6 +44,7 @@ def parse():
   p.add_argument("--reps", type=int, default=10)
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--compare_bn", action="store_true")
+  p.add_argument("--compare_conv", action="store_true")
   p.add_argument("--compare_cpu_flags", action="store_true")
   p.add_argument("--rounds", type=int, default=3, help="--compare_cpu_flags: alternations")
   p.add_argument("--cpu_flags", default="project", choices=["project", "none"])
@@ -61,23 +66,28 @@ def textbook_batch_norm(x, scale, bias, epsilon=1e-5, axis_name=None):
   return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias, mean, var
 
 
-def build_jax(args, batch_norm_fn=None):
-  """(step, step_with_data, state, teacher vars, batch, data arrays, sizes)."""
+def build_jax(args, batch_norm_fn=None, plain_conv=False):
+  """(step, step with data, compile seconds, config); ``batch_norm_fn`` or
+  ``plain_conv`` trace the programs anew with that batch norm / without the
+  stored-input convolution."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   from experiments.configs import cifar100
-  from rldjax.models import batch_norm
+  from rldjax.models import batch_norm, conv
   from rldjax import distributed
   from rldjax.train import programs, state as state_lib
   from rldjax.data import order
   c = cifar100.get_config(f"pair={args.pair},method={args.method}")
   c.batch_size = args.batch
   c.student.dtype = args.dtype
-  original = batch_norm.batch_norm_train
-  if batch_norm_fn is not None:  # traced anew with the other batch norm
+  original, original_conv = batch_norm.batch_norm_train, conv.conv_general_dilated
+  if batch_norm_fn is not None or plain_conv:  # traced anew with the other layers
     programs._build.cache_clear()  # pylint: disable=protected-access
+  if batch_norm_fn is not None:
     batch_norm.batch_norm_train = batch_norm_fn
+  if plain_conv:
+    conv.conv_general_dilated = jax.lax.conv_general_dilated
   try:
     p = programs.build(c, steps_per_epoch=10**6)
     rng = jax.random.key(0, impl="rbg")
@@ -115,6 +125,7 @@ def build_jax(args, batch_norm_fn=None):
     return run_step, run_with_data, compile_s, c
   finally:
     batch_norm.batch_norm_train = original
+    conv.conv_general_dilated = original_conv
 
 
 def build_torch(args, c):
@@ -189,6 +200,9 @@ def main():
   if args.compare_bn:
     textbook_step, _, _, _ = build_jax(args, textbook_batch_norm)
     runners["rldjax step, textbook BN"] = textbook_step
+  if args.compare_conv:
+    plain_step, _, _, _ = build_jax(args, plain_conv=True)
+    runners["rldjax step, plain conv"] = plain_step
   have_torch = False
   if not args.no_torch:
     try:

@@ -61,8 +61,11 @@ def assert_same_run(a, b):
 
 
 def test_killed_and_terminated_runs_end_bit_identical(env):
+  # Long enough (~20 s of steps) that most of the 20 kills, 1-3.5 s after
+  # each launch (~1.5 s of it start-up), land in a run still going.
+  epochs = "--config.num_epochs=150"
   reference = env["base"] / "reference"
-  done = run(env, reference)
+  done = run(env, reference, epochs)
   assert done.returncode == 0, done.stderr[-3000:]
   # The run's own progress lines, not the checkpoint library's INFO lines.
   assert "loop.py" in done.stderr and "orbax" not in done.stderr.lower()
@@ -77,8 +80,8 @@ def test_killed_and_terminated_runs_end_bit_identical(env):
   outcomes = []
   for i in range(25):
     sig = signal.SIGKILL if i < 20 else signal.SIGTERM
-    proc = start(env, chaos)
-    time.sleep(rng.uniform(1.0, 4.0))
+    proc = start(env, chaos, epochs)
+    time.sleep(rng.uniform(1.0, 3.5))
     proc.send_signal(sig)
     try:
       _, err = proc.communicate(timeout=120)
@@ -90,10 +93,10 @@ def test_killed_and_terminated_runs_end_bit_identical(env):
       assert "stopped at step" in err and "Rerun the same command" in err
       status = json.loads((chaos / "results.json").read_text())["status"]
       assert status == "preempted"
-  assert outcomes[:20].count(-signal.SIGKILL) >= 15, outcomes  # most were killed mid-run
+  assert outcomes[:20].count(-signal.SIGKILL) >= 15, str(outcomes)  # most were killed mid-run
   # SIGTERM once the run is going: a saved checkpoint and exit status 143.
   assert 143 in outcomes[20:], outcomes
-  final = run(env, chaos)
+  final = run(env, chaos, epochs)
   assert final.returncode == 0, final.stderr[-3000:]
   assert json.loads((chaos / "results.json").read_text())["finished"]
   assert_same_run(reference, chaos)

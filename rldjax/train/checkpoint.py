@@ -1,8 +1,15 @@
 """Orbax checkpoints of a run: the train state plus the run's history so far.
 
-Each checkpoint holds two items, ``state`` (the :class:`TrainState`) and
+Each checkpoint holds two items, ``packed`` (the :class:`TrainState`) and
 ``history`` (the per-epoch evaluation records, JSON), so a resumed run gets
-both from the same step. The manager keeps the latest N checkpoints and the
+both from the same step. The state is stored packed: its leaves, in
+``jax.tree_util`` flatten order, raveled and concatenated into one 1-D array
+per dtype (:func:`pack`; :func:`unpack` with the abstract state gives the tree
+back, bit for bit). Orbax's cost grows with the number of arrays, not their
+size: saving and making durable the state of the digits student (133 arrays)
+takes 115 ms per leaf and 22 ms packed, resnet8x4's (146 arrays, 15 MB)
+107 vs 33 ms (``python benchmarks/checkpoint.py``). Checkpoints
+written before, with the tree as item ``state``, are still restored. The manager keeps the latest N checkpoints and the
 best N by test top-1 (``preservation_policy``), saves asynchronously, and is
 always closed. A checkpoint that fails to restore is reported once, moved
 aside to ``<workdir>/checkpoints_corrupt/`` (never deleted, never used) and the
@@ -17,6 +24,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -35,6 +43,50 @@ def quiet_orbax_logs() -> None:
     logger.addFilter(drop_orbax_info)
 
 
+def _packing(abstract_state):
+  """(dtype names, per-leaf (dtype name, offset, size, shape), treedef)."""
+  leaves, treedef = jax.tree_util.tree_flatten(abstract_state)
+  offsets, layout = {}, []
+  for leaf in leaves:
+    name = np.dtype(leaf.dtype).name
+    size = int(np.prod(leaf.shape, dtype=np.int64))
+    layout.append((name, offsets.get(name, 0), size, tuple(leaf.shape)))
+    offsets[name] = offsets.get(name, 0) + size
+  return offsets, layout, treedef
+
+
+@jax.jit
+def pack(state) -> dict:
+  """``{dtype name: 1-D array}``: every leaf of ``state`` raveled and
+  concatenated, per dtype, in flatten order."""
+  groups = {}
+  for leaf in jax.tree_util.tree_leaves(state):
+    groups.setdefault(np.dtype(leaf.dtype).name, []).append(jnp.ravel(leaf))
+  return {name: jnp.concatenate(parts) for name, parts in groups.items()}
+
+
+def unpack(packed: dict, abstract_state):
+  """The tree of ``abstract_state``'s structure from :func:`pack`'s output."""
+  sizes, layout, treedef = _packing(abstract_state)
+  for name, size in sizes.items():
+    if name not in packed or packed[name].shape != (size,):
+      raise ValueError(f"packed state holds {name}{getattr(packed.get(name), 'shape', None)}, "
+                       f"expected ({size},)")
+
+  @jax.jit
+  def split(packed):
+    return [jax.lax.slice(packed[name], (offset,), (offset + size,)).reshape(shape)
+            for name, offset, size, shape in layout]
+  return jax.tree_util.tree_unflatten(treedef, split(packed))
+
+
+def _abstract_packed(abstract_state) -> dict:
+  sizes, _, _ = _packing(abstract_state)
+  sharding = getattr(jax.tree_util.tree_leaves(abstract_state)[0], "sharding", None)
+  return {name: jax.ShapeDtypeStruct((size,), np.dtype(name), sharding=sharding)
+          for name, size in sizes.items()}
+
+
 def create_manager(directory: str, keep_latest: int = 2, keep_best: int = 1) -> ocp.CheckpointManager:
   """Async manager keeping the latest ``keep_latest`` checkpoints and the
   ``keep_best`` best by ``top1`` (saves without metrics count for latest only)."""
@@ -45,7 +97,8 @@ def create_manager(directory: str, keep_latest: int = 2, keep_best: int = 1) -> 
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
                                          enable_async_checkpointing=True)
-  return ocp.CheckpointManager(directory, options=options, item_names=("state", "history"))
+  return ocp.CheckpointManager(directory, options=options,
+                               item_names=("packed", "history", "state"))
 
 
 def save(manager: ocp.CheckpointManager, state, history: list, metrics: dict | None = None,
@@ -56,7 +109,7 @@ def save(manager: ocp.CheckpointManager, state, history: list, metrics: dict | N
   if step in manager.all_steps():
     return False
   return manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)),
+      packed=ocp.args.StandardSave(pack(state)), history=ocp.args.JsonSave(history)),
       metrics=metrics, force=force)
 
 
@@ -80,9 +133,16 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> tuple[Any,
   that fails to restore is reported, moved aside and skipped, never used."""
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), history=ocp.args.JsonRestore()))
-      state, history = restored["state"], restored["history"]
+      if os.path.isdir(os.path.join(os.fspath(manager.directory), str(step), "state")):
+        restored = manager.restore(step, args=ocp.args.Composite(  # written before packing
+            state=ocp.args.StandardRestore(abstract_state), history=ocp.args.JsonRestore()))
+        state = restored["state"]
+      else:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            packed=ocp.args.StandardRestore(_abstract_packed(abstract_state)),
+            history=ocp.args.JsonRestore()))
+        state = unpack(restored["packed"], abstract_state)
+      history = restored["history"]
       if int(jax.device_get(state.step)) != step or not isinstance(history, list):
         raise ValueError(f"checkpoint holds step {int(state.step)}, not {step}")
       return state, history

@@ -1,0 +1,77 @@
+"""rldjax.train.checkpoint: the packed state round-trips bit for bit; checkpoints
+written before packing (the tree as item ``state``) still restore; a packed
+checkpoint of another state's layout is refused (reported corrupt, moved aside)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from rldjax.train import checkpoint
+from rldjax.train.state import TrainState
+
+
+def _state(seed=0, width=5):
+  rng = np.random.default_rng(seed)
+  params = {"conv": {"kernel": jnp.asarray(rng.standard_normal((3, 3, 2, width)), jnp.float32)},
+            "bn": {"scale": jnp.asarray(rng.standard_normal(width), jnp.float32)}}
+  stats = {"bn": {"mean": jnp.asarray(rng.standard_normal(width), jnp.float32)}}
+  state = TrainState.create(params, stats, optax.sgd(0.1, momentum=0.9), jax.random.key(seed))
+  return state.replace(step=jnp.asarray(7, jnp.int32))
+
+
+def _leaves_equal(a, b):
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  for x, y in zip(la, lb):
+    assert x.dtype == y.dtype and x.shape == y.shape
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_pack_unpack_round_trip():
+  state = _state()
+  packed = checkpoint.pack(state)
+  assert set(packed) == {"float32", "int32", "uint32"}
+  assert all(v.ndim == 1 for v in packed.values())
+  n_float = sum(x.size for x in jax.tree_util.tree_leaves(state) if x.dtype == jnp.float32)
+  assert packed["float32"].shape == (n_float,)
+  _leaves_equal(checkpoint.unpack(packed, checkpoint.abstract(state)), state)
+
+
+def test_unpack_refuses_another_layout():
+  packed = checkpoint.pack(_state(width=5))
+  with pytest.raises(ValueError, match="float32"):
+    checkpoint.unpack(packed, checkpoint.abstract(_state(width=6)))
+
+
+def test_save_restore_and_legacy_checkpoints(tmp_path):
+  state, history = _state(), [{"epoch": 1, "top1": 50.0}]
+  manager = checkpoint.create_manager(str(tmp_path / "packed"))
+  assert checkpoint.save(manager, state, history, metrics={"top1": 50.0}, force=True)
+  manager.wait_until_finished()
+  assert (tmp_path / "packed" / "7" / "packed").is_dir()
+  restored, got = checkpoint.restore_latest(manager, checkpoint.abstract(state))
+  manager.close()
+  _leaves_equal(restored, state)
+  assert got == history
+
+  legacy = checkpoint.create_manager(str(tmp_path / "legacy"))  # the format before packing
+  legacy.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                         history=ocp.args.JsonSave(history)), force=True)
+  legacy.wait_until_finished()
+  restored, got = checkpoint.restore_latest(legacy, checkpoint.abstract(state))
+  legacy.close()
+  _leaves_equal(restored, state)
+  assert got == history
+
+
+def test_packed_checkpoint_of_another_layout_is_moved_aside(tmp_path, caplog):
+  directory = tmp_path / "checkpoints"
+  manager = checkpoint.create_manager(str(directory))
+  checkpoint.save(manager, _state(width=5), [], force=True)
+  manager.wait_until_finished()
+  assert checkpoint.restore_latest(manager, checkpoint.abstract(_state(width=6))) is None
+  manager.close()
+  assert "corrupt" in caplog.text
+  assert len(list((tmp_path / "checkpoints_corrupt").iterdir())) == 1
