@@ -75,6 +75,7 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
   """Runs the whole demo; returns {"selection": {...}, "gains": ..., "timings": ...}."""
   from experiments import report  # pylint: disable=import-outside-toplevel
   from experiments.configs import digits  # pylint: disable=import-outside-toplevel
+  from rldjax import runtime  # pylint: disable=import-outside-toplevel
   from rldjax.train import loop  # pylint: disable=import-outside-toplevel
   workdir = os.path.abspath(workdir)
   data_dir = data_dir or os.path.join(workdir, "tfds")
@@ -82,6 +83,7 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
   timings = {"warmup_s": 0.0, "runs": []}
 
   def run(name, config, record=True, stop_after_epochs=None):
+    runtime.freeze_heap()  # a full GC in a run would scan every earlier run's objects
     result = loop.train_and_evaluate(config, os.path.join(workdir, name), stop_after_epochs)
     if record:
       timings["runs"].append({"name": name, "wall_s": result["wall_time_s"],

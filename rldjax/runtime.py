@@ -8,9 +8,14 @@
   (``benchmarks/train_step.py``; figures in BENCHMARKS.md). Flags are
   version-specific and an unknown one aborts the process, so each is set only
   when this jaxlib knows it, and only before the backend starts.
+* :func:`freeze_heap`: between runs of one long-lived process (the demo runs
+  ~60), moves the live objects out of the garbage collector's reach, so that a
+  full collection inside a later run scans only that run's objects (one took
+  0.55 s of a 1.4 s demo run when the whole heap was scanned).
 """
 from __future__ import annotations
 
+import gc
 import mmap
 import os
 
@@ -65,3 +70,11 @@ def set_cpu_flags(flags=CPU_FLAGS) -> list[str]:
   if added:
     os.environ["XLA_FLAGS"] = " ".join([current] + added).strip()
   return added
+
+
+def freeze_heap() -> None:
+  """Collects garbage, then moves every object still alive to the collector's
+  permanent generation (``gc.freeze``): later collections skip them. For a
+  process that runs many runs one after the other, called between runs."""
+  gc.collect()
+  gc.freeze()
