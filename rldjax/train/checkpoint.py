@@ -133,7 +133,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> tuple[Any,
   that fails to restore is reported, moved aside and skipped, never used."""
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      if os.path.isdir(os.path.join(os.fspath(manager.directory), str(step), "state")):
+      if (manager.directory / str(step) / "state").exists():
         restored = manager.restore(step, args=ocp.args.Composite(  # written before packing
             state=ocp.args.StandardRestore(abstract_state), history=ocp.args.JsonRestore()))
         state = restored["state"]
