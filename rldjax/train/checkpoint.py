@@ -8,12 +8,15 @@ per dtype (:func:`pack`; :func:`unpack` with the abstract state gives the tree
 back, bit for bit). Orbax's cost grows with the number of arrays, not their
 size: saving and making durable the state of the digits student (133 arrays)
 takes 115 ms per leaf and 22 ms packed, resnet8x4's (146 arrays, 15 MB)
-107 vs 33 ms (``python benchmarks/checkpoint.py``). Checkpoints
-written before, with the tree as item ``state``, are still restored. The manager keeps the latest N checkpoints and the
-best N by test top-1 (``preservation_policy``), saves asynchronously, and is
-always closed. A checkpoint that fails to restore is reported once, moved
-aside to ``<workdir>/checkpoints_corrupt/`` (never deleted, never used) and the
-next older one is tried.
+107 vs 33 ms (``python benchmarks/checkpoint.py``). The state is replicated
+(data parallel), and so are the packed arrays. Checkpoints written before
+packing, with the tree as item ``state``, are still restored.
+
+The manager keeps the latest N checkpoints and the best N by test top-1
+(``preservation_policy``), saves asynchronously, and is always closed. A
+checkpoint that fails to restore is reported once, moved aside to
+``<workdir>/checkpoints_corrupt/`` (never deleted, never used) and the next
+older one is tried.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def quiet_orbax_logs() -> None:
 
 
 def _packing(abstract_state):
-  """(dtype names, per-leaf (dtype name, offset, size, shape), treedef)."""
+  """({dtype name: packed size}, per leaf (dtype name, offset, size, shape), treedef)."""
   leaves, treedef = jax.tree_util.tree_flatten(abstract_state)
   offsets, layout = {}, []
   for leaf in leaves:
