@@ -45,7 +45,10 @@ def use_compilation_cache(directory: str | None = None) -> str:
 
 
 def _jaxlib_knows(flags) -> list[bool]:
-  """Whether the installed jaxlib defines each flag (its name is in the library)."""
+  """Whether each flag's name is in the installed jaxlib's library: necessary
+  for the flag to exist, not sufficient (``xla_cpu_disable_tiled_emitter`` is
+  in the strings, not a flag), so the flags of :data:`CPU_FLAGS` are also
+  checked by starting JAX with them (``tests/test_runtime.py``)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
   spec = importlib.util.find_spec("jaxlib")
   library = os.path.join(os.path.dirname(spec.origin), "libjax_common.so")
