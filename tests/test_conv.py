@@ -1,10 +1,16 @@
 """rldjax.models.conv: same values as lax.conv_general_dilated, cheaper program.
 
-* Forward, both gradients, jvp, Hessian-vector products and vmap equal those
-  of ``jax.lax.conv_general_dilated`` exactly (the same XLA convolutions run;
-  only where the weight gradient reads its input from differs), for the
-  convolutions of the zoo: 3×3 / 1×1, stride 1 and 2, grouped, float32 and
-  bfloat16.
+* Forward values equal ``jax.lax.conv_general_dilated``'s exactly; so do both
+  gradients, jvp, Hessian-vector products and vmap for unstrided and
+  bfloat16 convolutions (the same XLA convolutions run; only where the
+  weight gradient reads its input from differs), for the convolutions of the
+  zoo: 3×3 / 1×1, stride 1 and 2, grouped, float32 and bfloat16.
+* Strided float32 convolutions take their input tangent in polyphase form
+  (a sum of stride-1 convolutions, whose transpose avoids XLA:CPU's dilated
+  convolution): the same products summed in another order, so their input
+  gradient is compared with a float64 numpy reference, as accurate as
+  ``lax``'s own; the polyphase form itself equals the strided convolution for
+  strides 2 and 3, kernels 1–5, every padding kind, other layouts and groups.
 * A non-finite first input entry gives a non-finite weight gradient (the NaN
   branch), so the divergence check still fires.
 * On CPU the compiled gradient holds the conditional that stores the input
@@ -51,6 +57,23 @@ def _equal(a, b):
     np.testing.assert_array_equal(np.asarray(u, np.float32), np.asarray(v, np.float32))
 
 
+def _polyphase_on_cpu(case, dtype=jnp.float32):
+  return case[4] > 1 and dtype == jnp.float32 and jax.default_backend() == "cpu"
+
+
+def _numpy_input_gradient(x, w, dy, stride, pad):
+  """d/dx of sum(conv(x, w) * dy) in float64 (groups 1, NHWC / HWIO)."""
+  x, w, dy = (np.asarray(a, np.float64) for a in (x, w, dy))
+  k = w.shape[0]
+  dx = np.zeros((x.shape[0], x.shape[1] + 2 * pad, x.shape[2] + 2 * pad, x.shape[3]))
+  oh, ow = dy.shape[1:3]
+  for kh in range(k):
+    for kw in range(k):
+      dx[:, kh:kh + stride * (oh - 1) + 1:stride, kw:kw + stride * (ow - 1) + 1:stride] += (
+          np.einsum("nhwo,io->nhwi", dy, w[kh, kw]))
+  return dx[:, pad:pad + x.shape[1], pad:pad + x.shape[2]]
+
+
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_forward_and_gradients_equal_lax(case, dtype):
@@ -59,8 +82,17 @@ def test_forward_and_gradients_equal_lax(case, dtype):
   _equal(jax.jit(ours)(x, w), jax.jit(ref)(x, w))
   g = jnp.asarray(np.random.default_rng(1).standard_normal(ref(x, w).shape), dtype)
   loss = lambda f: lambda x, w: jnp.sum((f(x, w) * g).astype(jnp.float32) ** 2)
-  _equal(jax.jit(jax.grad(loss(ours), (0, 1)))(x, w),
-         jax.jit(jax.grad(loss(ref), (0, 1)))(x, w))
+  got = jax.jit(jax.grad(loss(ours), (0, 1)))(x, w)
+  want = jax.jit(jax.grad(loss(ref), (0, 1)))(x, w)
+  if not _polyphase_on_cpu(case, dtype):
+    _equal(got, want)
+    return
+  _equal(got[1], want[1])  # the weight gradient is untouched
+  dy = 2 * ref(x, w) * g * g  # d loss / d conv output
+  exact = _numpy_input_gradient(x, w, dy, case[4], case[5])
+  ours_error = np.max(np.abs(np.asarray(got[0], np.float64) - exact))
+  lax_error = np.max(np.abs(np.asarray(want[0], np.float64) - exact))
+  assert ours_error <= 4 * lax_error + 1e-6 * np.max(np.abs(exact)), (ours_error, lax_error)
 
 
 @pytest.mark.parametrize("case", CASES[:3])
@@ -70,8 +102,12 @@ def test_jvp_hvp_and_vmap_equal_lax(case):
   rng = np.random.default_rng(2)
   tx = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
   tw = jnp.asarray(rng.standard_normal(w.shape), jnp.float32)
-  _equal(jax.jit(lambda x, w: jax.jvp(ours, (x, w), (tx, tw)))(x, w),
-         jax.jit(lambda x, w: jax.jvp(ref, (x, w), (tx, tw)))(x, w))
+  jvps = [jax.jit(lambda x, w: jax.jvp(f, (x, w), (tx, tw)))(x, w) for f in (ours, ref)]
+  if _polyphase_on_cpu(case):
+    _equal(jvps[0][0], jvps[1][0])
+    np.testing.assert_allclose(jvps[0][1], jvps[1][1], rtol=1e-5, atol=1e-5)
+  else:
+    _equal(*jvps)
 
   def hvp(f):
     loss = lambda w: jnp.sum(jnp.tanh(f(x, w)))
@@ -81,6 +117,66 @@ def test_jvp_hvp_and_vmap_equal_lax(case):
   xs = jnp.stack([x, 2 * x])
   per = lambda f: jax.vmap(jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), 1), (0, None))
   _equal(jax.jit(per(ours))(xs, w), jax.jit(per(ref))(xs, w))
+
+
+POLYPHASE_CASES = [  # (x shape, w shape, strides, padding, dimension numbers, groups)
+    ((2, 8, 8, 4), (3, 3, 4, 5), (2, 2), ((1, 1), (1, 1)), DN, 1),
+    ((2, 9, 7, 4), (3, 3, 4, 5), (2, 2), ((1, 1), (1, 1)), DN, 1),     # odd sizes
+    ((2, 11, 10, 3), (5, 4, 3, 2), (3, 2), ((2, 1), (0, 3)), DN, 1),   # stride 3, uneven pads
+    ((2, 9, 9, 4), (1, 1, 4, 6), (2, 2), ((0, 0), (0, 0)), DN, 1),     # 1×1: one phase
+    ((2, 8, 8, 4), (2, 2, 4, 3), (3, 3), "SAME", DN, 1),               # kernel < stride
+    ((2, 10, 10, 4), (3, 3, 4, 4), (2, 2), "VALID", DN, 1),
+    ((2, 8, 8, 4), (3, 3, 4, 5), (2, 2), ((-1, 2), (1, 0)), DN, 1),    # negative padding
+    ((2, 6, 8, 8), (3, 3, 2, 8), (2, 2), ((1, 1), (1, 1)), DN, 4),     # grouped
+    ((2, 4, 8, 8), (5, 4, 3, 3), (2, 2), ((1, 1), (1, 1)), ("NCHW", "OIHW", "NCHW"), 1),
+    ((2, 8, 4), (3, 4, 5), (2,), ((1, 1),), ("NWC", "WIO", "NWC"), 1),  # 1-D
+]
+
+
+@pytest.mark.parametrize("case", POLYPHASE_CASES)
+def test_polyphase_form_equals_the_strided_convolution(case):
+  xs, ws, strides, padding, numbers, groups = case
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal(xs), jnp.float32)
+  w = jnp.asarray(rng.standard_normal(ws), jnp.float32)
+  kwargs = dict(window_strides=strides, padding=padding, dimension_numbers=numbers,
+                feature_group_count=groups)
+  want = lax.conv_general_dilated(x, w, **kwargs)
+  params = dict(lhs_dilation=None, rhs_dilation=None, batch_group_count=1, precision=None,
+                preferred_element_type=None, **kwargs)
+  assert conv._polyphase_applies(x, w, params)
+  got = jax.jit(lambda x, w: conv._polyphase(x, w, params))(x, w)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # and the input gradient of the module, through the polyphase tangent
+  g = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+  grad = lambda f: jax.jit(jax.grad(lambda x: jnp.sum(f(x, w, **kwargs) * g)))(x)
+  np.testing.assert_allclose(grad(conv.conv_general_dilated), grad(lax.conv_general_dilated),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_polyphase_only_where_it_applies():
+  x = jnp.zeros((2, 8, 8, 4))
+  w = jnp.zeros((3, 3, 4, 5))
+  base = dict(window_strides=(2, 2), padding=((1, 1), (1, 1)), lhs_dilation=None,
+              rhs_dilation=None, dimension_numbers=DN, feature_group_count=1,
+              batch_group_count=1, precision=None, preferred_element_type=None)
+  assert conv._polyphase_applies(x, w, base)
+  assert not conv._polyphase_applies(x, w, {**base, "window_strides": (1, 1)})
+  assert not conv._polyphase_applies(x, w, {**base, "rhs_dilation": (2, 2)})
+  assert not conv._polyphase_applies(x, w, {**base, "lhs_dilation": (2, 2)})
+  assert not conv._polyphase_applies(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), base)
+  assert not conv._polyphase_applies(x[:, :2, :2], w, {**base, "padding": "VALID"})  # empty
+
+
+def test_cpu_input_gradient_of_strided_convolution_is_not_dilated():
+  if jax.default_backend() != "cpu":
+    pytest.skip("the polyphase input gradient is a CPU-only program change")
+  x, w, kwargs = _args(CASES[1])
+  ours, ref = _pair(kwargs)
+  hlo = lambda f: jax.jit(jax.grad(lambda x: jnp.sum(f(x, w) ** 2))).lower(x).compile().as_text()
+  assert "lhs_dilate" in hlo(ref)
+  assert "lhs_dilate" not in hlo(ours)
 
 
 def test_non_finite_input_gives_non_finite_weight_gradient():

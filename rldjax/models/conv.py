@@ -32,6 +32,7 @@ with these (interleaved in one run).
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +53,73 @@ def _stored(x):
   return lax.platform_dependent(x, cpu=_stored_on_cpu, default=lambda v: v)
 
 
+def _polyphase_applies(x, w, p) -> bool:
+  """Strided, undilated, float32/64 convolutions with a non-empty output."""
+  if (p["batch_group_count"] != 1 or any(s < 1 for s in p["window_strides"])
+      or all(s == 1 for s in p["window_strides"])
+      or any(d != 1 for d in (p["lhs_dilation"] or ())) or any(d != 1 for d in (p["rhs_dilation"] or ()))
+      or x.dtype != w.dtype or x.dtype not in (jnp.float32, jnp.float64)):
+    return False
+  _, sizes = _polyphase_geometry(x, w, p)
+  return all(o >= 1 for o in sizes)
+
+
+def _polyphase_geometry(x, w, p):
+  numbers = lax.conv_dimension_numbers(x.shape, w.shape, p["dimension_numbers"])
+  padding = p["padding"]
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads([x.shape[a] for a in numbers.lhs_spec[2:]],
+                                  [w.shape[a] for a in numbers.rhs_spec[2:]],
+                                  p["window_strides"], padding)
+  sizes = [(x.shape[a] + lo + hi - w.shape[b]) // s + 1 for a, b, s, (lo, hi) in
+           zip(numbers.lhs_spec[2:], numbers.rhs_spec[2:], p["window_strides"], padding)]
+  return (numbers, tuple(padding)), sizes
+
+
+def _polyphase(x, w, p):
+  """The strided convolution as a sum of stride-1 convolutions, one per phase.
+
+  With stride ``s``, kernel taps ``k = r + s·a`` (phase ``r < s``) read the
+  input at ``s·i + r + s·a`` (padded input, output ``i``): phase ``r``'s
+  taps form a stride-1 convolution of the sub-sampled input ``x_pad[r::s]``
+  with the sub-kernel ``w[r::s]``, per spatial dimension. Same products, same
+  multiply-add count; only the summation order differs from the strided
+  convolution. What it is for: the transpose (the input gradient) is then a
+  sum of stride-1 transposed convolutions, where XLA:CPU would convolve an
+  ``s``-times dilated output gradient (``s²`` times the multiply-adds in 2-D).
+  """
+  (numbers, padding), sizes = _polyphase_geometry(x, w, p)
+  config = [(0, 0, 0)] * x.ndim
+  for axis, (lo, hi) in zip(numbers.lhs_spec[2:], padding):
+    config[axis] = (lo, hi, 0)
+  x = lax.pad(x, jnp.zeros((), x.dtype), config)
+  dims = list(zip(numbers.lhs_spec[2:], numbers.rhs_spec[2:], p["window_strides"], sizes))
+  total = None
+  for phase in itertools.product(*(range(min(s, w.shape[b])) for _, b, s, _ in dims)):
+    xr, wr = x, w
+    for r, (a, b, s, size) in zip(phase, dims):
+      taps = -(-(w.shape[b] - r) // s)
+      length = size + taps - 1
+      xr = lax.slice_in_dim(xr, r, r + s * (length - 1) + 1, stride=s, axis=a)
+      wr = lax.slice_in_dim(wr, r, r + s * (taps - 1) + 1, stride=s, axis=b)
+    y = lax.conv_general_dilated(
+        xr, wr, (1,) * len(dims), "VALID", dimension_numbers=numbers,
+        feature_group_count=p["feature_group_count"], precision=p["precision"],
+        preferred_element_type=p["preferred_element_type"])
+    total = y if total is None else total + y
+  return total
+
+
+def _input_tangent(tx, w, params):
+  """``conv(tx, w)``: on CPU, strided ones in the polyphase form (its transpose,
+  the input gradient, avoids XLA:CPU's dilated convolution); elsewhere plain."""
+  p = dict(params)
+  if not _polyphase_applies(tx, w, p):
+    return _conv(tx, w, params)
+  return lax.platform_dependent(tx, w, cpu=lambda a, b: _polyphase(a, b, p),
+                                default=lambda a, b: _conv(a, b, params))
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _conv(x, w, params):
   return lax.conv_general_dilated(x, w, **dict(params))
@@ -62,7 +130,7 @@ def _conv_jvp(params, primals, tangents):
   x, w = primals
   tx, tw = tangents
   y = _conv(x, w, params)
-  return y, _conv(tx, w, params) + _conv(_stored(x), tw, params)
+  return y, _input_tangent(tx, w, params) + _conv(_stored(x), tw, params)
 
 
 def _hashable(value):
