@@ -1,8 +1,11 @@
-"""A convolution whose weight gradient is cheaper on XLA:CPU, with the same values.
+"""A convolution whose gradients are cheaper on XLA:CPU, with the same values.
 
 :func:`conv_general_dilated` has the signature of ``jax.lax.conv_general_dilated``
 (it is what every zoo model's ``nn.Conv`` calls) and computes exactly the same
-forward value, tangents and gradients. Only the compiled program differs.
+forward value everywhere, and exactly the same tangents and gradients except
+the input tangent of strided float32/64 convolutions on CPU, which sums the
+same products in another order (last section). Only the compiled program
+differs.
 
 Why: for the weight gradient of ``y = conv(x, w)``, XLA:CPU lowers
 ``dW[kh, kw, ci, co] = sum_{n, h, w} x[n, h + kh, w + kw, ci] * dy[n, h, w, co]``
@@ -25,9 +28,23 @@ gradient read a stored copy of ``x``:
   gradient is bit-identical to the plain convolution's
   (``tests/test_conv.py``). Other backends use ``x`` itself.
 
-Measured (``python benchmarks/step_parts.py``, 2-core CPU, batch 64):
-resnet8x4 training forward + backward 341 ms with plain convolutions, 314 ms
-with these (interleaved in one run).
+Strided convolutions, input gradient: XLA:CPU transposes ``y = conv(x, w)``
+with stride ``s`` into a convolution of the ``s``-times dilated output
+gradient, ``s²`` times the multiply-adds in 2-D (most of them with zeros). On
+CPU the input tangent ``conv(dx, w)`` of a strided, undilated float32/64
+convolution is written in polyphase form instead (:func:`_polyphase`: one
+stride-1 convolution per phase ``r`` of each spatial dimension, sub-sampled
+input ``x_pad[r::s]`` with sub-kernel ``w[r::s]``): the same products, so
+its transpose is a sum of stride-1 transposed convolutions with no wasted
+work. The input gradient then equals the plain one up to summation order
+(``tests/test_conv.py`` compares both with a float64 reference); the forward
+value and the weight gradient are untouched. Other backends and dtypes use
+the plain rule.
+
+Measured (``python benchmarks/step_parts.py``, 2-core CPU, batch 64, plain
+convolutions interleaved in the same run): resnet8x4 training forward +
+backward 352 ms with plain convolutions, 306 ms with these; the polyphase
+input gradient alone took it from 313–317 to 298–301 ms (BENCHMARKS.md).
 """
 from __future__ import annotations
 
