@@ -1,8 +1,20 @@
 """Multi-host training with real processes on 127.0.0.1 (JAX's cross-process
-CPU collectives): two processes from a fresh data directory finish and give
-the per-epoch top-1 of a single process (1 device, or 2 devices in one
-process); killing both mid-epoch and relaunching both ends equal to the
-uninterrupted two-process run."""
+CPU collectives): two processes from a fresh data directory finish with
+exactly the history and weights of one process driving 2 devices (the same
+per-device programs; a 2-way sum is exact whichever order it takes); killing
+both mid-epoch and relaunching both ends equal to the uninterrupted
+two-process run.
+
+A single-device run is a different floating-point computation (each
+convolution and batch-norm sum over 64 images instead of two halves): its
+training stays within ~1e-6 of the sharded one for a few dozen steps, until a
+ReLU input within rounding of zero flips and the runs separate (measured on
+this config for two single-device runs whose input gradients only sum in
+another order: within 1e-6 for 26 steps, 1e-4 at step 27; a run from weights
+perturbed by 1e-7 separates too, ten steps later). So the one-step equivalence of
+sharded and single-device training is tested where it holds, at a float32
+tolerance, in ``tests/test_multidevice.py`` (1 vs 8 devices); here the
+single-device run only has to finish and reach the same accuracy class."""
 import json
 import os
 import pathlib
@@ -89,12 +101,12 @@ def test_two_processes_match_one_and_resume_after_both_are_killed(base):
     assert "Downloading" not in err
 
   one, two = results(base / "one"), results(base / "two")
-  assert two["finished"] and two["epochs_completed"] == 2
-  for name in ("one_two_devices", "two"):
-    other = results(base / name)
-    assert [h["top1"] for h in other["history"]] == [h["top1"] for h in one["history"]], name
-    for a, b in zip(weights(base / "one"), weights(base / name)):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert one["finished"] and two["finished"] and two["epochs_completed"] == 2
+  assert two["history"] == results(base / "one_two_devices")["history"]
+  for a, b in zip(weights(base / "one_two_devices"), weights(base / "two")):
+    np.testing.assert_array_equal(a, b)
+  # Same training, not the same rounding (module docstring): both learn.
+  assert min(one["history"][-1]["top1"], two["history"][-1]["top1"]) > 90.0
   for name in ("best", "last"):
     assert (base / "two" / "export" / name / "model.json").exists()
   assert not list((base / "two" / "export").glob("*.tmp"))
