@@ -25,7 +25,7 @@ gradient read a stored copy of ``x``:
   conditional, so the transpose reads a buffer. The other branch returns NaNs,
   so a non-finite input still gives a non-finite weight gradient (the
   divergence check sees it); a finite input takes the identity branch and the
-  gradient is bit-identical to the plain convolution's
+  weight gradient is bit-identical to the plain convolution's
   (``tests/test_conv.py``). Other backends use ``x`` itself.
 
 Strided convolutions, input gradient: XLA:CPU transposes ``y = conv(x, w)``
