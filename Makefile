@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) -m experiments.demo --workdir=runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 -q -rs
+	$(PY) -m pytest -n 2 -q -rs --durations=20
 
 bench: $(STAMP)
 	$(PY) benchmarks/losses.py

@@ -20,8 +20,10 @@ pair.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
+import sys
 import time
 
 import jax
@@ -29,8 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rldjax import losses
-from rldjax.losses import _common
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import machine  # noqa: E402
+
+from rldjax import losses  # noqa: E402
+from rldjax.losses import _common  # noqa: E402
 
 
 def naive_ldrld(s, t, k=7, temperature=4.0, alpha=10.5, beta=7.0):
@@ -88,6 +93,7 @@ def main():
                            "~40 GB at 4096x32000)")
   args = parser.parse_args()
 
+  print(machine.describe())
   print(f"backend={jax.default_backend()} devices={jax.devices()}")
   header = f"{'B x C':>12} {'loss':>16} {'median ms':>10} {'/ kd':>6}"
   print(header)

@@ -16,6 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import machine  # noqa: E402
 from rldjax import runtime  # noqa: E402
 
 SIZES = ((32, 64), (16, 128), (8, 256))
@@ -123,7 +124,7 @@ def main():
     theirs = torch_parts(args.batch, args.reps)
   except ImportError:
     theirs = {}
-  print(f"median ms, batch {args.batch}, {args.reps} reps")
+  print(f"{machine.describe()}; median ms, batch {args.batch}, {args.reps} reps")
   print(f"{'part':40s} {'rldjax':>9s} {'torch':>9s}")
   for name, ms in ours.items():
     other = f"{theirs[name]:9.1f}" if name in theirs else "        —"

@@ -32,6 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import machine  # noqa: E402
 from rldjax import runtime  # noqa: E402  (before JAX starts: flags)
 
 
@@ -179,6 +180,7 @@ def compare_cpu_flags(args):
       out = subprocess.run(base + [f"--cpu_flags={mode}"], env=env, capture_output=True,
                            text=True, check=True)
       results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+  print(machine.describe())
   print(f"XLA:CPU flags {runtime.CPU_FLAGS}, {args.rounds} alternating subprocess rounds, "
         f"pair={args.pair} method={args.method} batch={args.batch} {args.dtype}")
   for key in ("rldjax step", "rldjax step + data"):
@@ -216,6 +218,7 @@ def main():
   if args.json:
     print(json.dumps(medians))
     return
+  print(machine.describe())
   print(f"backend={jax.default_backend()} devices={jax.device_count()} pair={args.pair} "
         f"({c.teacher.tag} -> {c.student.tag}) method={args.method} batch={args.batch} "
         f"dtype={args.dtype} XLA flags added: {added or 'none'}")

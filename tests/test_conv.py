@@ -206,7 +206,7 @@ def test_flax_conv_uses_it_in_every_model():
   from rldjax import models
   model = models.create("cifar/resnet8x4")
   x = jnp.zeros((1, 32, 32, 3))
-  variables = model.init(jax.random.key(0), x, train=False)
+  variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0, impl="rbg"))
   jaxpr = str(jax.make_jaxpr(jax.grad(
       lambda p: jnp.sum(model.apply({**variables, "params": p}, x, train=False))))(
           variables["params"]))

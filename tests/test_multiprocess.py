@@ -11,9 +11,9 @@ training stays within ~1e-6 of the sharded one for a few dozen steps, until a
 ReLU input within rounding of zero flips and the runs separate (measured on
 this config for two single-device runs whose input gradients only sum in
 another order: within 1e-6 for 26 steps, 1e-4 at step 27; a run from weights
-perturbed by 1e-7 separates too, ten steps later). So the one-step equivalence of
-sharded and single-device training is tested where it holds, at a float32
-tolerance, in ``tests/test_multidevice.py`` (1 vs 8 devices); here the
+perturbed by 1e-7 separates too, ten steps later). So the equivalence of
+sharded and single-device steps is tested where it holds exactly, in float64
+(``tests/test_multidevice.py``, 1 vs 8 devices, to 1e-12); here the
 single-device run only has to finish and reach the same accuracy class."""
 import json
 import os

@@ -25,13 +25,20 @@ def data_dir(tmp_path_factory):
   return str(path)
 
 
+def digits_teacher_variables(seed):
+  """Initial digits/resnet14 variables: jitted (one compilation, not one per
+  operation), from an rbg key as the launcher's (threefry initialisers take
+  ~5x longer to compile on XLA:CPU)."""
+  module = models.create("digits/resnet14")
+  return jax.device_get(jax.jit(lambda k: module.init(k, jnp.zeros((1, 8, 8, 3)), train=False))(
+      jax.random.key(seed, impl="rbg")))
+
+
 @pytest.fixture(scope="module")
 def teacher_export(tmp_path_factory):
   """An (untrained) digits teacher, exported as the converter would."""
   path = tmp_path_factory.mktemp("teacher") / "export"
-  module = models.create("digits/resnet14")
-  variables = module.init(jax.random.key(3), jnp.zeros((1, 8, 8, 3)), train=False)
-  export.save_model(str(path), "digits/resnet14", variables)
+  export.save_model(str(path), "digits/resnet14", digits_teacher_variables(3))
   return str(path)
 
 
@@ -180,9 +187,7 @@ def test_divergence_stops_with_the_step_keeps_the_last_good_checkpoint(tmp_path,
 
 
 def test_diverged_teacher_export_is_refused(tmp_path, data_dir):
-  module = models.create("digits/resnet14")
-  variables = jax.device_get(module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
-                                         train=False))
+  variables = digits_teacher_variables(0)
   variables["params"]["fc"]["bias"] = variables["params"]["fc"]["bias"] * np.nan
   with pytest.raises(ValueError, match="non-finite"):
     export.save_model(str(tmp_path / "nan"), "digits/resnet14", variables)
