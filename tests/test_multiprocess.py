@@ -13,8 +13,9 @@ this config for two single-device runs whose input gradients only sum in
 another order: within 1e-6 for 26 steps, 1e-4 at step 27; a run from weights
 perturbed by 1e-7 separates too, ten steps later). So the equivalence of
 sharded and single-device steps is tested where it holds exactly, in float64
-(``tests/test_multidevice.py``, 1 vs 8 devices, to 1e-12); here the
-single-device run only has to finish and reach the same accuracy class."""
+(``tests/test_multidevice.py``, 1 vs 8 devices, to 1e-12), and single-device
+runs of the launcher in ``tests/test_training.py`` and
+``tests/test_unattended.py``."""
 import json
 import os
 import pathlib
@@ -92,21 +93,18 @@ def weights(workdir, name="last"):
 
 
 def test_two_processes_match_one_and_resume_after_both_are_killed(base):
-  single_data = base / "data_single"
-  finish([launch(base, base / "one", single_data)])
-  finish([launch(base, base / "one_two_devices", single_data, devices=2)])
+  finish([launch(base, base / "one_two_devices", base / "data_single", devices=2)])
   # Two processes, and a data directory that nobody has prepared yet. The
   # offline dataset is prepared quietly (no "Downloading ..." lines).
   for err in finish(launch_pair(base, base / "two", base / "data_fresh")):
     assert "Downloading" not in err
 
-  one, two = results(base / "one"), results(base / "two")
-  assert one["finished"] and two["finished"] and two["epochs_completed"] == 2
+  two = results(base / "two")
+  assert two["finished"] and two["epochs_completed"] == 2
   assert two["history"] == results(base / "one_two_devices")["history"]
   for a, b in zip(weights(base / "one_two_devices"), weights(base / "two")):
     np.testing.assert_array_equal(a, b)
-  # Same training, not the same rounding (module docstring): both learn.
-  assert min(one["history"][-1]["top1"], two["history"][-1]["top1"]) > 90.0
+  assert two["history"][-1]["top1"] > 90.0  # and it learns
   for name in ("best", "last"):
     assert (base / "two" / "export" / name / "model.json").exists()
   assert not list((base / "two" / "export").glob("*.tmp"))
