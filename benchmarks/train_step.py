@@ -77,7 +77,7 @@ def build_jax(args, batch_norm_fn=None, plain_conv=False):
   from experiments.configs import cifar100
   from rldjax.models import batch_norm, conv
   from rldjax import distributed
-  from rldjax.train import programs, state as state_lib
+  from rldjax.train import programs, recipe, state as state_lib
   from rldjax.data import order
   c = cifar100.get_config(f"pair={args.pair},method={args.method}")
   c.batch_size = args.batch
@@ -109,19 +109,20 @@ def build_jax(args, batch_norm_fn=None, plain_conv=False):
                                                        dtype=np.uint8))
     labels = distributed.replicate(p.mesh, data_rng.integers(0, n, 4096).astype(np.int32))
     key = distributed.replicate(p.mesh, order.data_key_data(0))
+    weights = distributed.replicate(p.mesh, recipe.Recipe.from_config(c).weights())
     perm = p.epoch_permutation(key, 0, 4096)
     t0 = time.perf_counter()
-    step = p.train_step.lower(st, tv, batch).compile()
+    step = p.train_step.lower(st, tv, weights, batch).compile()
     compile_s = time.perf_counter() - t0
-    with_data = p.train_step_indexed.lower(st, tv, key, images, labels, perm).compile()
+    with_data = p.train_step_indexed.lower(st, tv, weights, key, images, labels, perm).compile()
     state = {"s": st}
 
     def run_step():
-      state["s"], m = step(state["s"], tv, batch)
+      state["s"], m = step(state["s"], tv, weights, batch)
       jax.block_until_ready(m)
 
     def run_with_data():
-      state["s"], m = with_data(state["s"], tv, key, images, labels, perm)
+      state["s"], m = with_data(state["s"], tv, weights, key, images, labels, perm)
       jax.block_until_ready(m)
     return run_step, run_with_data, compile_s, c
   finally:

@@ -24,9 +24,11 @@ same TFDS -> in-memory data -> sharded step -> Orbax checkpoint path as CIFAR-10
 4. ``report.md`` (mean ± std, paired gain over vanilla with a 95% interval,
    the selection table, timings) and ``accuracy.png`` in WORKDIR.
 
-Compilation happens once per config (method, weight factor, split), in warm-up
-runs stopped after one epoch (under WORKDIR/warmup, reported separately); with
-JAX's persistent cache a rerun compiles nothing. The numbers are whatever the
+Compilation happens once per method and split (the loss weights are run-time
+arguments of the programs), in warm-up runs stopped after one epoch (under
+WORKDIR/warmup, reported separately); with JAX's persistent cache a rerun
+compiles nothing. The teacher's logits of the training images are computed
+once per run (``teacher.precompute_logits``: digits are not augmented). The numbers are whatever the
 runs give; the tables are computed from the runs' results.json files.
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ import os
 import shutil
 import time
 
+import ml_collections
 from absl import app, flags, logging
 
 flags.DEFINE_string("workdir", "runs/demo", "where the runs and the report go")
@@ -66,6 +69,9 @@ def scaled_config(method, seed, epochs, scale, teacher, data_dir, val):
   # more than the work it could save.
   config.checkpoint.every_epochs = epochs
   config.steps_per_call = 32  # a whole epoch per device call: these models are tiny (BENCHMARKS.md)
+  # No augmentation on digits: the teacher's logits of each training image are
+  # computed once per run instead of in every step (same values to rounding).
+  config.teacher.precompute_logits = True
   return config
 
 
@@ -76,7 +82,7 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
   from experiments import report  # pylint: disable=import-outside-toplevel
   from experiments.configs import digits  # pylint: disable=import-outside-toplevel
   from rldjax import runtime  # pylint: disable=import-outside-toplevel
-  from rldjax.train import loop  # pylint: disable=import-outside-toplevel
+  from rldjax.train import loop, programs  # pylint: disable=import-outside-toplevel
   workdir = os.path.abspath(workdir)
   data_dir = data_dir or os.path.join(workdir, "tfds")
   start = time.time()
@@ -95,28 +101,44 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
             flush=True)
     return result
 
+  def warm_up(name, config):
+    """Compiles ``config``'s programs in a throwaway run stopped after one
+    epoch, with a checkpoint at its end as at a run's end, so that the timed
+    runs measure training. Returns the seconds taken."""
+    t0 = time.time()
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.checkpoint.every_epochs = 1
+    shutil.rmtree(os.path.join(workdir, "warmup", name), ignore_errors=True)
+    run(os.path.join("warmup", name), config, record=False, stop_after_epochs=1)
+    timings["warmup_s"] += time.time() - t0
+    return time.time() - t0
+
   teacher_config = digits.get_config(f"method=vanilla,model=teacher,epochs={teacher_epochs}")
   teacher_config.dataset.data_dir = data_dir
   teacher_config.checkpoint.every_epochs = 15
-  teacher_config.steps_per_call = 32
+  # One step per call: inside a while_loop XLA:CPU runs the teacher's
+  # convolution gradients 3-4x slower (BENCHMARKS.md); the tiny student's are not.
+  teacher_config.steps_per_call = 1
+  warm_up("teacher", teacher_config)
   run("teacher", teacher_config)
   teacher = os.path.join(workdir, "teacher", "export", "last")
 
-  # Every timed run's programs are compiled first, in a throwaway run of the
-  # same config stopped after one epoch (the schedule and the loss weights are
-  # part of the program), so that the timed runs measure training.
+  # The students' programs: the method and the split (its size sets the
+  # schedule) are part of them; the loss weights are not
+  # (rldjax.train.programs), so one warm-up serves every weight factor.
   tuned = [m for m in methods if m != "vanilla"]
+  compiled = set()
 
   def compile_first(configs):
-    t0 = time.time()
+    seconds, count = 0.0, 0
     for method, scale, val in configs:
-      name = os.path.join("warmup", f"{method}_x{scale:g}_{'val' if val else 'full'}")
-      shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
-      run(name, scaled_config(method, 0, student_epochs, scale, teacher, data_dir, val),
-          record=False, stop_after_epochs=1)
-    timings["warmup_s"] += time.time() - t0
-    print(f"[{time.time() - start:6.1f}s] compiled {len(configs)} configs "
-          f"({time.time() - t0:.0f}s)", flush=True)
+      config = scaled_config(method, 0, student_epochs, scale, teacher, data_dir, val)
+      key = (programs.program_key(config), val)  # and the split, whose size they depend on
+      if key not in compiled:
+        compiled.add(key)
+        count += 1
+        seconds += warm_up(f"{method}_{'val' if val else 'full'}", config)
+    print(f"[{time.time() - start:6.1f}s] compiled {count} programs ({seconds:.0f}s)", flush=True)
 
   compile_first([(m, s, True) for m in tuned for s in scales])
   selection = {}
@@ -156,8 +178,8 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
     lines.append(f"| {method} | " + " | ".join(f"{sel['scores'][f'{s:g}']:.2f}" for s in scales)
                  + f" | ×{sel['chosen']:g} |")
   lines += ["", f"Timing: {time.time() - start:.0f}s in all; compilation "
-            f"{timings['warmup_s']:.0f}s, once per config (warm-up runs stopped after one "
-            "epoch); in the final runs "
+            f"{timings['warmup_s']:.0f}s, once for the teacher and once per method and split "
+            "(warm-up runs stopped after one epoch); in the final runs "
             f"{min(share):.0%}–{max(share):.0%} of each run's wall time is spent in training "
             "steps (the rest: evaluation every epoch, checkpoints, exports)."]
   table, _, gains, _ = report.write_report(

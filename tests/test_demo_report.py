@@ -41,6 +41,10 @@ def test_demo_writes_report_from_results(tmp_path):
   teacher = json.loads((workdir / "teacher" / "results.json").read_text())
   assert cells["teacher"] == f"{teacher['last_top1']:.2f} (n=1)"
   assert "Paired gain over vanilla" in md and "steps" in md
+  # Programs are compiled once per method and split: both weight factors share one.
+  assert {p.name for p in (workdir / "warmup").iterdir()} == {
+      "teacher", "rld_val", "rld_full", "vanilla_full"}
+  assert runs["rld_seed0"]["config"]["teacher"]["precompute_logits"] is True
 
 
 def _write(root, name, method, seed, best, last, finished=True, **config):

@@ -13,8 +13,10 @@ import tensorflow_datasets as tfds
 
 from experiments.configs import digits as digits_config
 from rldjax import errors, export, models
-from rldjax.data import builders
-from rldjax.train import config as config_lib, loop, optim
+from rldjax.data import augment, builders
+from rldjax.train import config as config_lib, loop, optim, programs, step as step_lib
+from rldjax.train.recipe import Recipe
+from rldjax.train.state import TrainState
 from tests.evaluation_check import check_evaluate_arrays
 
 
@@ -313,3 +315,83 @@ def test_several_steps_per_call_train_the_same_and_stop_on_divergence(tmp_path, 
   config.optimizer.decay_rate = 1e8  # the LR explodes after epoch 1
   with pytest.raises(errors.DivergedError, match=r"not finite at step \d+ \(epoch 2\)"):
     loop.train_and_evaluate(config, str(tmp_path / "diverging"))
+
+
+def test_precomputed_teacher_logits_train_as_running_the_teacher(tmp_path, data_dir,
+                                                                teacher_export):
+  config = small_config(data_dir, teacher_export, method="rld", epochs=2)
+  live = loop.train_and_evaluate(config, str(tmp_path / "live"))
+  config.teacher.precompute_logits = True
+  pre = loop.train_and_evaluate(config, str(tmp_path / "pre"))
+  assert [h["step"] for h in pre["history"]] == [h["step"] for h in live["history"]]
+  for a, b in zip(live["history"], pre["history"]):
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    assert a["top1"] == pytest.approx(b["top1"], abs=0.6)  # at most 2 of 359 examples
+  _, _, va = export.load_model(str(tmp_path / "live" / "export" / "last"))
+  _, _, vb = export.load_model(str(tmp_path / "pre" / "export" / "last"))
+  for x, y in zip(leaves(va), leaves(vb)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+  # A workdir recorded before the field existed resumes as precompute_logits=False.
+  recorded = read_json(tmp_path / "live" / "config.json")
+  del recorded["teacher"]["precompute_logits"]
+  (tmp_path / "live" / "config.json").write_text(json.dumps(recorded))
+  config.teacher.precompute_logits = False
+  again = loop.train_and_evaluate(config, str(tmp_path / "live"))
+  assert again["finished"] and again["history"] == live["history"]
+  config.teacher.precompute_logits = True  # but a recorded False is not silently switched
+  with pytest.raises(errors.WorkdirError, match="config.teacher.precompute_logits"):
+    loop.train_and_evaluate(config, str(tmp_path / "live"))
+
+
+def test_teacher_logits_program_covers_every_example(teacher_export):
+  config = digits_config.get_config(f"method=kd,teacher={teacher_export}")
+  config.teacher.precompute_logits = True
+  config.eval_batch_size = 16  # 37 examples: two full batches and a remainder
+  p = programs.build(config, steps_per_epoch=3)
+  _, _, variables = export.load_model(teacher_export)
+  images = np.random.default_rng(0).integers(0, 256, (37, 8, 8, 1)).astype(np.uint8)
+  got = np.asarray(p.teacher_logits(variables, images))
+  want = np.asarray(p.teacher.apply(variables, augment.train_images(images, None, "digits"),
+                                    train=False))
+  assert got.shape == (37, 10)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,in_memory", [
+    ("cifar", True),  # augmented: the teacher's logits change every epoch
+    ("digits", False)])
+def test_precompute_logits_is_refused_where_it_would_be_wrong(kind, in_memory):
+  config = digits_config.get_config("method=kd,teacher=/nonexistent")
+  config.dataset.update(kind=kind, in_memory=in_memory)
+  config.teacher.precompute_logits = True
+  with pytest.raises(errors.ConfigError, match="config.teacher.precompute_logits"):
+    config_lib.validate(config)
+
+
+def test_loss_weights_are_run_time_arguments_of_one_program(data_dir, teacher_export):
+  base = small_config(data_dir, teacher_export, method="rc", epochs=2)
+  other = small_config(data_dir, teacher_export, method="rc", epochs=2)
+  other.update(ce_weight=0.5, distill_weight=0.7, kd_weight=3.0)
+  p = programs.build(other, steps_per_epoch=5)
+  assert programs.build(base, steps_per_epoch=5) is p
+  dropped = small_config(data_dir, teacher_export, method="rc", epochs=2)
+  dropped.kd_weight = 0.0  # a term left out is another program
+  assert programs.build(dropped, steps_per_epoch=5) is not p
+  # The shared program with other's weights = a step compiled with other's constants.
+  variables = p.init(jax.random.key(0, impl="rbg"))
+  state = TrainState.create(variables["params"], variables["batch_stats"], p.tx,
+                            jax.random.key(1, impl="rbg"))
+  _, _, teacher = export.load_model(teacher_export)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.standard_normal((256, 8, 8, 3)).astype(np.float32),
+           "label": rng.integers(0, 10, 256).astype(np.int32)}
+  constants = step_lib.shard(step_lib.make_train_step(p.student, p.teacher, Recipe.from_config(
+      other), p.tx, 5), p.mesh, n_replicated=2)
+  want_state, want = constants(state, teacher, batch)
+  got_state, got = p.train_step(state, teacher, Recipe.from_config(other).weights(), batch)
+  for key in ("loss", "ce", "distill", "kd"):
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-6)
+  assert float(got["loss"]) == pytest.approx(0.5 * float(got["ce"]) + 0.5 * (  # warm-up 1/2
+      0.7 * float(got["distill"]) + 3.0 * float(got["kd"])), rel=1e-5)
+  for x, y in zip(leaves(got_state.params), leaves(want_state.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)

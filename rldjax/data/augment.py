@@ -21,6 +21,7 @@ CIFAR_STD = (0.2675, 0.2565, 0.2761)
 DIGITS_MEAN = (0.5, 0.5, 0.5)
 DIGITS_STD = (0.5, 0.5, 0.5)
 KINDS = ("cifar", "digits")
+UNAUGMENTED = ("digits",)  # kinds whose training transform draws no random numbers
 
 
 def normalize(images_uint8, mean, std):

@@ -229,7 +229,14 @@ class _Run:
     state = distributed.replicate(mesh, state)  # replicated from the start: one compile
     if teacher_vars is not None:
       teacher_vars = distributed.replicate(mesh, teacher_vars)
+    if p.teacher_logits is not None:  # what the steps take in the teacher's place
+      # Counted as training time: it is the teacher's forward pass of every
+      # step, done once per session instead.
+      t0, compile0 = time.time(), compile_clock.seconds()
+      teacher_vars = jax.block_until_ready(p.teacher_logits(teacher_vars, data.device_train[0]))
+      self._step_seconds(t0, compile0)
     self.data_key = distributed.replicate(mesh, order.data_key_data(config.seed))
+    self.weights = distributed.replicate(mesh, recipe.Recipe.from_config(config).weights())
     self.mesh, self.data, self.teacher_vars = mesh, data, teacher_vars
 
     manager = ckpt_lib.create_manager(os.path.join(workdir, "checkpoints"),
@@ -324,8 +331,8 @@ class _Run:
       while step < end:
         count = min(self._next_stop(step, end) - step, self.max_chunk, c.steps_per_call)
         t0, compile0 = time.time(), compile_clock.seconds()
-        state, info = p.train_chunk(state, self.teacher_vars, self.data_key, images, labels,
-                                    perm, np.int32(count))
+        state, info = p.train_chunk(state, self.teacher_vars, self.weights, self.data_key,
+                                    images, labels, perm, np.int32(count))
         info = jax.device_get(info)
         seconds = self._step_seconds(t0, compile0)
         if not info["finite"]:
@@ -338,12 +345,12 @@ class _Run:
       images, labels = data.device_train
       perm = p.epoch_permutation(self.data_key, epoch, data.num_train)
       batches = ({} for _ in range(step, end))
-      run = lambda s, _: p.train_step_indexed(s, self.teacher_vars, self.data_key, images,
-                                               labels, perm)
+      run = lambda s, _: p.train_step_indexed(s, self.teacher_vars, self.weights,
+                                               self.data_key, images, labels, perm)
     elif data.path == "host":
       batches = self._to_global(data_lib.host_train_batches(
           data, self.mesh, c.batch_size, self.data_key, epoch, step - epoch * data.steps_per_epoch))
-      run = lambda s, b: p.train_step_raw(s, self.teacher_vars, self.data_key, b)
+      run = lambda s, b: p.train_step_raw(s, self.teacher_vars, self.weights, self.data_key, b)
     else:
       from rldjax.data import input_pipeline  # pylint: disable=import-outside-toplevel
       batches = self._to_global(self._checked(input_pipeline.train_batches(
@@ -351,7 +358,7 @@ class _Run:
           seed=c.seed, image_size=c.dataset.image_size,
           start_step=step - epoch * data.steps_per_epoch, shuffle_buffer=c.dataset.shuffle_buffer),
           c.dataset.train_split))
-      run = lambda s, b: p.train_step(s, self.teacher_vars, b)
+      run = lambda s, b: p.train_step(s, self.teacher_vars, self.weights, b)
     # Steps are dispatched asynchronously; their finite flags are read (one
     # device sync) at the points listed above.
     self.pending, t0, compile0 = [], time.time(), compile_clock.seconds()

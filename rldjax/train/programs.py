@@ -12,11 +12,21 @@ Two data paths:
   stopping after the first non-finite step. On XLA:CPU one step per call is
   faster (BENCHMARKS.md), hence the default.
   :attr:`Programs.evaluate_arrays` evaluates a whole split in one call. With
+  ``teacher.precompute_logits`` (training images without augmentation only),
+  :attr:`Programs.teacher_logits` computes the teacher's logits of the whole
+  training split once, and the in-memory steps gather them by index instead
+  of running the teacher (they take those logits where they otherwise take
+  the teacher's variables). With
   ``dataset.in_memory=False`` the same indices are gathered on the host and
   fed one step at a time (:attr:`Programs.train_step_raw`): the batches are
   identical.
 * **streaming** (``imagenet``): host-preprocessed batches, one step per call
   (:attr:`Programs.train_step`, :attr:`Programs.eval_step`).
+
+Every train program takes the objective's weights
+(:meth:`rldjax.train.recipe.Recipe.weights`) as an argument after the
+teacher's, so runs that differ only in their weights (the demo's weight
+factors) share one compiled program; only which weights are zero is compiled in.
 """
 from __future__ import annotations
 
@@ -39,6 +49,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Fields that change neither the programs nor what they compute.
 _NOT_IN_PROGRAMS = ("seed", "checkpoint", "log_every_steps", "steps_per_call", "num_epochs",
                     "distributed")
+# The objective's weights are arguments of the train programs: only whether
+# each is zero is part of a program (recipe.Recipe.structure).
 
 
 @dataclasses.dataclass
@@ -52,6 +64,7 @@ class Programs:
   train_step_raw: Callable
   train_step_indexed: Callable
   train_chunk: Callable
+  teacher_logits: Callable | None
   epoch_permutation: Callable
   eval_step: Callable
   eval_step_raw: Callable
@@ -66,15 +79,24 @@ def program_key(config) -> str:
     c.pop(key, None)
   c["dataset"] = {k: v for k, v in c["dataset"].items()
                   if k in ("image_size", "num_classes", "kind")}
-  c["teacher"] = c["teacher"]["tag"] if config.method != "vanilla" else None
+  for field in recipe.WEIGHT_FIELDS:
+    c[field] = float(bool(c.get(field, 0.0)))
+  c["teacher"] = ({"tag": c["teacher"]["tag"], "precompute": precomputes_teacher(config)}
+                  if config.method != "vanilla" else None)
   return json.dumps(c, sort_keys=True, default=str)
+
+
+def precomputes_teacher(config) -> bool:
+  """Whether the run gathers precomputed teacher logits instead of running
+  the teacher in every step (``config.teacher.precompute_logits``)."""
+  return config.method != "vanilla" and bool(config.teacher.get("precompute_logits", False))
 
 
 def build(config, steps_per_epoch: int) -> Programs:
   return _build(program_key(config), steps_per_epoch, tuple(jax.devices()))
 
 
-@functools.lru_cache(maxsize=32)  # the demo uses 17 configs in one process
+@functools.lru_cache(maxsize=32)  # the demo uses 10 programs in one process
 def _build(key: str, steps_per_epoch: int, devices) -> Programs:
   config = ml_collections.ConfigDict(json.loads(key))
   kind = config.dataset.kind
@@ -82,7 +104,8 @@ def _build(key: str, steps_per_epoch: int, devices) -> Programs:
                           dtype=DTYPES[config.student.dtype], bn_axis_name=step_lib.AXIS)
   teacher = None
   if config.method != "vanilla":
-    teacher = models.create(config.teacher, config.dataset.num_classes)
+    teacher = models.create(config.teacher.tag, config.dataset.num_classes)
+  precomputed = config.method != "vanilla" and config.teacher.precompute
   tx = optim.sgd(optim.schedule(config, steps_per_epoch), config.optimizer.momentum,
                  config.optimizer.weight_decay, config.optimizer.weight_decay_mask,
                  config.optimizer.nesterov)
@@ -94,15 +117,20 @@ def _build(key: str, steps_per_epoch: int, devices) -> Programs:
   eval_batch = config.eval_batch_size
   eval_device_batch = eval_batch // len(devices)
 
-  def train_step_indexed(state, teacher_variables, data_key, images, labels, perm):
-    """One step on the global batch ``state.step`` of the epoch whose order is ``perm``."""
+  def train_step_indexed(state, teacher_variables, weights, data_key, images, labels, perm):
+    """One step on the global batch ``state.step`` of the epoch whose order is
+    ``perm``. With precomputed teacher logits, ``teacher_variables`` is the
+    [N, classes] array of :attr:`Programs.teacher_logits`."""
     epoch = state.step // steps_per_epoch
     idx = order.batch_indices(perm, state.step % steps_per_epoch, global_batch,
                               lax.axis_index(step_lib.AXIS) * device_batch, device_batch)
     x = augment.train_images(images[idx], order.example_keys(data_key, epoch, idx), kind)
-    return per_device(state, teacher_variables, {"image": x, "label": labels[idx]})
+    batch = {"image": x, "label": labels[idx]}
+    if precomputed:
+      batch["teacher_logits"] = teacher_variables[idx]
+    return per_device(state, teacher_variables, batch, weights)
 
-  def train_chunk(state, teacher_variables, data_key, images, labels, perm, num_steps):
+  def train_chunk(state, teacher_variables, weights, data_key, images, labels, perm, num_steps):
     """Up to ``num_steps`` steps (within one epoch) in one call; stops after
     the first non-finite step."""
     def cond(carry):
@@ -111,19 +139,19 @@ def _build(key: str, steps_per_epoch: int, devices) -> Programs:
 
     def body(carry):
       i, state, _, _ = carry
-      state, metrics = train_step_indexed(state, teacher_variables, data_key, images, labels,
-                                          perm)
+      state, metrics = train_step_indexed(state, teacher_variables, weights, data_key, images,
+                                          labels, perm)
       return i + 1, state, metrics["finite"] > 0, metrics["loss"]
 
     init = (jnp.zeros((), jnp.int32), state, jnp.ones((), bool), jnp.zeros((), jnp.float32))
     done, state, finite, loss = lax.while_loop(cond, body, init)
     return state, {"steps": done, "finite": finite, "loss": loss}
 
-  def train_step_raw(state, teacher_variables, data_key, batch):
+  def train_step_raw(state, teacher_variables, weights, data_key, batch):
     epoch = state.step // steps_per_epoch
     x = augment.train_images(batch["image"], order.example_keys(data_key, epoch, batch["index"]),
                              kind)
-    return per_device(state, teacher_variables, {"image": x, "label": batch["label"]})
+    return per_device(state, teacher_variables, {"image": x, "label": batch["label"]}, weights)
 
   def eval_step_raw(variables, batch):
     return lax.psum(step_lib.eval_sums(student, variables, augment.eval_images(batch["image"], kind),
@@ -158,16 +186,34 @@ def _build(key: str, steps_per_epoch: int, devices) -> Programs:
       sums = {k: sums[k] + out[k] for k in sums}
     return lax.psum(sums, step_lib.AXIS)
 
+  def teacher_logits(teacher_variables, images):
+    """The teacher's inference-mode float32 logits of every training image, in
+    batches of ``eval_batch`` (the images take the training transform, which
+    for these kinds involves no randomness)."""
+    n = images.shape[0]
+    batches = -(-n // eval_batch)
+    padded = jnp.concatenate([images, jnp.zeros((batches * eval_batch - n,) + images.shape[1:],
+                                                images.dtype)])
+
+    def one(chunk):
+      x = augment.train_images(chunk, None, kind)
+      return teacher.apply(teacher_variables, x, train=False).astype(jnp.float32)
+    logits = lax.map(one, padded.reshape((batches, eval_batch) + images.shape[1:]))
+    return logits.reshape((batches * eval_batch, -1))[:n]
+
   size = config.dataset.image_size
   init = jax.jit(lambda rng: student.init(rng, jnp.zeros((1, size, size, 3)), train=False))
   return Programs(
       student=student, teacher=teacher, tx=tx, mesh=mesh, init=init,
-      train_step=step_lib.shard(per_device, mesh, n_replicated=2, donate=True),
-      train_step_raw=step_lib.shard(train_step_raw, mesh, n_replicated=3, donate=True),
-      train_step_indexed=step_lib.shard(train_step_indexed, mesh, n_replicated=6, donate=True,
+      train_step=step_lib.shard(lambda s, t, w, b: per_device(s, t, b, w), mesh, n_replicated=3,
+                                donate=True),
+      train_step_raw=step_lib.shard(train_step_raw, mesh, n_replicated=4, donate=True),
+      train_step_indexed=step_lib.shard(train_step_indexed, mesh, n_replicated=7, donate=True,
                                         batch_last=False),
-      train_chunk=step_lib.shard(train_chunk, mesh, n_replicated=7, donate=True,
+      train_chunk=step_lib.shard(train_chunk, mesh, n_replicated=8, donate=True,
                                  batch_last=False),
+      teacher_logits=jax.jit(teacher_logits, out_shardings=jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec())) if precomputed else None,
       epoch_permutation=jax.jit(order.epoch_permutation, static_argnums=2,
                                 out_shardings=jax.sharding.NamedSharding(
                                     mesh, jax.sharding.PartitionSpec())),

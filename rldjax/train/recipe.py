@@ -41,9 +41,13 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from rldjax import losses
+
+
+WEIGHT_FIELDS = ("ce_weight", "distill_weight", "kd_weight")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +73,18 @@ class Recipe:
   @property
   def uses_teacher(self) -> bool:
     return self.method != "vanilla"
+
+  def weights(self) -> dict:
+    """``{"ce", "distill", "kd"}``: the objective's weights as float32
+    scalars, for a program that takes them at run time (``weights`` of
+    :func:`objective_terms`)."""
+    return {"ce": np.float32(self.ce_weight), "distill": np.float32(self.distill_weight),
+            "kd": np.float32(self.kd_weight)}
+
+  def structure(self) -> "Recipe":
+    """This recipe with each weight replaced by 1.0 where it is non-zero (0.0
+    where it is zero): what a program compiled for run-time weights depends on."""
+    return dataclasses.replace(self, **{f: float(bool(getattr(self, f))) for f in WEIGHT_FIELDS})
 
   @classmethod
   def from_config(cls, config) -> "Recipe":
@@ -101,20 +117,28 @@ def _kd_hparams(hparams: Mapping[str, Any]) -> dict:
   return {k: hparams[k] for k in ("temperature", "standardize") if k in hparams}
 
 
-def objective_terms(config, student_logits, teacher_logits, labels, epoch) -> dict:
+def objective_terms(config, student_logits, teacher_logits, labels, epoch,
+                    weights=None) -> dict:
   """The objective and its parts (batch means, before weights), as a dict.
 
   Keys: ``total`` (what is minimised), ``ce``, ``distill`` (the method's loss,
   0 for vanilla), ``kd`` (the extra KD term, 0 unless ``kd_weight`` > 0) and
   ``warmup`` (the factor applied to the distillation terms).
+
+  ``weights``: optional ``{"ce", "distill", "kd"}`` scalars (traced values
+  allowed) used in place of the recipe's three weights, so that one compiled
+  program serves every weighting. Which terms are computed still follows the
+  recipe: a term whose recipe weight is 0 is left out, whatever ``weights`` says.
   """
   r = Recipe.from_config(config)
+  if weights is None:
+    weights = {"ce": r.ce_weight, "distill": r.distill_weight, "kd": r.kd_weight}
   hparams = dict(r.hparams)
   ce = jnp.mean(cross_entropy(student_logits, labels))
   zero = jnp.zeros((), jnp.float32)
   distill, kd = zero, zero
   factor = warmup_factor(r.warmup_epochs, epoch)
-  total = r.ce_weight * ce
+  total = weights["ce"] * ce
   if r.uses_teacher:
     if teacher_logits is None:
       raise ValueError(f"method {r.method!r} needs `teacher_logits`")
@@ -123,7 +147,7 @@ def objective_terms(config, student_logits, teacher_logits, labels, epoch) -> di
       distill = jnp.mean(losses.get(r.method)(student_logits, teacher_logits, labels, **hparams))
     if r.kd_weight:
       kd = jnp.mean(losses.kd(student_logits, teacher_logits, **_kd_hparams(hparams)))
-    total = total + factor * (r.distill_weight * distill + r.kd_weight * kd)
+    total = total + factor * (weights["distill"] * distill + weights["kd"] * kd)
   return {"total": total, "ce": ce, "distill": distill, "kd": kd, "warmup": factor}
 
 

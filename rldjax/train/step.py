@@ -25,24 +25,31 @@ AXIS = "data"
 
 def make_train_step(student: nn.Module, teacher: nn.Module | None, recipe: recipe_lib.Recipe,
                     tx: optax.GradientTransformation, steps_per_epoch: int) -> Callable:
-  """Per-device step ``(state, teacher_variables, batch) -> (state, metrics)``.
+  """Per-device step ``(state, teacher_variables, batch, weights=None)`` -> ``(state, metrics)``.
 
   ``recipe`` (a :class:`~rldjax.train.recipe.Recipe` or a config) says what is
   minimised. ``batch`` holds ``image`` [b, H, W, C] and ``label`` [b] for this
-  device. Gradients, metrics and the updated batch statistics are
-  ``pmean``-ed over ``'data'``, so every device ends the step with the same
-  state. ``metrics["finite"]`` is 1.0 when the loss and every gradient entry
-  are finite (one reduction), 0.0 otherwise.
+  device, and may hold ``teacher_logits`` [b, classes]: the teacher's
+  inference-mode logits of those images, computed beforehand (then ``teacher``
+  may be None and is not run). ``weights`` (optional ``{"ce", "distill",
+  "kd"}`` scalars) replace the recipe's weights at run time
+  (:func:`rldjax.train.recipe.objective_terms`). Gradients, metrics and the
+  updated batch statistics are ``pmean``-ed over ``'data'``, so every device
+  ends the step with the same state. ``metrics["finite"]`` is 1.0 when the
+  loss and every gradient entry are finite (one reduction), 0.0 otherwise.
   """
   recipe = recipe_lib.Recipe.from_config(recipe)
-  if recipe.uses_teacher and teacher is None:
-    raise ValueError(f"method {recipe.method!r} needs a teacher")
 
-  def step(state: TrainState, teacher_variables, batch):
+  def step(state: TrainState, teacher_variables, batch, weights=None):
     images, labels = batch["image"], batch["label"]
     epoch = state.step // steps_per_epoch + 1  # 1-based, as in the published loop
     teacher_logits = None
-    if recipe.uses_teacher:
+    if recipe.uses_teacher and "teacher_logits" in batch:
+      teacher_logits = jax.lax.stop_gradient(batch["teacher_logits"].astype(jnp.float32))
+    elif recipe.uses_teacher:
+      if teacher is None:
+        raise ValueError(f"method {recipe.method!r} needs a teacher, or the teacher's logits "
+                         "in batch['teacher_logits']")
       teacher_logits = jax.lax.stop_gradient(
           teacher.apply(teacher_variables, images, train=False).astype(jnp.float32))
 
@@ -50,7 +57,7 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, recipe: recip
       logits, updates = student.apply({"params": params, "batch_stats": state.batch_stats},
                                       images, train=True, mutable=["batch_stats"])
       logits = logits.astype(jnp.float32)
-      terms = recipe_lib.objective_terms(recipe, logits, teacher_logits, labels, epoch)
+      terms = recipe_lib.objective_terms(recipe, logits, teacher_logits, labels, epoch, weights)
       accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
       metrics = {"loss": terms["total"], "ce": terms["ce"], "distill": terms["distill"],
                  "kd": terms["kd"], "accuracy": accuracy}

@@ -32,6 +32,9 @@ CONFIG_NAME = "config.json"
 MAY_CHANGE = ("checkpoint", "log_every_steps", "steps_per_call", "eval_batch_size",
               "dataset.data_dir",
               "dataset.download", "dataset.in_memory", "distributed", "num_epochs")
+# Fields added to the config after runs were recorded without them: in an older
+# config.json, an absent field means this value.
+ADDED_DEFAULTS = {"teacher.precompute_logits": False}
 
 
 def _finite(obj):
@@ -147,6 +150,7 @@ def check_config(workdir: str, config: dict, epochs_done_fn=None) -> None:
   with open(path) as f:
     recorded = json.load(f)
   old, new = _flatten(recorded), _flatten(json.loads(json.dumps(config, default=str)))
+  old = {**{k: v for k, v in ADDED_DEFAULTS.items() if k in new}, **old}
   changed = [f"config.{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
              for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k) and not _may_change(k)]
