@@ -63,11 +63,8 @@ def two_steps(method, devices, s_vars, t_vars):
   return jax.device_get(state), jax.device_get(metrics)
 
 
-def main():
-  assert jax.device_count() == 8, jax.devices()
-  method = sys.argv[1] if len(sys.argv) > 1 else "rld"
+def check_method(method, initial, teacher):
   with jax.enable_x64(True):
-    initial, teacher = initial_variables()
     one, m1 = two_steps(method, jax.devices()[:1], initial, teacher)
     eight, m8 = two_steps(method, jax.devices(), initial, teacher)
   for a, b in zip(jax.tree_util.tree_leaves((one.params, one.batch_stats)),
@@ -79,9 +76,20 @@ def main():
   # Not a no-op: parameters and running statistics moved from their initial values.
   assert np.abs(np.asarray(one.params["fc"]["bias"]) - initial["params"]["fc"]["bias"]).max() > 1e-3
   assert np.abs(np.asarray(one.batch_stats["bn1"]["var"]) - 1.0).max() > 1e-3
+  print("MULTIDEVICE OK", method, float(m8["loss"]), flush=True)
+
+
+def main():
+  """Checks each method named on the command line (default: rld and ldrld)
+  in this one process, then the 8-device evaluation."""
+  assert jax.device_count() == 8, jax.devices()
+  with jax.enable_x64(True):
+    initial, teacher = initial_variables()
+  for method in sys.argv[1:] or ["rld", "ldrld"]:
+    check_method(method, initial, teacher)
   # Evaluation over 8 devices: 2 full global batches of 16 and a remainder of 5.
   check_evaluate_arrays(eval_batch_size=16, n=37)
-  print("MULTIDEVICE OK", method, float(m8["loss"]))
+  print("EVALUATION OK", flush=True)
 
 
 if __name__ == "__main__":
