@@ -49,8 +49,6 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Fields that change neither the programs nor what they compute.
 _NOT_IN_PROGRAMS = ("seed", "checkpoint", "log_every_steps", "steps_per_call", "num_epochs",
                     "distributed")
-# The objective's weights are arguments of the train programs: only whether
-# each is zero is part of a program (recipe.Recipe.structure).
 
 
 @dataclasses.dataclass
@@ -79,7 +77,7 @@ def program_key(config) -> str:
     c.pop(key, None)
   c["dataset"] = {k: v for k, v in c["dataset"].items()
                   if k in ("image_size", "num_classes", "kind")}
-  for field in recipe.WEIGHT_FIELDS:
+  for field in recipe.WEIGHT_FIELDS:  # arguments of the programs: only zero or not is compiled in
     c[field] = float(bool(c.get(field, 0.0)))
   c["teacher"] = ({"tag": c["teacher"]["tag"], "precompute": precomputes_teacher(config)}
                   if config.method != "vanilla" else None)

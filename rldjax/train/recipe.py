@@ -81,11 +81,6 @@ class Recipe:
     return {"ce": np.float32(self.ce_weight), "distill": np.float32(self.distill_weight),
             "kd": np.float32(self.kd_weight)}
 
-  def structure(self) -> "Recipe":
-    """This recipe with each weight replaced by 1.0 where it is non-zero (0.0
-    where it is zero): what a program compiled for run-time weights depends on."""
-    return dataclasses.replace(self, **{f: float(bool(getattr(self, f))) for f in WEIGHT_FIELDS})
-
   @classmethod
   def from_config(cls, config) -> "Recipe":
     if isinstance(config, Recipe):
