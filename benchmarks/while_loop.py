@@ -14,13 +14,12 @@ the narrowest networks.
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import machine  # noqa: E402
+from benchmarks.step_parts import median_ms  # noqa: E402
 from rldjax import runtime  # noqa: E402
 
 
@@ -37,16 +36,8 @@ def per_iteration_ms(body, carry, iters, reps):
       c = one(c)
     jax.block_until_ready(c)
 
-  out = []
-  for fn in (python_loop, lambda: jax.block_until_ready(many(carry))):
-    fn()
-    times = []
-    for _ in range(reps):
-      t0 = time.perf_counter()
-      fn()
-      times.append(time.perf_counter() - t0)
-    out.append(1e3 * statistics.median(times) / iters)
-  return out
+  return [median_ms(fn, reps) / iters
+          for fn in (python_loop, lambda: jax.block_until_ready(many(carry)))]
 
 
 def main():
