@@ -24,12 +24,14 @@ same TFDS -> in-memory data -> sharded step -> Orbax checkpoint path as CIFAR-10
 4. ``report.md`` (mean ± std, paired gain over vanilla with a 95% interval,
    the selection table, timings) and ``accuracy.png`` in WORKDIR.
 
-Compilation happens once per method and split (the loss weights are run-time
-arguments of the programs), in warm-up runs stopped after one epoch (under
-WORKDIR/warmup, reported separately); with JAX's persistent cache a rerun
-compiles nothing. The teacher's logits of the training images are computed
-once per run (``teacher.precompute_logits``: digits are not augmented). The numbers are whatever the
-runs give; the tables are computed from the runs' results.json files.
+Compilation happens once for the teacher and once per student method and split
+(the loss weights are run-time arguments of the programs), in warm-up runs
+stopped after one epoch (under WORKDIR/warmup, reported separately); with JAX's
+persistent cache a rerun compiles nothing. The students' runs compute the
+teacher's logits of the training images once per run
+(``teacher.precompute_logits``: digits are not augmented). The numbers are
+whatever the runs give; the tables are computed from the runs' results.json
+files.
 """
 from __future__ import annotations
 

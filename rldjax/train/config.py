@@ -187,10 +187,7 @@ def _check_loss(config) -> None:
   hparams = config.loss.to_dict()
   num_classes = config.dataset.num_classes
   if isinstance(num_classes, int) and num_classes >= 2:
-    try:
-      error = _loss_error(config.method, tuple(sorted(hparams.items())), num_classes)
-    except TypeError:  # an unhashable value: checked without the cache
-      error = _loss_error.__wrapped__(config.method, tuple(sorted(hparams.items())), num_classes)
+    error = _loss_error(config.method, tuple(sorted(hparams.items())), num_classes)
     if error is not None:
       name, message = error
       _fail(f"loss.{name}" if name else "loss", message)
