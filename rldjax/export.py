@@ -63,8 +63,14 @@ def _unflatten(flat) -> dict[str, Any]:
 
 
 def save_model(directory: str, tag: str, variables: dict[str, Any],
-               metadata: dict | None = None) -> None:
-  """Writes ``variables`` of zoo model ``tag``; ``metadata`` goes into model.json."""
+               metadata: dict | None = None, num_classes: int | None = None) -> None:
+  """Writes ``variables`` of zoo model ``tag``; ``metadata`` goes into model.json.
+
+  ``num_classes``: the model's number of classes where the caller built the
+  model and knows it (the trainer); when None it is read from the shape of
+  the classifier's bias, which needs one abstract trace of ``tag`` per
+  process (~70 ms for a small network, once per process).
+  """
   directory = os.path.abspath(directory)
   tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
   tree = jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
@@ -75,7 +81,8 @@ def save_model(directory: str, tag: str, variables: dict[str, Any],
     return
   if os.path.exists(os.path.join(directory, "model.json")):
     raise FileExistsError(f"{directory} already holds an exported model")
-  num_classes = int(np.shape(tree["params"][classifier_name(tag)]["bias"])[0])
+  if num_classes is None:
+    num_classes = int(np.shape(tree["params"][classifier_name(tag)]["bias"])[0])
   os.makedirs(directory, exist_ok=True)
   tmp = os.path.join(directory, VARIABLES_FILE + ".tmp")
   with open(tmp, "wb") as f:

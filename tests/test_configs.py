@@ -68,6 +68,8 @@ def test_every_loss_hyperparameter_is_a_config_field(method):
     ("optimizer.schedule", "cosine", "config.optimizer.schedule"),
     ("kd_weight", -1.0, "config.kd_weight"),
     ("warmup_epochs", -2, "config.warmup_epochs"),
+    ("seed", 2**32, "config.seed"),  # would alias seed 0 (32-bit PRNG seeds)
+    ("seed", -1, "config.seed"),
 ])
 def test_invalid_config_names_the_field(field, value, match):
   config = digits_config.get_config("method=kd,teacher=/nonexistent")

@@ -159,6 +159,12 @@ def test_export_round_trip_and_refuses_overwrite(tmp_path):
   # A plain npz: numpy alone reads it, named by the variables' paths.
   with np.load(tmp_path / "m" / export.VARIABLES_FILE) as npz:
     np.testing.assert_array_equal(npz["params/fc/bias"], variables["params"]["fc"]["bias"])
+  # A caller that knows the number of classes (the trainer) writes the same export.
+  export.save_model(str(tmp_path / "known"), TAG, variables, {"epoch": 3}, num_classes=100)
+  assert export.read_metadata(str(tmp_path / "known")) == {"tag": TAG, "num_classes": 100,
+                                                           "epoch": 3}
+  _, _, known = export.load_model(str(tmp_path / "known"))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, known, restored)
 
 
 def test_export_written_before_the_npz_layout_is_still_read(tmp_path):

@@ -395,3 +395,25 @@ def test_loss_weights_are_run_time_arguments_of_one_program(data_dir, teacher_ex
       0.7 * float(got["distill"]) + 3.0 * float(got["kd"])), rel=1e-5)
   for x, y in zip(leaves(got_state.params), leaves(want_state.params)):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_initial_state_program_equals_the_eager_initialisation():
+  """programs.init_state: one replicated device call, bit-identical to
+  initialising eagerly from key(seed) (variables) and fold_in(key(seed), 1)."""
+  config = digits_config.get_config("method=kd,teacher=/nonexistent")
+  p = programs.build(config, steps_per_epoch=5)
+  for seed in (0, 7, 2**32 - 1):
+    rng = jax.random.key(seed, impl="rbg")
+    variables = p.init(rng)
+    want = TrainState.create(variables["params"], variables["batch_stats"], p.tx,
+                             jax.random.fold_in(rng, 1))
+    got = p.init_state(np.uint32(seed))
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(got),
+                           jax.device_get(want))
+    assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree_util.tree_leaves(got))
+  a, b = p.init_state(np.uint32(0)), p.init_state(np.uint32(1))
+  assert not np.array_equal(*jax.device_get((a.rng, b.rng)))
+  # The best model starts as its own copy (the steps donate the state's buffers).
+  assert (a.params["fc"]["kernel"].unsafe_buffer_pointer()
+          != a.best["params"]["fc"]["kernel"].unsafe_buffer_pointer())

@@ -226,6 +226,9 @@ def validate(config) -> None:
     value = _field(config, field)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       _fail(field, f"must be a positive int, got {value!r}")
+  if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not (
+      0 <= config.seed < 2**32):  # a PRNG seed is 32 bits: larger ones would alias smaller ones
+    _fail("seed", f"must be an int in [0, 2**32), got {config.seed!r}")
   for field in ("ce_weight", "distill_weight", "kd_weight", "optimizer.weight_decay",
                 "optimizer.momentum", "optimizer.decay_rate"):
     value = _field(config, field)

@@ -43,7 +43,6 @@ from rldjax.train import data as data_lib
 from rldjax.train import programs as programs_lib
 from rldjax.train import recipe, step as step_lib, workdir as workdir_lib
 from rldjax.train.preemption import PreemptionWatcher
-from rldjax.train.state import TrainState
 from rldjax.train.writer import ScalarWriter
 
 CHUNK_SECONDS = 1.0  # about how often, at least, finite flags and stop requests are read
@@ -125,7 +124,7 @@ def _results(workdir, config, history, status, wall, train_time, compile_time, e
   return out
 
 
-def _export(workdir, name, tag, variables, metadata):
+def _export(workdir, name, tag, num_classes, variables, metadata):
   """Writes export/<name> (replacing an older one). Process 0 writes it; every
   process waits for it, and a failure there is raised on every process (so no
   process is left waiting on one that has stopped)."""
@@ -134,7 +133,7 @@ def _export(workdir, name, tag, variables, metadata):
   def write():
     tmp = target + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    export.save_model(tmp, tag, variables, metadata)
+    export.save_model(tmp, tag, variables, metadata, num_classes)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
 
@@ -222,11 +221,7 @@ class _Run:
       raise errors.ConfigError(f"config.batch_size: {config.batch_size} exceeds the training "
                                f"split ({data.num_train} examples)")
     self.programs = p = programs_lib.build(config, spe)
-    rng = jax.random.key(config.seed, impl="rbg")  # rbg: fast-compiling initialisers
-    variables = p.init(rng)
-    state = TrainState.create(variables["params"], variables["batch_stats"], p.tx,
-                              jax.random.fold_in(rng, 1))
-    state = distributed.replicate(mesh, state)  # replicated from the start: one compile
+    state = p.init_state(np.uint32(config.seed))  # replicated from the start: one compile
     if teacher_vars is not None:
       teacher_vars = distributed.replicate(mesh, teacher_vars)
     if p.teacher_logits is not None:  # what the steps take in the teacher's place
@@ -251,17 +246,17 @@ class _Run:
                      len(history), workdir)
       with PreemptionWatcher() as watcher:
         state, history = self.train(state, history, manager, writer, watcher, stop_after_epochs)
-      manager.wait_until_finished()
       finished = len(history) >= config.num_epochs
-      if finished:
+      if finished:  # written while the last checkpoint is saved in the background
         best = jax.device_get(state.best)
         best_record = history[int(best["epoch"]) - 1]
         last = history[-1]
-        _export(workdir, "last", config.student.tag, state.variables,
+        _export(workdir, "last", config.student.tag, config.dataset.num_classes, state.variables,
                 {"epoch": last["epoch"], "top1": last["top1"]})
-        _export(workdir, "best", config.student.tag,
+        _export(workdir, "best", config.student.tag, config.dataset.num_classes,
                 {"params": best["params"], "batch_stats": best["batch_stats"]},
                 {"epoch": best_record["epoch"], "top1": best_record["top1"]})
+      manager.wait_until_finished()  # results.json last: a finished run is durable
       return self.write_results(history, "finished" if finished else "stopped")
     finally:
       writer.close()

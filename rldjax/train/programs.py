@@ -43,7 +43,7 @@ from jax import lax
 from rldjax import models
 from rldjax.data import augment, order
 from rldjax.train import optim, recipe, step as step_lib
-from rldjax.train.state import record_evaluation
+from rldjax.train.state import TrainState, record_evaluation
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Fields that change neither the programs nor what they compute.
@@ -58,6 +58,7 @@ class Programs:
   tx: Any
   mesh: Any
   init: Callable
+  init_state: Callable
   train_step: Callable
   train_step_raw: Callable
   train_step_indexed: Callable
@@ -200,9 +201,21 @@ def _build(key: str, steps_per_epoch: int, devices) -> Programs:
     return logits.reshape((batches * eval_batch, -1))[:n]
 
   size = config.dataset.image_size
-  init = jax.jit(lambda rng: student.init(rng, jnp.zeros((1, size, size, 3)), train=False))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  init_variables = lambda rng: student.init(rng, jnp.zeros((1, size, size, 3)), train=False)
+
+  def init_state(seed):
+    """The run's initial train state from its uint32 ``seed``: the student's
+    variables from ``key(seed)`` and the state's key ``fold_in(key(seed), 1)``
+    (rbg keys: fast-compiling initialisers). One device call, replicated over
+    the mesh as it is made (every process computes the same values)."""
+    rng = jax.random.key(seed, impl="rbg")
+    variables = init_variables(rng)
+    return TrainState.create(variables["params"], variables["batch_stats"], tx,
+                             jax.random.fold_in(rng, 1))
   return Programs(
-      student=student, teacher=teacher, tx=tx, mesh=mesh, init=init,
+      student=student, teacher=teacher, tx=tx, mesh=mesh, init=jax.jit(init_variables),
+      init_state=jax.jit(init_state, out_shardings=replicated),
       train_step=step_lib.shard(lambda s, t, w, b: per_device(s, t, b, w), mesh, n_replicated=3,
                                 donate=True),
       train_step_raw=step_lib.shard(train_step_raw, mesh, n_replicated=4, donate=True),
@@ -210,11 +223,10 @@ def _build(key: str, steps_per_epoch: int, devices) -> Programs:
                                         batch_last=False),
       train_chunk=step_lib.shard(train_chunk, mesh, n_replicated=8, donate=True,
                                  batch_last=False),
-      teacher_logits=jax.jit(teacher_logits, out_shardings=jax.sharding.NamedSharding(
-          mesh, jax.sharding.PartitionSpec())) if precomputed else None,
+      teacher_logits=(jax.jit(teacher_logits, out_shardings=replicated) if precomputed
+                      else None),
       epoch_permutation=jax.jit(order.epoch_permutation, static_argnums=2,
-                                out_shardings=jax.sharding.NamedSharding(
-                                    mesh, jax.sharding.PartitionSpec())),
+                                out_shardings=replicated),
       eval_step=step_lib.shard(step_lib.make_eval_step(student), mesh, n_replicated=1),
       eval_step_raw=step_lib.shard(eval_step_raw, mesh, n_replicated=1),
       evaluate_arrays=step_lib.shard(evaluate_arrays, mesh, n_replicated=3, batch_last=False),
