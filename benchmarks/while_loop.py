@@ -4,13 +4,15 @@ computation called once per iteration from Python.
   python benchmarks/while_loop.py [--reps=5] [--iters=20]
 
 Prints median ms per iteration of: one 3×3 convolution (batch 64, 8×8, 32
-channels) forward, its weight gradient and its input gradient; and one SGD step
-of the CIFAR ResNet at the digits teacher's and student's widths. Each as a
-Python loop of single jitted calls and as one ``lax.fori_loop`` call, in the
-same process. What it shows (BENCHMARKS.md, "Several steps per device call"):
-inside a loop body XLA:CPU leaves the gradient convolutions in a layout its
-library kernels do not take, so ``steps_per_call`` > 1 is slow for all but
-the narrowest networks.
+channels) forward, its weight gradient and its input gradient, with
+``jax.lax.conv_general_dilated`` and with ``rldjax.models.conv`` (what the zoo
+uses); and one SGD step of the CIFAR ResNet (zoo layers) at the digits
+teacher's and student's widths. Each as a Python loop of single jitted calls
+and as one ``lax.fori_loop`` call, in the same process. What it shows
+(BENCHMARKS.md, "Several steps per device call"): inside a loop body XLA:CPU
+leaves ``lax``'s gradient convolutions in dimension numbers its library
+kernels do not take (10-100x slower); ``rldjax.models.conv`` writes its
+tangents so that their transposes are in those dimension numbers already.
 """
 import argparse
 import os
@@ -50,28 +52,30 @@ def main():
   import jax.numpy as jnp
   import numpy as np
   from jax import lax
+  from rldjax.models import conv as conv_lib
   from rldjax.models.resnet_cifar import CifarResNet
   print(machine.describe())
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((64, 8, 8, 32)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((3, 3, 32, 32)), jnp.float32) * 0.1
 
-  def conv(a, b):
-    return lax.conv_general_dilated(a, b, (1, 1), "SAME",
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-  rows = [
-      ("conv forward", lambda i, c: (c[0] + 1e-6 * jnp.sum(conv(c[1], c[0])), c[1] * 1.0001)),
-      ("conv weight gradient", lambda i, c: (c[0] - 1e-6 * jax.grad(
-          lambda b: jnp.sum(conv(c[1], b) ** 2))(c[0]), c[1] * 1.0001)),
-      ("conv input gradient", lambda i, c: (c[0], c[1] - 1e-6 * jax.grad(
-          lambda a: jnp.sum(conv(a, c[0]) ** 2))(c[1]))),
-  ]
+  rows = []
+  for label, conv_fn in (("lax", lax.conv_general_dilated), ("rldjax", conv_lib.conv_general_dilated)):
+    def conv(a, b, f=conv_fn):
+      return f(a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    rows += [
+        (f"{label} conv forward", lambda i, c, conv=conv: (
+            c[0] + 1e-6 * jnp.sum(conv(c[1], c[0])), c[1] * 1.0001)),
+        (f"{label} conv weight gradient", lambda i, c, conv=conv: (c[0] - 1e-6 * jax.grad(
+            lambda b: jnp.sum(conv(c[1], b) ** 2))(c[0]), c[1] * 1.0001)),
+        (f"{label} conv input gradient", lambda i, c, conv=conv: (c[0], c[1] - 1e-6 * jax.grad(
+            lambda a: jnp.sum(conv(a, c[0]) ** 2))(c[1]))),
+    ]
   print(f"median ms per iteration ({args.iters} iterations, {args.reps} reps)")
-  print(f"{'':<44} {'python loop':>12} {'fori_loop':>10} {'ratio':>7}")
+  print(f"{'':<48} {'python loop':>12} {'fori_loop':>10} {'ratio':>7}")
   for name, body in rows:
     py, loop = per_iteration_ms(body, (w, x), args.iters, args.reps)
-    print(f"{name + ' (64x8x8x32, 3x3)':<44} {py:12.2f} {loop:10.2f} {loop / py:6.1f}x", flush=True)
+    print(f"{name + ' (64x8x8x32, 3x3)':<48} {py:12.2f} {loop:10.2f} {loop / py:6.1f}x", flush=True)
 
   images = jnp.asarray(rng.standard_normal((64, 8, 8, 3)), jnp.float32)
   for label, widths, depth_n in (("digits/resnet14 widths (8, 8, 16, 32)", (8, 8, 16, 32), 2),
@@ -87,7 +91,7 @@ def main():
         return jnp.sum(logits ** 2)
       return jax.tree.map(lambda p, g: p - 1e-6 * g, params, jax.grad(loss)(params))
     py, loop = per_iteration_ms(sgd, variables["params"], args.iters, args.reps)
-    print(f"{'SGD step, ' + label:<44} {py:12.2f} {loop:10.2f} {loop / py:6.1f}x", flush=True)
+    print(f"{'SGD step, ' + label:<48} {py:12.2f} {loop:10.2f} {loop / py:6.1f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -118,9 +118,7 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
   teacher_config = digits.get_config(f"method=vanilla,model=teacher,epochs={teacher_epochs}")
   teacher_config.dataset.data_dir = data_dir
   teacher_config.checkpoint.every_epochs = 15
-  # One step per call: inside a while_loop XLA:CPU runs the teacher's
-  # convolution gradients 3-4x slower (BENCHMARKS.md); the tiny student's are not.
-  teacher_config.steps_per_call = 1
+  teacher_config.steps_per_call = 32  # a whole epoch per device call (BENCHMARKS.md)
   warm_up("teacher", teacher_config)
   run("teacher", teacher_config)
   teacher = os.path.join(workdir, "teacher", "export", "last")

@@ -16,7 +16,12 @@
 * On CPU the compiled gradient holds the conditional that stores the input
   (the whole point; if XLA ever simplified it away this fails, and
   ``benchmarks/step_parts.py`` shows the cost come back).
+* On CPU, inside a ``while_loop`` body, every convolution of an ungrouped
+  convolution's gradient is in the dimension numbers XLA:CPU's library
+  kernels take (``benchmarks/while_loop.py`` shows the cost otherwise).
 """
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,6 +182,27 @@ def test_cpu_input_gradient_of_strided_convolution_is_not_dilated():
   hlo = lambda f: jax.jit(jax.grad(lambda x: jnp.sum(f(x, w) ** 2))).lower(x).compile().as_text()
   assert "lhs_dilate" in hlo(ref)
   assert "lhs_dilate" not in hlo(ours)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[6] == 1])
+def test_cpu_gradients_in_a_loop_body_are_canonical_convolutions(case):
+  """Inside a while_loop, XLA:CPU runs a convolution whose dimension numbers
+  are not ``b01f_01io->b01f`` in a generic loop (10-100x slower,
+  benchmarks/while_loop.py); ours gives it only that form, lax does not."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the tangent layouts are a CPU-only program change")
+  x, w, kwargs = _args(case)
+
+  def labels(f):
+    def body(i, carry):
+      w, x = carry
+      gx, gw = jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), (0, 1))(x, w)
+      return w - 1e-3 * gw, x - 1e-3 * gx
+    hlo = jax.jit(lambda c: lax.fori_loop(0, 3, body, c)).lower((w, x)).compile().as_text()
+    return set(re.findall(r"dim_labels=([^,\s]+)", hlo))
+  ours, ref = _pair(kwargs)
+  assert labels(ours) == {"b01f_01io->b01f"}
+  assert labels(ref) - {"b01f_01io->b01f"}
 
 
 def test_non_finite_input_gives_non_finite_weight_gradient():

@@ -4,7 +4,7 @@
 (it is what every zoo model's ``nn.Conv`` calls) and computes exactly the same
 forward value everywhere, and exactly the same tangents and gradients except
 the input tangent of strided float32/64 convolutions on CPU, which sums the
-same products in another order (last section). Only the compiled program
+same products in another order ("Strided convolutions" below). Only the compiled program
 differs.
 
 Why: for the weight gradient of ``y = conv(x, w)``, XLA:CPU lowers
@@ -41,6 +41,20 @@ work. The input gradient then equals the plain one up to summation order
 value and the weight gradient are untouched. Other backends and dtypes use
 the plain rule.
 
+Inside a ``while_loop`` (``config.steps_per_call`` > 1), XLA:CPU does not
+rewrite convolutions into the dimension numbers its library kernels take
+(``b01f_01io->b01f``: input batch-major and feature-minor, kernel
+spatial-in-out), as it does at the top level; the gradient convolutions that
+JAX's transpose rules produce swap batch and feature roles
+(``f01b_i01o->01bf``) and then run in a generic loop, 10-100x slower
+(``python benchmarks/while_loop.py``). On CPU, for ungrouped convolutions, the
+tangent rule therefore computes both linear terms on explicitly transposed
+operands (:func:`_permuted_conv`), chosen so that JAX's transposes of them
+are convolutions in the kernels' dimension numbers to begin with. Same
+products in the same order: the gradients are bit-identical to those above
+(``tests/test_conv.py``), and at the top level the program is what XLA made
+of it before. Grouped (depthwise) convolutions keep the plain rule.
+
 Measured (``python benchmarks/step_parts.py``, 2-core CPU, batch 64, plain
 convolutions interleaved in the same run): resnet8x4 training forward +
 backward 352 ms with plain convolutions, 306 ms with these; the polyphase
@@ -53,6 +67,7 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -93,7 +108,7 @@ def _polyphase_geometry(x, w, p):
   return (numbers, tuple(padding)), sizes
 
 
-def _polyphase(x, w, p):
+def _polyphase(x, w, p, orders=None):
   """The strided convolution as a sum of stride-1 convolutions, one per phase.
 
   With stride ``s``, kernel taps ``k = r + s·a`` (phase ``r < s``) read the
@@ -119,22 +134,92 @@ def _polyphase(x, w, p):
       length = size + taps - 1
       xr = lax.slice_in_dim(xr, r, r + s * (length - 1) + 1, stride=s, axis=a)
       wr = lax.slice_in_dim(wr, r, r + s * (taps - 1) + 1, stride=s, axis=b)
-    y = lax.conv_general_dilated(
-        xr, wr, (1,) * len(dims), "VALID", dimension_numbers=numbers,
-        feature_group_count=p["feature_group_count"], precision=p["precision"],
-        preferred_element_type=p["preferred_element_type"])
+    kwargs = dict(window_strides=(1,) * len(dims), padding="VALID", dimension_numbers=numbers,
+                  feature_group_count=p["feature_group_count"], precision=p["precision"],
+                  preferred_element_type=p["preferred_element_type"])
+    y = (_permuted_conv(xr, wr, kwargs, *orders) if orders
+         else lax.conv_general_dilated(xr, wr, **kwargs))
     total = y if total is None else total + y
   return total
 
 
-def _input_tangent(tx, w, params):
-  """``conv(tx, w)``: on CPU, strided ones in the polyphase form (its transpose,
-  the input gradient, avoids XLA:CPU's dilated convolution); elsewhere plain."""
+# Inside a ``while_loop`` body (``steps_per_call`` > 1), XLA:CPU does not
+# rewrite a convolution whose dimension numbers are not its library kernels'
+# (input batch-major and feature-minor, kernel spatial-in-out) into one that
+# is, as it does at the top level: the gradient convolutions that JAX's
+# transpose rules produce (they swap the batch and feature roles) then run in
+# a generic loop, 10-100x slower. The tangent rules below compute the same
+# linear maps on operands transposed so that JAX's transposes of them are
+# convolutions in those dimension numbers to begin with.
+_WEIGHT_TANGENT_ORDERS = ("fsb", "iso", "sbf")  # x, kernel, output: see _permuted_conv
+_INPUT_TANGENT_ORDERS = ("bsf", "soi", "bsf")
+
+
+def _permuted_conv(x, w, kwargs, x_order, w_order, out_order):
+  """``lax.conv_general_dilated(x, w, **kwargs)``, computed on ``x`` and ``w``
+  transposed to the dimension orders ``x_order`` (over "b", "f", "s": batch,
+  feature, the spatial dimensions in order) and ``w_order`` (over "o", "i",
+  "s": output and input feature), with the output produced in ``out_order``
+  and transposed back: the same value, the same products in the same order.
+
+  What the orders are for is JAX's transpose of this map. Transposing a
+  convolution in its kernel swaps the batch and feature roles of the input
+  and output specs (the input's features become the batch of the weight
+  gradient, the output's batch its input features): with ``x`` in "fsb",
+  the kernel in "iso" and the output in "sbf", the weight gradient is a
+  convolution of an input in "bsf" with a kernel in "sio" into "bsf", the
+  layouts XLA:CPU's kernels take (_WEIGHT_TANGENT_ORDERS). Transposing in the
+  input swaps the kernel's "o" and "i": a kernel in "soi" gives an input
+  gradient with its kernel in "sio" (_INPUT_TANGENT_ORDERS).
+  """
+  p = dict(kwargs)
+  numbers = lax.conv_dimension_numbers(x.shape, w.shape, p["dimension_numbers"])
+  k = len(numbers.lhs_spec) - 2
+  x_order, w_order, out_order = (o.replace("s", "s" * k) for o in (x_order, w_order, out_order))
+
+  def source_dims(spec, order, names):
+    """For each position of ``order``, the dimension of the array laid out by ``spec``."""
+    spatial = iter(spec[2:])
+    return tuple(next(spatial) if c == "s" else spec[names.index(c)] for c in order)
+
+  def spec_of(order, names):
+    return tuple([order.index(names[0]), order.index(names[1])]
+                 + [i for i, c in enumerate(order) if c == "s"])
+
+  p["dimension_numbers"] = lax.ConvDimensionNumbers(
+      spec_of(x_order, "bf"), spec_of(w_order, "oi"), spec_of(out_order, "bf"))
+  y = lax.conv_general_dilated(jnp.transpose(x, source_dims(numbers.lhs_spec, x_order, "bf")),
+                               jnp.transpose(w, source_dims(numbers.rhs_spec, w_order, "oi")), **p)
+  return jnp.transpose(y, np.argsort(source_dims(numbers.out_spec, out_order, "bf")))
+
+
+def _ungrouped(params) -> bool:
   p = dict(params)
-  if not _polyphase_applies(tx, w, p):
+  return p["feature_group_count"] == 1 and p["batch_group_count"] == 1
+
+
+def _input_tangent(tx, w, params):
+  """``conv(tx, w)``. On CPU: strided ones in the polyphase form (its
+  transpose, the input gradient, avoids XLA:CPU's dilated convolution), and
+  ungrouped ones (each phase's, for those) with the kernel in
+  _INPUT_TANGENT_ORDERS; elsewhere plain."""
+  p = dict(params)
+  orders = _INPUT_TANGENT_ORDERS if _ungrouped(params) else None
+  if _polyphase_applies(tx, w, p):
+    cpu = lambda a, b: _polyphase(a, b, p, orders)
+  elif orders:
+    cpu = lambda a, b: _permuted_conv(a, b, p, *orders)
+  else:
     return _conv(tx, w, params)
-  return lax.platform_dependent(tx, w, cpu=lambda a, b: _polyphase(a, b, p),
-                                default=lambda a, b: _conv(a, b, params))
+  return lax.platform_dependent(tx, w, cpu=cpu, default=lambda a, b: _conv(a, b, params))
+
+
+def _weight_tangent(x, tw, params):
+  """``conv(x, tw)``; on CPU, ungrouped, in _WEIGHT_TANGENT_ORDERS."""
+  if not _ungrouped(params):
+    return _conv(x, tw, params)
+  cpu = lambda a, b: _permuted_conv(a, b, dict(params), *_WEIGHT_TANGENT_ORDERS)
+  return lax.platform_dependent(x, tw, cpu=cpu, default=lambda a, b: _conv(a, b, params))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -147,7 +232,7 @@ def _conv_jvp(params, primals, tangents):
   x, w = primals
   tx, tw = tangents
   y = _conv(x, w, params)
-  return y, _input_tangent(tx, w, params) + _conv(_stored(x), tw, params)
+  return y, _input_tangent(tx, w, params) + _weight_tangent(_stored(x), tw, params)
 
 
 def _hashable(value):
