@@ -9,8 +9,9 @@ Two data paths:
   (:mod:`rldjax.data.augment`), so the host only dispatches, asynchronously.
   :attr:`Programs.train_chunk` runs up to ``num_steps`` such steps in one call
   (a ``while_loop`` inside ``shard_map``; ``config.steps_per_call`` > 1),
-  stopping after the first non-finite step. On XLA:CPU one step per call is
-  faster (BENCHMARKS.md), hence the default.
+  stopping after the first non-finite step. The default is one step per call
+  (dispatched asynchronously); several per call save the dispatch of small
+  models' steps (BENCHMARKS.md, "Several steps per device call").
   :attr:`Programs.evaluate_arrays` evaluates a whole split in one call. With
   ``teacher.precompute_logits`` (training images without augmentation only),
   :attr:`Programs.teacher_logits` computes the teacher's logits of the whole
