@@ -60,7 +60,8 @@ def main():
   w = jnp.asarray(rng.standard_normal((3, 3, 32, 32)), jnp.float32) * 0.1
 
   rows = []
-  for label, conv_fn in (("lax", lax.conv_general_dilated), ("rldjax", conv_lib.conv_general_dilated)):
+  for label, conv_fn in (("lax", lax.conv_general_dilated),
+                         ("rldjax", conv_lib.conv_general_dilated)):
     def conv(a, b, f=conv_fn):
       return f(a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     rows += [

@@ -4,8 +4,8 @@
 (it is what every zoo model's ``nn.Conv`` calls) and computes exactly the same
 forward value everywhere, and exactly the same tangents and gradients except
 the input tangent of strided float32/64 convolutions on CPU, which sums the
-same products in another order ("Strided convolutions" below). Only the compiled program
-differs.
+same products in another order ("Strided convolutions" below). Only the
+compiled program differs.
 
 Why: for the weight gradient of ``y = conv(x, w)``, XLA:CPU lowers
 ``dW[kh, kw, ci, co] = sum_{n, h, w} x[n, h + kh, w + kw, ci] * dy[n, h, w, co]``
