@@ -67,7 +67,7 @@ input gradient 2.6 ms for the same case), and grouped 1×1 ones (ShuffleNetV1)
 as one batched matrix product (:func:`_grouped_pointwise`, 3-10x faster
 forward + backward); their gradients are ordinary autodiff of those forms.
 MobileNetV2's training pass (batch 64) went from 636 to 244 ms, ShuffleV2's
-from 1421 to 669 ms, ShuffleV1's from 3301 to 2874 ms. The same products
+from 1421 to 669 ms, ShuffleV1's from 3327 to 2959 ms. The same products
 summed in another order: values and gradients are as accurate as ``lax``'s
 against a float64 reference (``tests/test_conv.py``), and the models match
 the published ones (``tests/test_models_parity.py``).
