@@ -1,10 +1,11 @@
 """Where a distillation step's time goes, rldjax against PyTorch, part by part.
 
-  python benchmarks/step_parts.py [--batch=64] [--reps=8]
+  python benchmarks/step_parts.py [--batch=64] [--reps=8] [--student=cifar/resnet8x4]
 
 Median ms of: the teacher's inference forward (resnet32x4), the student's
-training forward + backward (resnet8x4; also with plain ``lax`` convolutions
-instead of ``rldjax.models.conv``, interleaved), and single layers (a 3×3 convolution
+training forward + backward (``--student``, resnet8x4 by default; also with
+plain ``lax`` convolutions instead of ``rldjax.models.conv``, interleaved; the
+PyTorch column has the CIFAR ResNets only), and single layers (a 3×3 convolution
 forward + both gradients, a training-mode batch norm forward + backward) at the
 three CIFAR stage sizes. Needs the ``torch`` extra for the PyTorch column.
 """
@@ -33,7 +34,7 @@ def median_ms(fn, reps):
   return 1e3 * statistics.median(times)
 
 
-def jax_parts(batch, reps):
+def jax_parts(batch, reps, student_tag="cifar/resnet8x4"):
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -42,7 +43,7 @@ def jax_parts(batch, reps):
   from rldjax.models import conv as conv_lib
   out = {}
   x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, 32, 32, 3)), jnp.float32)
-  teacher, student = models.create("cifar/resnet32x4"), models.create("cifar/resnet8x4")
+  teacher, student = models.create("cifar/resnet32x4"), models.create(student_tag)
   tv = jax.jit(lambda k: teacher.init(k, x[:1], train=False))(jax.random.key(0))
   sv = jax.jit(lambda k: student.init(k, x[:1], train=False))(jax.random.key(1))
   fwd = jax.jit(lambda v, x: teacher.apply(v, x, train=False))
@@ -85,7 +86,7 @@ def jax_parts(batch, reps):
   return out
 
 
-def torch_parts(batch, reps):
+def torch_parts(batch, reps, student_tag="cifar/resnet8x4"):
   import numpy as np
   import torch
   from benchmarks import torch_reference
@@ -93,14 +94,16 @@ def torch_parts(batch, reps):
   x = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, 3, 32, 32))
                        .astype(np.float32))
   teacher = torch_reference.create("resnet32x4").eval()
-  student = torch_reference.create("resnet8x4").train()
   with torch.no_grad():
     out["teacher inference forward"] = median_ms(lambda: teacher(x), reps)
+  name = student_tag.split("/")[-1]
+  if name in torch_reference.CIFAR_RESNETS:
+    student = torch_reference.create(name).train()
 
-  def student_fb():
-    student.zero_grad(set_to_none=True)
-    (student(x) ** 2).sum().backward()
-  out["student training forward+backward"] = median_ms(student_fb, reps)
+    def student_fb():
+      student.zero_grad(set_to_none=True)
+      (student(x) ** 2).sum().backward()
+    out["student training forward+backward"] = median_ms(student_fb, reps)
   for hw, c in SIZES:
     a = torch.randn(batch, c, hw, hw, requires_grad=True)
     g = torch.randn(batch, c, hw, hw)
@@ -117,14 +120,16 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--reps", type=int, default=8)
+  parser.add_argument("--student", default="cifar/resnet8x4", help="a zoo tag")
   args = parser.parse_args()
   runtime.set_cpu_flags()
-  ours = jax_parts(args.batch, args.reps)
+  ours = jax_parts(args.batch, args.reps, args.student)
   try:
-    theirs = torch_parts(args.batch, args.reps)
+    theirs = torch_parts(args.batch, args.reps, args.student)
   except ImportError:
     theirs = {}
-  print(f"{machine.describe()}; median ms, batch {args.batch}, {args.reps} reps")
+  print(f"{machine.describe()}; median ms, batch {args.batch}, {args.reps} reps, "
+        f"student {args.student}")
   print(f"{'part':40s} {'rldjax':>9s} {'torch':>9s}")
   for name, ms in ours.items():
     other = f"{theirs[name]:9.1f}" if name in theirs else "        —"
