@@ -54,7 +54,8 @@ operands (:func:`_permuted_conv`), chosen so that JAX's transposes of them
 are convolutions in the kernels' dimension numbers to begin with. Same
 products in the same order: the gradients are bit-identical to those above
 (``tests/test_conv.py``), and at the top level the program is what XLA made
-of it before. Grouped (depthwise) convolutions keep the plain rule.
+of it before. Other grouped convolutions keep the plain rule (depthwise and
+grouped 1×1 float32 ones take no convolution on CPU: "Grouped convolutions").
 
 Grouped convolutions: XLA:CPU runs grouped convolutions and their gradients
 in a generic loop (a 64×16×16×64 depthwise 3×3: forward 33 ms, weight
