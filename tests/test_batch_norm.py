@@ -145,7 +145,7 @@ class ReluPattern:
   """Stands in for ``flax.linen.relu``: records ``u > 0`` (a float32 forward)
   or replays recorded patterns in call order (the float32 gradient and the
   float64 reference). Both gradients replay: XLA may compute one ``u`` in two
-  fusions whose roundings differ (contracted multiply-adds), so a pattern
+  fusions and round it differently in each, so a pattern
   returned by a compiled program need not be the one its own gradient used
   for values within an ulp of zero; one such element moved a batch norm's
   gradient by 1e-2 of its largest entry on an AVX-512 CPU."""
