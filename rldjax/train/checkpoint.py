@@ -90,6 +90,25 @@ def _abstract_packed(abstract_state) -> dict:
           for name, size in sizes.items()}
 
 
+def _check_packed_layout(manager: ocp.CheckpointManager, step: int, abstract_state) -> None:
+  """Raises ValueError, naming the arrays, when the checkpoint at ``step``
+  was written for another state layout (another model, optimiser or config).
+  Checked on the metadata, before any array is read: a failed restore would
+  leave Orbax's started reads behind."""
+  handler = ocp.StandardCheckpointHandler()  # the manager knows no handler before a restore
+  try:
+    stored = handler.metadata(manager.directory / str(step) / "packed")
+  finally:
+    handler.close()
+  stored = getattr(stored, "tree", stored)
+  found = {name: (tuple(meta.shape), np.dtype(meta.dtype).name) for name, meta in stored.items()}
+  expected = {name: (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+              for name, leaf in _abstract_packed(abstract_state).items()}
+  if found != expected:
+    raise ValueError(f"checkpoint was written for another state layout: it holds packed "
+                     f"{found}, this run expects {expected}")
+
+
 def create_manager(directory: str, keep_latest: int = 2, keep_best: int = 1) -> ocp.CheckpointManager:
   """Async manager keeping the latest ``keep_latest`` checkpoints and the
   ``keep_best`` best by ``top1`` (saves without metrics count for latest only)."""
@@ -141,6 +160,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> tuple[Any,
             state=ocp.args.StandardRestore(abstract_state), history=ocp.args.JsonRestore()))
         state = restored["state"]
       else:
+        _check_packed_layout(manager, step, abstract_state)
         restored = manager.restore(step, args=ocp.args.Composite(
             packed=ocp.args.StandardRestore(_abstract_packed(abstract_state)),
             history=ocp.args.JsonRestore()))
