@@ -3,6 +3,7 @@
   python benchmarks/train_step.py --pair=res32x4_res8x4 --method=rld --batch=64
   python benchmarks/train_step.py --compare_bn          # project BN vs the textbook one
   python benchmarks/train_step.py --compare_conv        # stored-input weight gradient vs plain
+  python benchmarks/train_step.py --compare_residual    # stored residual stream vs not
   python benchmarks/train_step.py --compare_cpu_flags   # with and without the project's XLA:CPU flags
 
 Prints the median images/s over --reps interleaved blocks of steps of:
@@ -18,6 +19,8 @@ and their ratios. ``--compare_bn`` adds the step with a textbook float32 batch
 norm (autodiff through (x - mean) * rsqrt(var + eps)); ``--compare_conv`` adds
 the step with plain ``lax`` convolutions (whose weight gradients recompute
 their fused input in transposed order, ``rldjax/models/conv.py``);
+``--compare_residual`` adds the step with the zoo's residual streams left to
+XLA (``rldjax.models.layers.residual_stream`` never storing);
 ``--compare_cpu_flags``
 runs this script in subprocesses alternately with and without the flags of
 ``rldjax.runtime.CPU_FLAGS`` (flags are fixed when JAX starts).
@@ -46,6 +49,7 @@ def parse():
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--compare_bn", action="store_true")
   p.add_argument("--compare_conv", action="store_true")
+  p.add_argument("--compare_residual", action="store_true")
   p.add_argument("--compare_cpu_flags", action="store_true")
   p.add_argument("--rounds", type=int, default=3, help="--compare_cpu_flags: alternations")
   p.add_argument("--cpu_flags", default="project", choices=["project", "none"])
@@ -67,15 +71,16 @@ def textbook_batch_norm(x, scale, bias, epsilon=1e-5, axis_name=None):
   return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias, mean, var
 
 
-def build_jax(args, batch_norm_fn=None, plain_conv=False):
-  """(step, step with data, compile seconds, config); ``batch_norm_fn`` or
-  ``plain_conv`` trace the programs anew with that batch norm / without the
-  stored-input convolution."""
+def build_jax(args, batch_norm_fn=None, plain_conv=False, plain_residual=False):
+  """(step, step with data, compile seconds, config); ``batch_norm_fn``,
+  ``plain_conv`` or ``plain_residual`` trace the programs anew with that batch
+  norm / without the stored-input convolution / without stored residual
+  streams."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   from experiments.configs import cifar100
-  from rldjax.models import batch_norm, conv
+  from rldjax.models import batch_norm, conv, resnet_cifar, shufflenet, wrn
   from rldjax import distributed
   from rldjax.train import programs, recipe, state as state_lib
   from rldjax.data import order
@@ -83,12 +88,17 @@ def build_jax(args, batch_norm_fn=None, plain_conv=False):
   c.batch_size = args.batch
   c.student.dtype = args.dtype
   original, original_conv = batch_norm.batch_norm_train, conv.conv_general_dilated
-  if batch_norm_fn is not None or plain_conv:  # traced anew with the other layers
+  residual_users = (resnet_cifar, shufflenet, wrn)
+  original_residual = [m.residual_stream for m in residual_users]
+  if batch_norm_fn is not None or plain_conv or plain_residual:  # traced anew
     programs._build.cache_clear()  # pylint: disable=protected-access
   if batch_norm_fn is not None:
     batch_norm.batch_norm_train = batch_norm_fn
   if plain_conv:
     conv.conv_general_dilated = jax.lax.conv_general_dilated
+  if plain_residual:
+    for m in residual_users:
+      m.residual_stream = lambda x, store=True: x
   try:
     p = programs.build(c, steps_per_epoch=10**6)
     rng = jax.random.key(0, impl="rbg")
@@ -128,6 +138,8 @@ def build_jax(args, batch_norm_fn=None, plain_conv=False):
   finally:
     batch_norm.batch_norm_train = original
     conv.conv_general_dilated = original_conv
+    for m, fn in zip(residual_users, original_residual):
+      m.residual_stream = fn
 
 
 def build_torch(args, c):
@@ -206,6 +218,9 @@ def main():
   if args.compare_conv:
     plain_step, _, _, _ = build_jax(args, plain_conv=True)
     runners["rldjax step, plain conv"] = plain_step
+  if args.compare_residual:
+    plain_step, _, _, _ = build_jax(args, plain_residual=True)
+    runners["rldjax step, residual unstored"] = plain_step
   have_torch = False
   if not args.no_torch:
     try:
@@ -214,7 +229,11 @@ def main():
     except ImportError:
       print("(torch not installed: pip install -e '.[torch]' for the PyTorch reference)")
   if have_torch:
-    runners["torch step"] = build_torch(args, c)
+    try:
+      runners["torch step"] = build_torch(args, c)
+    except KeyError as err:  # the reference has the CIFAR ResNets only
+      print(f"({err.args[0]}: no torch column)")
+      have_torch = False
   medians = measure(runners, args.reps)
   if args.json:
     print(json.dumps(medians))

@@ -21,12 +21,12 @@ gradient read a stored copy of ``x``:
 * a ``custom_jvp`` whose tangent rule is the usual bilinear one,
   ``dy = conv(dx, w) + conv(x_stored, dw)``, so ``grad``, ``jvp``, Hessian-vector
   products and ``vmap`` keep working (reverse mode transposes the rule);
-* on CPU only (``lax.platform_dependent``), ``x_stored`` is ``x`` passed
-  through a ``lax.cond`` on ``isfinite(x[0])``: fusion cannot cross a
-  conditional, so the transpose reads a buffer. The other branch returns NaNs,
-  so a non-finite input still gives a non-finite weight gradient (the
-  divergence check sees it); a finite input takes the identity branch and the
-  weight gradient is bit-identical to the plain convolution's
+* on CPU only, ``x_stored`` is :func:`rldjax.models.stored.stored` of ``x``:
+  ``x`` passed through a ``lax.cond`` on ``isfinite(x[0])``. Fusion cannot
+  cross a conditional, so the transpose reads a buffer. The other branch
+  returns NaNs, so a non-finite input still gives a non-finite weight gradient
+  (the divergence check sees it); a finite input takes the identity branch
+  and the weight gradient is bit-identical to the plain convolution's
   (``tests/test_conv.py``). Other backends use ``x`` itself.
 
 Strided convolutions, input gradient: XLA:CPU transposes ``y = conv(x, w)``
@@ -88,19 +88,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-
-def _stored_on_cpu(x):
-  """``x`` unchanged when finite at its first entry (else NaNs), as a
-  conditional's result: a stored buffer that fusion cannot recompute."""
-  first = x.reshape(-1)[0]
-  return lax.cond(jnp.isfinite(first), lambda v: v,
-                  lambda v: jnp.full_like(v, jnp.nan), x)
-
-
-def _stored(x):
-  if x.size == 0:
-    return x
-  return lax.platform_dependent(x, cpu=_stored_on_cpu, default=lambda v: v)
+from rldjax.models.stored import stored
 
 
 def _polyphase_applies(x, w, p) -> bool:
@@ -250,7 +238,7 @@ def _conv_jvp(params, primals, tangents):
   x, w = primals
   tx, tw = tangents
   y = _conv(x, w, params)
-  return y, _input_tangent(tx, w, params) + _weight_tangent(_stored(x), tw, params)
+  return y, _input_tangent(tx, w, params) + _weight_tangent(stored(x), tw, params)
 
 
 _NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # NHWC, HWIO, NHWC

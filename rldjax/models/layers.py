@@ -18,6 +18,7 @@ import numpy as np
 
 from rldjax.models import batch_norm
 from rldjax.models import conv as conv_lib
+from rldjax.models.stored import stored
 
 Dtype = Any
 
@@ -120,6 +121,19 @@ class Net:
         features, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
         bias_init=bias_init, name=name))
     return layer(x)
+
+
+def residual_stream(x, store: bool = True):
+  """A residual block's output ``x``, unchanged. With ``store``, on CPU ``x``
+  is kept as a buffer of its own (:func:`rldjax.models.stored.stored`):
+  XLA:CPU otherwise leaves the residual stream unmaterialised and recomputes
+  the chain of earlier blocks' sums (their batch norms included) inside each
+  consumer. Whether storing pays depends on the network and the pass (a
+  training pass saves the stream for its backward anyway, and the stored copy
+  then only adds work), so each model passes what was measured
+  (BENCHMARKS.md, "The residual stream"): ResNets in inference only, WRNs in
+  training only, ShuffleV1 always."""
+  return stored(x) if store else x
 
 
 def global_avg_pool(x):

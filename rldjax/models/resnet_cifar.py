@@ -10,7 +10,7 @@ from typing import Sequence
 
 import flax.linen as nn
 
-from rldjax.models.layers import Net, ZooModel, global_avg_pool
+from rldjax.models.layers import Net, ZooModel, global_avg_pool, residual_stream
 
 
 def basic_block(net: Net, name: str, x, planes: int, stride: int):
@@ -39,7 +39,7 @@ class CifarResNet(ZooModel):
         out = basic_block(net, name, x, width, s)
         if j == 0 and (s != 1 or in_ch != width):
           x = net.bn(f"{name}.downsample.1", net.conv(f"{name}.downsample.0", x, width, 1, s))
-        x = nn.relu(out + x)
+        x = residual_stream(nn.relu(out + x), store=not net.train)
         in_ch = width
     return self.head(net, "fc", global_avg_pool(x), features)
 
@@ -65,7 +65,7 @@ def four_stages(net: Net, x, blocks: Sequence[int], bottleneck: bool, shortcut: 
       if s != 1 or in_ch != planes * expansion:
         x = net.bn(f"{name}.{shortcut}.1",
                    net.conv(f"{name}.{shortcut}.0", x, planes * expansion, 1, s))
-      x = nn.relu(out + x)
+      x = residual_stream(nn.relu(out + x), store=not net.train)
       in_ch = planes * expansion
   return x
 

@@ -10,7 +10,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from rldjax.models.layers import ZooModel, channel_shuffle, global_avg_pool
+from rldjax.models.layers import ZooModel, channel_shuffle, global_avg_pool, residual_stream
 from rldjax.models.layers import torch_default_kernel
 
 
@@ -40,9 +40,9 @@ class ShuffleV1(ZooModel):
         if stride == 2:
           shortcut = nn.avg_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)),
                                  count_include_pad=True)
-          x = nn.relu(jnp.concatenate([h, shortcut], axis=-1))
+          x = residual_stream(nn.relu(jnp.concatenate([h, shortcut], axis=-1)))
         else:
-          x = nn.relu(h + x)
+          x = residual_stream(nn.relu(h + x))
         c_in = width
     return self.head(net, "linear", global_avg_pool(x), features)
 

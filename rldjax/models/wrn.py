@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from rldjax.models.layers import ZooModel, global_avg_pool
+from rldjax.models.layers import ZooModel, global_avg_pool, residual_stream
 
 
 class WideResNet(ZooModel):
@@ -33,9 +33,10 @@ class WideResNet(ZooModel):
         h = net.bn(f"{name}.bn2", net.conv(f"{name}.conv1", a, ch[stage], 3, s, 1), relu=True)
         h = net.conv(f"{name}.conv2", h, ch[stage], 3, 1, 1)
         if c_in == ch[stage]:
-          x = x + h
+          x = residual_stream(x + h, store=train)
         else:
-          x = net.conv(f"{name}.convShortcut", a, ch[stage], 1, s) + h
+          x = residual_stream(net.conv(f"{name}.convShortcut", a, ch[stage], 1, s) + h,
+                              store=train)
       stage_outputs.append(x)
     pooled = global_avg_pool(net.bn("bn1", x, relu=True))
     out = self.head(net, "fc", pooled, features, bias_init=nn.initializers.zeros)
