@@ -132,7 +132,8 @@ def residual_stream(x, store: bool = True):
   training pass saves the stream for its backward anyway, and the stored copy
   then only adds work), so each model passes what was measured
   (BENCHMARKS.md, "The residual stream"): ResNets in inference only, WRNs in
-  training only, ShuffleV1 always."""
+  training only (and only with stages of more than two blocks), ShuffleV1
+  always."""
   return stored(x) if store else x
 
 

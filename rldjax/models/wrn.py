@@ -24,6 +24,9 @@ class WideResNet(ZooModel):
     ch = [16, 16 * self.widen, 32 * self.widen, 64 * self.widen]
     x = net.conv("conv1", x.astype(self.dtype), ch[0], 3, 1, 1)
     stage_outputs = []
+    # The stored stream pays in training, in stages of more than two blocks
+    # (BENCHMARKS.md, "The residual stream").
+    store = train and self.depth_n > 2
     for stage, stride in zip((1, 2, 3), (1, 2, 2)):
       for j in range(self.depth_n):
         name = f"block{stage}.layer.{j}"
@@ -33,10 +36,10 @@ class WideResNet(ZooModel):
         h = net.bn(f"{name}.bn2", net.conv(f"{name}.conv1", a, ch[stage], 3, s, 1), relu=True)
         h = net.conv(f"{name}.conv2", h, ch[stage], 3, 1, 1)
         if c_in == ch[stage]:
-          x = residual_stream(x + h, store=train)
+          x = residual_stream(x + h, store=store)
         else:
           x = residual_stream(net.conv(f"{name}.convShortcut", a, ch[stage], 1, s) + h,
-                              store=train)
+                              store=store)
       stage_outputs.append(x)
     pooled = global_avg_pool(net.bn("bn1", x, relu=True))
     out = self.head(net, "fc", pooled, features, bias_init=nn.initializers.zeros)
