@@ -13,7 +13,7 @@ Two uses in the zoo:
 
 * :mod:`rldjax.models.conv`: the weight gradient reads a stored copy of the
   layer input, not a transposed recomputation of its producer.
-* The residual stream (:func:`rldjax.models.layers.residual_relu`): XLA:CPU
+* The residual stream (:func:`rldjax.models.layers.residual_stream`): XLA:CPU
   leaves ``x_{k+1} = relu(out_k + x_k)`` unmaterialised and recomputes the
   chain of earlier blocks' sums (their batch norms included) inside each
   consumer; a ShuffleV1 training pass spent most of its time there
