@@ -101,9 +101,10 @@ def _check_packed_layout(manager: ocp.CheckpointManager, step: int, abstract_sta
   finally:
     handler.close()
   stored = getattr(stored, "tree", stored)
-  found = {name: (tuple(meta.shape), np.dtype(meta.dtype).name) for name, meta in stored.items()}
+  found = {name: (tuple(meta.shape), np.dtype(meta.dtype).name)
+           for name, meta in sorted(stored.items())}
   expected = {name: (tuple(leaf.shape), np.dtype(leaf.dtype).name)
-              for name, leaf in _abstract_packed(abstract_state).items()}
+              for name, leaf in sorted(_abstract_packed(abstract_state).items())}
   if found != expected:
     raise ValueError(f"checkpoint was written for another state layout: it holds packed "
                      f"{found}, this run expects {expected}")
