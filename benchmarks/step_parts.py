@@ -122,6 +122,7 @@ def main():
   parser.add_argument("--reps", type=int, default=8)
   parser.add_argument("--student", default="cifar/resnet8x4", help="a zoo tag")
   args = parser.parse_args()
+  runtime.reexec_with_huge_pages()  # as the launcher does
   runtime.set_cpu_flags()
   ours = jax_parts(args.batch, args.reps, args.student)
   try:

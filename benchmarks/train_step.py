@@ -5,6 +5,7 @@
   python benchmarks/train_step.py --compare_conv        # stored-input weight gradient vs plain
   python benchmarks/train_step.py --compare_residual    # stored residual stream vs not
   python benchmarks/train_step.py --compare_cpu_flags   # with and without the project's XLA:CPU flags
+  python benchmarks/train_step.py --compare_huge_pages  # with and without transparent huge pages
 
 Prints the median images/s over --reps interleaved blocks of steps of:
 
@@ -23,11 +24,20 @@ their fused input in transposed order, ``rldjax/models/conv.py``);
 XLA (``rldjax.models.layers.residual_stream`` never storing);
 ``--compare_cpu_flags``
 runs this script in subprocesses alternately with and without the flags of
-``rldjax.runtime.CPU_FLAGS`` (flags are fixed when JAX starts).
+``rldjax.runtime.CPU_FLAGS`` (flags are fixed when JAX starts);
+``--compare_huge_pages`` times every step alternately with the process's
+transparent huge pages allowed and disallowed (``prctl(PR_SET_THP_DISABLE)``,
+which applies to later page faults), with minor page faults per step.
+
+Like the launcher, the script first restarts itself with glibc's huge-page
+tunable where the kernel's THP mode is ``madvise``
+(``rldjax.runtime.reexec_with_huge_pages``): both frameworks then run with it.
 """
 import argparse
+import ctypes
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -51,6 +61,7 @@ def parse():
   p.add_argument("--compare_conv", action="store_true")
   p.add_argument("--compare_residual", action="store_true")
   p.add_argument("--compare_cpu_flags", action="store_true")
+  p.add_argument("--compare_huge_pages", action="store_true")
   p.add_argument("--rounds", type=int, default=3, help="--compare_cpu_flags: alternations")
   p.add_argument("--cpu_flags", default="project", choices=["project", "none"])
   p.add_argument("--json", action="store_true", help="print one JSON line (subprocess mode)")
@@ -181,6 +192,32 @@ def measure(runners: dict, reps: int) -> dict:
   return {k: statistics.median(v) for k, v in times.items()}
 
 
+PR_SET_THP_DISABLE = 41  # linux/prctl.h
+
+
+def measure_huge_pages(runners: dict, reps: int) -> dict:
+  """Like :func:`measure`, each block run with transparent huge pages
+  allowed and, alternately, disallowed for this process: median seconds and
+  minor page faults per step, keyed ``(name, "huge pages" | "4 KiB pages")``."""
+  libc = ctypes.CDLL(None, use_errno=True)
+  for fn in runners.values():
+    fn()
+  out = {}
+  names = list(runners)
+  for r in range(reps):
+    for pages in (("huge pages", "4 KiB pages") if r % 2 == 0 else ("4 KiB pages", "huge pages")):
+      if libc.prctl(PR_SET_THP_DISABLE, int(pages == "4 KiB pages"), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_THP_DISABLE) failed")
+      for name in (names if r % 4 < 2 else names[::-1]):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        seconds = timed(runners[name])
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4  # 1 + 3 steps
+        out.setdefault((name, pages), []).append((seconds, faults))
+  libc.prctl(PR_SET_THP_DISABLE, 0, 0, 0, 0)
+  return {k: (statistics.median(s for s, _ in v), statistics.median(f for _, f in v))
+          for k, v in out.items()}
+
+
 def compare_cpu_flags(args):
   base = [sys.executable, os.path.abspath(__file__), f"--pair={args.pair}",
           f"--method={args.method}", f"--batch={args.batch}", f"--dtype={args.dtype}",
@@ -205,6 +242,8 @@ def compare_cpu_flags(args):
 
 def main():
   args = parse()
+  if not args.json:  # --json: a subprocess of --compare_cpu_flags, started with it
+    runtime.reexec_with_huge_pages()
   if args.compare_cpu_flags:
     compare_cpu_flags(args)
     return
@@ -234,6 +273,9 @@ def main():
     except KeyError as err:  # the reference has the CIFAR ResNets only
       print(f"({err.args[0]}: no torch column)")
       have_torch = False
+  if args.compare_huge_pages:
+    report_huge_pages(args, c, runners, have_torch, added)
+    return
   medians = measure(runners, args.reps)
   if args.json:
     print(json.dumps(medians))
@@ -249,6 +291,32 @@ def main():
           f"({ref / sec:.2f}x of rldjax step)")
   if have_torch:
     print(f"rldjax step / torch step throughput ratio: {medians['torch step'] / ref:.2f}")
+
+
+def report_huge_pages(args, c, runners, have_torch, added):
+  import jax  # pylint: disable=import-outside-toplevel
+  mode = runtime.transparent_huge_pages_mode()
+  tunables = os.environ.get("GLIBC_TUNABLES", "")
+  print(machine.describe())
+  print(f"THP mode {mode}; GLIBC_TUNABLES={tunables or '(none)'}; backend={jax.default_backend()}"
+        f" pair={args.pair} method={args.method} batch={args.batch} dtype={args.dtype}"
+        f" XLA flags added: {added or 'none'}")
+  if mode not in ("always", "madvise") or (mode == "madvise"
+                                           and runtime.HUGE_PAGES_TUNABLE not in tunables):
+    print("no transparent huge pages for this process to turn on and off: nothing to compare")
+    return
+  runners = {k: v for k, v in runners.items() if k in ("rldjax step", "torch step")}
+  result = measure_huge_pages(runners, args.reps)
+  print(f"medians over {args.reps} alternating reps (blocks of 3 steps)")
+  for name in runners:
+    (on, faults_on), (off, faults_off) = result[(name, "huge pages")], result[(name, "4 KiB pages")]
+    print(f"  {name:12s} huge pages {on * 1e3:8.1f} ms ({faults_on:8.0f} faults/step)   "
+          f"4 KiB pages {off * 1e3:8.1f} ms ({faults_off:8.0f} faults/step)   "
+          f"speed-up {off / on:.3f}x")
+  if have_torch:
+    for pages in ("huge pages", "4 KiB pages"):
+      ratio = result[("torch step", pages)][0] / result[("rldjax step", pages)][0]
+      print(f"rldjax step / torch step throughput ratio, {pages}: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def main():
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--iters", type=int, default=20)
   args = parser.parse_args()
+  runtime.reexec_with_huge_pages()  # as the launcher does
   runtime.set_cpu_flags()
   import jax
   import jax.numpy as jnp

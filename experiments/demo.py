@@ -209,4 +209,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from rldjax import runtime  # pylint: disable=ungrouped-imports
+  runtime.reexec_with_huge_pages()  # first: glibc reads its tunables at start-up
   app.run(main)

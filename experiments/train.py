@@ -114,10 +114,13 @@ def run(config, workdir):
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   import jax  # pylint: disable=import-outside-toplevel
   from rldjax.train import loop  # pylint: disable=import-outside-toplevel
-  logging.info("process %d/%d, %d devices (%s); XLA flags added: %s", jax.process_index(),
-               jax.process_count(), jax.device_count(), jax.default_backend(), added or "none")
+  logging.info("process %d/%d, %d devices (%s); XLA flags added: %s; GLIBC_TUNABLES: %s",
+               jax.process_index(), jax.process_count(), jax.device_count(),
+               jax.default_backend(), added or "none", os.environ.get("GLIBC_TUNABLES", "none"))
   loop.train_and_evaluate(config, os.path.abspath(workdir))
 
 
 if __name__ == "__main__":
+  from rldjax import runtime  # pylint: disable=ungrouped-imports
+  runtime.reexec_with_huge_pages()  # first: glibc reads its tunables at start-up
   app.run(main, flags_parser=parse_flags)

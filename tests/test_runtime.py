@@ -54,3 +54,54 @@ def test_no_flags_after_the_backend_started_and_user_flags_win():
       """, XLA_FLAGS=f"{name}=")
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.count(name) == 1 and f"{name}= " in out.stdout + " "
+
+
+def test_transparent_huge_pages_mode_reads_the_bracketed_word(tmp_path):
+  path = tmp_path / "enabled"
+  for text, mode in (("always [madvise] never\n", "madvise"), ("[always] madvise never", "always"),
+                     ("always madvise [never]", "never"), ("garbage", None)):
+    path.write_text(text)
+    assert runtime.transparent_huge_pages_mode(str(path)) == mode
+  assert runtime.transparent_huge_pages_mode(str(tmp_path / "absent")) is None
+
+
+def test_huge_pages_environment_only_where_it_changes_something():
+  env = runtime.huge_pages_environment({"A": "1"}, "madvise", (2, 36))
+  assert env == {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  # Other tunables are kept, the huge-page one appended.
+  env = runtime.huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+                                       "madvise", (2, 35))
+  assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+  # Nothing to do: THP always on or off, a glibc without the tunable, no
+  # glibc, or the user already chose (hugetlb=0 opts out).
+  assert runtime.huge_pages_environment({}, "always", (2, 36)) is None
+  assert runtime.huge_pages_environment({}, "never", (2, 36)) is None
+  assert runtime.huge_pages_environment({}, "madvise", (2, 34)) is None
+  assert runtime.huge_pages_environment({}, "madvise", None) is None
+  assert runtime.huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"},
+                                        "madvise", (2, 36)) is None
+
+
+def test_reexec_keeps_the_pid_and_arguments_and_happens_once():
+  code = """
+      import os, sys
+      print("PID", os.getpid(), sys.argv[1:], os.environ.get("GLIBC_TUNABLES"), flush=True)
+      from rldjax import runtime
+      runtime.reexec_with_huge_pages()
+      print("AFTER", os.getpid(), sys.argv[1:], os.environ.get("GLIBC_TUNABLES"))
+      """
+  environment = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  environment.update(PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, "-c", textwrap.dedent(code), "x", "--y=1"],
+                       env=environment, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  pids = {line.split()[1] for line in lines}
+  assert len(pids) == 1, lines  # execve: the same process
+  assert all("['x', '--y=1']" in line for line in lines), lines
+  if runtime.huge_pages_environment(environment) is None:
+    assert [line.split()[0] for line in lines] == ["PID", "AFTER"], lines
+  else:  # restarted once, with the tunable
+    assert [line.split()[0] for line in lines] == ["PID", "PID", "AFTER"], lines
+    assert lines[0].endswith("None")
+    assert lines[1].endswith("glibc.malloc.hugetlb=1") and lines[2].endswith("glibc.malloc.hugetlb=1")

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from rldjax import export
+from rldjax import export, runtime
 from rldjax.data import builders
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -94,6 +94,12 @@ def test_killed_and_terminated_runs_end_bit_identical(env):
   assert done.returncode == 0, done.stderr[-3000:]
   # The run's own progress lines, not the checkpoint library's INFO lines.
   assert "loop.py" in done.stderr and "orbax" not in done.stderr.lower()
+  # The launcher restarted itself with glibc's huge-page tunable where the
+  # kernel's THP mode asks for it (rldjax.runtime.reexec_with_huge_pages).
+  wanted = runtime.huge_pages_environment(env["env"])
+  tunables = re.search(r"GLIBC_TUNABLES: (\S+)", done.stderr).group(1)
+  assert tunables == (wanted["GLIBC_TUNABLES"] if wanted else
+                      env["env"].get("GLIBC_TUNABLES", "none")), tunables
   # A fresh process compiles its programs; that time is reported apart from
   # the time in steps (JAX's compile events), and both fit in the wall time.
   times = json.loads((reference / "results.json").read_text())
