@@ -16,7 +16,7 @@
   ``glibc.malloc.hugetlb=1`` tunable where the kernel gives transparent huge
   pages only to memory that asks for them (THP mode ``madvise``, the default
   of Debian and Ubuntu). XLA:CPU allocates a step's temporary buffers afresh
-  on every call (150-320 MB blocks that glibc maps and unmaps each time), so
+  on every call (39-320 MB blocks that glibc maps and unmaps each time), so
   with 4 KiB pages a res32x4 -> res8x4 CIFAR step took ~80,000 page faults;
   with huge pages 1,700-4,900, and the step ran 1.02-1.08x faster
   (``benchmarks/train_step.py --compare_huge_pages``, BENCHMARKS.md).
