@@ -26,3 +26,28 @@ def losses_npz():
 @pytest.fixture(scope="session")
 def losses_index(losses_npz):
   return json.loads(str(losses_npz["index_json"]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent compilation cache per test process (each xdist worker has
+  its own base directory, so no two processes write one entry): a program
+  compiled again by a later test (the same launcher config, the same model)
+  is read back instead. The cache hands back the executable XLA compiled
+  for the same program, so the tests still run what users run; a clean
+  clone starts with it empty."""
+  from rldjax import runtime
+  return runtime.use_compilation_cache(str(tmp_path_factory.getbasetemp() / "jax_cache"))
+
+
+# The modules whose tests run longest (real launcher processes, a demo, a
+# subprocess with 8 devices), measured with ``--durations``: collected first,
+# so that under ``pytest -n 2`` they start at once on both workers instead of
+# leaving one worker alone with a two-minute test at the end.
+LONGEST_FIRST = ("test_multiprocess.py", "test_unattended.py", "test_demo_report.py",
+                 "test_multidevice.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within

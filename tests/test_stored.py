@@ -36,6 +36,13 @@ def test_derivative_is_the_identity():
   np.testing.assert_array_equal(jax.vmap(stored)(x), x)
 
 
+def _forward(tag, train):
+  x = jnp.zeros((2, 32, 32, 3))
+  model = models.create(tag)
+  shapes = jax.eval_shape(lambda k: model.init(k, x, train=False), jax.random.key(0))
+  return jax.jit(lambda v, x: model.apply(v, x, train=train, mutable=["batch_stats"])), shapes, x
+
+
 @pytest.mark.parametrize("tag,train,blocks", [
     ("cifar/resnet56", False, 27), ("cifar/resnet56", True, 0),
     ("cifar/resnet32x4", False, 15),
@@ -43,19 +50,32 @@ def test_derivative_is_the_identity():
     ("cifar/wrn_40_1", False, 0), ("cifar/wrn_40_1", True, 18),
     ("cifar/ShuffleV1", False, 16), ("cifar/ShuffleV1", True, 16),
 ])
-def test_residual_stream_is_stored_where_measured_faster(tag, train, blocks):
-  """One conditional per residual block in the compiled forward pass where
-  the model stores its residual stream (ResNets in inference, WRNs with
-  stages of more than two blocks in training, ShuffleV1 always;
-  BENCHMARKS.md), none elsewhere. XLA:CPU would otherwise recompute earlier
-  blocks' sums inside each consumer."""
+def test_residual_stream_is_stored_where_measured_faster(tag, train, blocks, monkeypatch):
+  """The residual blocks that store their output (ResNets in inference,
+  WRNs with stages of more than two blocks in training, ShuffleV1 always;
+  BENCHMARKS.md), counted while the forward pass is lowered; that each
+  stored value stays a conditional in the compiled program is the next
+  test's."""
+  from rldjax.models import layers
+  calls = []
+  monkeypatch.setattr(layers, "stored", lambda v: calls.append(v.shape) or stored(v))
+  forward, shapes, x = _forward(tag, train)
+  calls.clear()  # initialising traced the inference pass
+  lowered = forward.lower(shapes, x).as_text()
+  assert len(calls) == blocks
+  assert lowered.count("stablehlo.is_finite") == blocks  # the stored copies' conditions
+
+
+@pytest.mark.parametrize("train,blocks", [(False, 3), (True, 0)])
+def test_compiled_forward_keeps_one_conditional_per_stored_block(train, blocks):
+  """XLA:CPU keeps each stored residual stream as a conditional (fusion
+  cannot cross it, so the sum is computed once into a buffer): resnet8x4 has
+  three residual blocks, stored in inference only. Without the conditional
+  XLA would recompute earlier blocks' sums inside each consumer."""
   if jax.default_backend() != "cpu":
     pytest.skip("the stored residual stream is a CPU-only program change")
-  x = jnp.zeros((2, 32, 32, 3))
-  model = models.create(tag)
-  variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0))
-  forward = jax.jit(lambda v, x: model.apply(v, x, train=train, mutable=["batch_stats"]))
-  assert forward.lower(variables, x).compile().as_text().count("conditional(") == blocks
+  forward, shapes, x = _forward("cifar/resnet8x4", train)
+  assert forward.lower(shapes, x).compile().as_text().count("conditional(") == blocks
 
 
 def test_plain_identity_leaves_no_conditional(monkeypatch):
@@ -64,8 +84,5 @@ def test_plain_identity_leaves_no_conditional(monkeypatch):
     pytest.skip("the stored residual stream is a CPU-only program change")
   from rldjax.models import resnet_cifar
   monkeypatch.setattr(resnet_cifar, "residual_stream", lambda v, store=True: v)
-  x = jnp.zeros((2, 32, 32, 3))
-  model = models.create("cifar/resnet56")
-  variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0))
-  hlo = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()
-  assert "conditional(" not in hlo.as_text()
+  forward, shapes, x = _forward("cifar/resnet8x4", False)
+  assert "conditional(" not in forward.lower(shapes, x).compile().as_text()
