@@ -47,20 +47,41 @@ def user_config(key):
       f"pair={pair},method={method}")
 
 
+@pytest.fixture(scope="module")
+def objectives(recipes):
+  """``{key: (values, student-logit gradients)}`` at the fixture's epochs, for
+  every key, from one jitted program per dataset (each key's config is a
+  constant of it; the epochs are a vmapped argument): two compilations
+  instead of one per key."""
+  by_dataset = {}
+  for key in _keys():
+    by_dataset.setdefault(key.split("/")[0], []).append(key)
+  epochs = jnp.asarray(recipes["epochs"], jnp.int32)
+  results = {}
+  for keys in by_dataset.values():
+    configs = {key: user_config(key) for key in keys}
+
+    def run(inputs, epochs, configs=configs):
+      out = {}
+      for key, config in configs.items():
+        student, teacher, labels = inputs[key]
+        value_and_grad = jax.value_and_grad(
+            lambda s, e, config=config: train.objective(config, s, teacher, labels, e))
+        out[key] = jax.vmap(value_and_grad, in_axes=(None, 0))(student, epochs)
+      return out
+    inputs = {key: (jnp.asarray(recipes[f"{key}/student"], jnp.float32),
+                    jnp.asarray(recipes[f"{key}/teacher"], jnp.float32),
+                    jnp.asarray(recipes[f"{key}/labels"], jnp.int32)) for key in keys}
+    results.update(jax.device_get(jax.jit(run)(inputs, epochs)))
+  return results
+
+
 @pytest.mark.parametrize("key", _keys())
-def test_published_recipe(key, recipes):
+def test_published_recipe(key, recipes, objectives):
   config = user_config(key)
-  student = jnp.asarray(recipes[f"{key}/student"], jnp.float32)
-  teacher = jnp.asarray(recipes[f"{key}/teacher"], jnp.float32)
-  labels = jnp.asarray(recipes[f"{key}/labels"], jnp.int32)
-  epochs = np.asarray(recipes["epochs"])
-
-  @jax.jit
-  def value_and_grad(epoch):
-    return jax.value_and_grad(train.objective, argnums=1)(config, student, teacher, labels, epoch)
-
-  for i, epoch in enumerate(epochs):
-    value, grad = value_and_grad(jnp.int32(epoch))
+  values, grads = objectives[key]
+  for i, epoch in enumerate(np.asarray(recipes["epochs"])):
+    value, grad = values[i], grads[i]
     ref, ref_grad = recipes[f"{key}/total"][i], recipes[f"{key}/grad"][i]
     assert abs(float(value) - ref) <= 1e-4 * (1 + abs(ref)), (key, int(epoch), float(value), ref)
     err = np.max(np.abs(np.asarray(grad, np.float64) - ref_grad)) / np.max(np.abs(ref_grad))
@@ -68,7 +89,8 @@ def test_published_recipe(key, recipes):
 
   ref_lr = recipes[f"{key}/lr"]
   assert config.num_epochs == len(ref_lr)
-  got = np.asarray([train.learning_rate(config, e) for e in range(1, len(ref_lr) + 1)])
+  got = np.asarray(jax.vmap(lambda e: train.learning_rate(config, e))(
+      jnp.arange(1, len(ref_lr) + 1, dtype=jnp.int32)))
   np.testing.assert_allclose(got, ref_lr, rtol=1e-6, err_msg=key)
   # The optimiser's schedule is the same function of the step.
   sched = optim.schedule(config, steps_per_epoch=3)
