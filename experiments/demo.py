@@ -32,16 +32,27 @@ teacher's logits of the training images once per run
 (``teacher.precompute_logits``: digits are not augmented). The numbers are
 whatever the runs give; the tables are computed from the runs' results.json
 files.
+
+Runs that do not depend on one another train side by side, ``--parallel_runs``
+at a time (threads of this process; default one per CPU core on the CPU,
+where each of these small runs keeps about one core busy): the vanilla
+students while the teacher trains, then the methods' warm-ups, selection and
+final runs as soon as what each needs is done (:mod:`experiments.task_graph`).
+A run's results are the same whatever runs beside it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import threading
 import time
 
 import ml_collections
 from absl import app, flags, logging
+
+from experiments import task_graph
 
 flags.DEFINE_string("workdir", "runs/demo", "where the runs and the report go")
 flags.DEFINE_integer("seeds", 5, "seeds per method for the final runs")
@@ -54,6 +65,8 @@ flags.DEFINE_list("scales", ["1", "0.25", "4"],
 flags.DEFINE_string("data_dir", "", "TFDS data dir (default: WORKDIR/tfds)")
 flags.DEFINE_string("compilation_cache", None, "JAX persistent compilation cache directory "
                     "(default $RLDJAX_CACHE_DIR or ~/.cache/rldjax/jax); 'none' turns it off")
+flags.DEFINE_integer("parallel_runs", None, "runs trained side by side (threads); default: "
+                     "one per CPU core on the CPU, else 1. The results do not depend on it")
 FLAGS = flags.FLAGS
 
 
@@ -77,25 +90,44 @@ def scaled_config(method, seed, epochs, scale, teacher, data_dir, val):
   return config
 
 
+def default_parallel_runs() -> int:
+  """Runs side by side by default: one per CPU core the process may use when
+  JAX computes on the CPU (each demo run keeps about one core busy), else 1."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.default_backend() != "cpu":
+    return 1
+  return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+
+
 def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
              methods=("vanilla", "kd", "dkd", "rld", "ldrld"), scales=(1.0, 0.25, 4.0),
-             data_dir="", selection_seeds=2):
-  """Runs the whole demo; returns {"selection": {...}, "gains": ..., "timings": ...}."""
+             data_dir="", selection_seeds=2, parallel_runs=None):
+  """Runs the whole demo; returns {"selection": {...}, "gains": ..., "timings": ...}.
+
+  ``parallel_runs``: how many runs train side by side (threads of one
+  process, :mod:`experiments.task_graph`); None: :func:`default_parallel_runs`.
+  The results do not depend on it.
+  """
   from experiments import report  # pylint: disable=import-outside-toplevel
   from experiments.configs import digits  # pylint: disable=import-outside-toplevel
   from rldjax import runtime  # pylint: disable=import-outside-toplevel
   from rldjax.train import loop, programs  # pylint: disable=import-outside-toplevel
   workdir = os.path.abspath(workdir)
   data_dir = data_dir or os.path.join(workdir, "tfds")
+  workers = default_parallel_runs() if parallel_runs is None else int(parallel_runs)
+  methods, scales = list(methods), list(scales)
   start = time.time()
-  timings = {"warmup_s": 0.0, "runs": []}
+  timings = {"warmup_s": 0.0, "runs": [], "parallel_runs": workers}
+  lock = threading.Lock()
 
   def run(name, config, record=True, stop_after_epochs=None):
     runtime.freeze_heap()  # a full GC in a run would scan every earlier run's objects
     result = loop.train_and_evaluate(config, os.path.join(workdir, name), stop_after_epochs)
     if record:
-      timings["runs"].append({"name": name, "wall_s": result["wall_time_s"],
-                              "steps_s": result["train_time_s"]})
+      with lock:
+        timings["runs"].append({"name": name, "wall_s": result["wall_time_s"],
+                                "steps_s": result["train_time_s"]})
       print(f"[{time.time() - start:6.1f}s] {name:<28} top-1 last {result['last_top1']:6.2f}, "
             f"best {result['best_top1']:6.2f} (epoch {result['best_epoch']}); "
             f"{result['train_time_s'] / max(result['wall_time_s'], 1e-9):.0%} of "
@@ -106,62 +138,100 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
   def warm_up(name, config):
     """Compiles ``config``'s programs in a throwaway run stopped after one
     epoch, with a checkpoint at its end as at a run's end, so that the timed
-    runs measure training. Returns the seconds taken."""
+    runs measure training."""
     t0 = time.time()
     config = ml_collections.ConfigDict(config.to_dict())
     config.checkpoint.every_epochs = 1
     shutil.rmtree(os.path.join(workdir, "warmup", name), ignore_errors=True)
     run(os.path.join("warmup", name), config, record=False, stop_after_epochs=1)
-    timings["warmup_s"] += time.time() - t0
-    return time.time() - t0
+    seconds = time.time() - t0
+    with lock:
+      timings["warmup_s"] += seconds
+    print(f"[{time.time() - start:6.1f}s] compiled {name} ({seconds:.0f}s)", flush=True)
 
   teacher_config = digits.get_config(f"method=vanilla,model=teacher,epochs={teacher_epochs}")
   teacher_config.dataset.data_dir = data_dir
   teacher_config.checkpoint.every_epochs = 15
   teacher_config.steps_per_call = 32  # a whole epoch per device call (BENCHMARKS.md)
-  warm_up("teacher", teacher_config)
-  run("teacher", teacher_config)
   teacher = os.path.join(workdir, "teacher", "export", "last")
+  student = lambda method, seed, scale, val: scaled_config(
+      method, seed, student_epochs, scale, teacher, data_dir, val)
 
   # The students' programs: the method and the split (its size sets the
   # schedule) are part of them; the loss weights are not
   # (rldjax.train.programs), so one warm-up serves every weight factor.
   tuned = [m for m in methods if m != "vanilla"]
-  compiled = set()
+  warmed = {}  # program key -> the warm-up task compiling it
 
-  def compile_first(configs):
-    seconds, count = 0.0, 0
-    for method, scale, val in configs:
-      config = scaled_config(method, 0, student_epochs, scale, teacher, data_dir, val)
-      key = (programs.program_key(config), val)  # and the split, whose size they depend on
-      if key not in compiled:
-        compiled.add(key)
-        count += 1
-        seconds += warm_up(f"{method}_{'val' if val else 'full'}", config)
-    print(f"[{time.time() - start:6.1f}s] compiled {count} programs ({seconds:.0f}s)", flush=True)
+  def warm_task(method, val):
+    config = student(method, 0, 1.0, val)
+    key = (programs.program_key(config), val)  # and the split, whose size they depend on
+    name = f"{method}_{'val' if val else 'full'}"
+    if key in warmed:
+      return []
+    warmed[key] = f"warmup/{name}"
+    deps = () if method == "vanilla" else ("teacher",)
+    return [task_graph.Task(f"warmup/{name}", lambda: warm_up(name, config), deps,
+                            exclusive="compile")]
 
-  compile_first([(m, s, True) for m in tuned for s in scales])
+  def deps_of(method, val):
+    return (warmed[(programs.program_key(student(method, 0, 1.0, val)), val)],)
+
   selection = {}
-  for method in tuned:
+
+  def choose(method):
+    """The factor with the best validation score (ties: the first listed)."""
     scores = {}
     for scale in scales:
-      values = []
-      for seed in range(selection_seeds):
-        name = os.path.join("selection", f"{method}_x{scale:g}_seed{seed}")
-        history = run(name, scaled_config(method, seed, student_epochs, scale, teacher,
-                                          data_dir, True))["history"]
-        values.append(sum(h["top1"] for h in history[-5:]) / len(history[-5:]))
+      values = [validation[f"selection/{method}_x{scale:g}_seed{seed}"]
+                for seed in range(selection_seeds)]
       scores[scale] = sum(values) / len(values)
     chosen = max(scales, key=lambda s: (scores[s], -scales.index(s)))
     selection[method] = {"scores": {f"{k:g}": v for k, v in scores.items()}, "chosen": chosen}
 
-  chosen = {m: selection[m]["chosen"] if m in selection else 1.0 for m in methods}
-  compile_first([(m, chosen[m], False) for m in methods])
+  validation = {}  # selection run -> its top-1 on train[80%:], mean of the last 5 epochs
+
+  def select_run(name, config):
+    history = run(name, config)["history"]
+    with lock:
+      validation[name] = sum(h["top1"] for h in history[-5:]) / len(history[-5:])
+
+  def final_run(method, seed):
+    scale = selection[method]["chosen"] if method in selection else 1.0
+    run(os.path.join("runs", f"{method}_seed{seed}"), student(method, seed, scale, False))
+
+  # Listed in the order they start in when several may: the warm-ups first,
+  # one at a time (compiling gains nothing from company: task_graph), while
+  # the other threads train whatever runs are ready.
+  tasks = [task_graph.Task("warmup/teacher", lambda: warm_up("teacher", teacher_config),
+                           exclusive="compile")]
+  if "vanilla" in methods:
+    tasks += warm_task("vanilla", False)
+  tasks.append(task_graph.Task("teacher", lambda: run("teacher", teacher_config),
+                               ("warmup/teacher",)))
+  for val in (True, False):
+    for method in tuned:
+      tasks += warm_task(method, val)
+  for method in tuned:
+    tasks.append(task_graph.Task(
+        f"choose/{method}", functools.partial(choose, method),
+        tuple(f"selection/{method}_x{s:g}_seed{seed}" for s in scales
+              for seed in range(selection_seeds))))
+  for method in tuned:
+    for scale in scales:
+      for seed in range(selection_seeds):
+        name = f"selection/{method}_x{scale:g}_seed{seed}"
+        tasks.append(task_graph.Task(
+            name, functools.partial(select_run, name, student(method, seed, scale, True)),
+            deps_of(method, True)))
   for method in methods:
-    scale = chosen[method]
+    chosen_after = (f"choose/{method}",) if method in tuned else ()
     for seed in range(seeds):
-      run(os.path.join("runs", f"{method}_seed{seed}"),
-          scaled_config(method, seed, student_epochs, scale, teacher, data_dir, False))
+      tasks.append(task_graph.Task(f"runs/{method}_seed{seed}",
+                                   functools.partial(final_run, method, seed),
+                                   deps_of(method, False) + chosen_after))
+  task_graph.run_graph(tasks, workers)
+  selection = {m: selection[m] for m in tuned}  # in the listed order, whatever ended first
 
   final = [r for r in timings["runs"] if r["name"].startswith("runs")]
   share = [r["steps_s"] / r["wall_s"] for r in final]
@@ -177,9 +247,11 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
   for method, sel in selection.items():
     lines.append(f"| {method} | " + " | ".join(f"{sel['scores'][f'{s:g}']:.2f}" for s in scales)
                  + f" | ×{sel['chosen']:g} |")
-  lines += ["", f"Timing: {time.time() - start:.0f}s in all; compilation "
-            f"{timings['warmup_s']:.0f}s, once for the teacher and once per method and split "
-            "(warm-up runs stopped after one epoch); in the final runs "
+  side = (f"up to {workers} runs side by side (threads), so run times below add up to more "
+          "than the total; " if workers > 1 else "one run at a time; ")
+  lines += ["", f"Timing: {time.time() - start:.0f}s in all, {side}compilation "
+            f"{timings['warmup_s']:.0f}s of run time, once for the teacher and once per method "
+            "and split (warm-up runs stopped after one epoch); in the final runs "
             f"{min(share):.0%}–{max(share):.0%} of each run's wall time is spent in training "
             "steps (the rest: evaluation every epoch, checkpoints, exports)."]
   table, _, gains, _ = report.write_report(
@@ -205,7 +277,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   run_demo(FLAGS.workdir, FLAGS.seeds, FLAGS.teacher_epochs, FLAGS.student_epochs,
            FLAGS.methods, [float(s) for s in FLAGS.scales], FLAGS.data_dir,
-           FLAGS.selection_seeds)
+           FLAGS.selection_seeds, FLAGS.parallel_runs)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,42 @@ def test_split_is_read_once_then_cached(digits, monkeypatch):
   assert len(head) == 1150
 
 
+def test_runs_starting_together_prepare_the_dataset_once(tmp_path, monkeypatch):
+  """Runs sharing a data dir (the demo's threads, separate launches) that all
+  find the offline dataset unprepared: one prepares it, the others wait for
+  it; then they all read and cache the same split at once."""
+  import threading
+  prepared, original = [], builders._prepare  # pylint: disable=protected-access
+
+  def counting(builder, download):
+    prepared.append(builder.name)
+    original(builder, download)
+  monkeypatch.setattr(builders, "_prepare", counting)
+  start, out, failures = threading.Barrier(4), {}, []
+
+  def load(i):
+    try:
+      start.wait()
+      builder = builders.load_builder("rldjax_digits", str(tmp_path))
+      start.wait()
+      out[i] = in_memory.load_split(builder, "test")
+    except Exception as err:  # pylint: disable=broad-except
+      failures.append(repr(err))
+      start.abort()  # the others stop waiting
+  threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not failures, failures
+  assert prepared == ["rldjax_digits"]
+  for images, labels in out.values():
+    np.testing.assert_array_equal(images, out[0][0])
+    np.testing.assert_array_equal(labels, out[0][1])
+  arrays = tmp_path / "rldjax_digits" / "1.0.0" / "rldjax_arrays"
+  assert sorted(p.name for p in arrays.iterdir()) == ["test.npz"]  # no temporary file left
+
+
 def test_labels_out_of_range_name_dataset_split_and_value():
   with pytest.raises(errors.DataError, match=r"'digits' split 'train': label 10 of example 2"):
     in_memory.check_labels(np.array([0, 9, 10, -1]), 10, "digits", "train")

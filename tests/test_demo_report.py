@@ -5,17 +5,20 @@ import json
 import math
 import re
 
+import ml_collections
 import numpy as np
 import pytest
 from scipy import stats
 
 from experiments import demo, report
+from rldjax.train import loop
 
 
 def test_demo_writes_report_from_results(tmp_path):
   workdir = tmp_path / "demo"
   summary = demo.run_demo(str(workdir), seeds=2, teacher_epochs=1, student_epochs=2,
-                          methods=["vanilla", "rld"], scales=[1.0, 0.25], selection_seeds=1)
+                          methods=["vanilla", "rld"], scales=[1.0, 0.25], selection_seeds=1,
+                          parallel_runs=2)
   md = (workdir / "report.md").read_text()
   png = (workdir / "accuracy.png").read_bytes()
   assert png.startswith(b"\x89PNG") and len(png) > 10_000
@@ -45,6 +48,15 @@ def test_demo_writes_report_from_results(tmp_path):
   assert {p.name for p in (workdir / "warmup").iterdir()} == {
       "teacher", "rld_val", "rld_full", "vanilla_full"}
   assert runs["rld_seed0"]["config"]["teacher"]["precompute_logits"] is True
+  # Runs trained side by side (threads) give what the same run gives alone.
+  assert summary["timings"]["parallel_runs"] == 2 and "2 runs side by side" in md
+  alone = tmp_path / "alone"
+  loop.train_and_evaluate(ml_collections.ConfigDict(runs["rld_seed1"]["config"]), str(alone))
+  beside = workdir / "runs" / "rld_seed1"
+  assert (alone / "history.json").read_bytes() == (beside / "history.json").read_bytes()
+  for name in ("last", "best"):
+    for f in ("model.json", "variables.npz"):
+      assert (alone / "export" / name / f).read_bytes() == (beside / "export" / name / f).read_bytes()
 
 
 def _write(root, name, method, seed, best, last, finished=True, **config):

@@ -2,11 +2,15 @@
 importing TensorFlow unless a dataset has to be prepared.
 
 In a multi-process run only process 0 prepares; the others wait at a barrier
-and then open the prepared dataset (:func:`load_builder`).
+and then open the prepared dataset (:func:`load_builder`). Runs that share a
+data directory (separate launches, or the demo's runs side by side in
+threads) prepare a dataset once: preparing holds an exclusive lock file in the
+data directory, and whoever waited for it finds the dataset prepared.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 
@@ -48,6 +52,22 @@ def _prepare(builder, download: bool) -> None:
     builder.download_and_prepare()
 
 
+@contextlib.contextmanager
+def _preparing(builder):
+  """Holds ``<data dir>/.<name>.prepare.lock`` exclusively (``flock``: between
+  processes, and between threads that each open it). The lock goes with the
+  process if it dies."""
+  root = getattr(builder, "data_dir_root", None) or os.path.dirname(
+      os.path.dirname(str(builder.data_dir)))
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, f".{builder.name}.prepare.lock"), "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def load_builder(name: str, data_dir: str | None = None, download: bool = False):
   """A prepared TFDS builder, or one clear error that says how to provide it.
 
@@ -72,7 +92,10 @@ def load_builder(name: str, data_dir: str | None = None, download: bool = False)
   failure = None
   if distributed.is_primary():
     try:
-      _prepare(builder, download)
+      with _preparing(builder):
+        builder = _open(name, data_dir)  # another run may have prepared it meanwhile
+        if not builder.is_prepared():
+          _prepare(builder, download)
     except Exception as err:  # pylint: disable=broad-except
       failure = f"{type(err).__name__}: {err}"
   distributed.raise_if_any_failed(failure, f"preparing dataset {name!r}")

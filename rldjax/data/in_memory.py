@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 
 import numpy as np
 from absl import logging
@@ -58,7 +59,7 @@ def load_split(builder, split: str, use_cache: bool = True) -> tuple[np.ndarray,
   if path:
     try:
       os.makedirs(os.path.dirname(path), exist_ok=True)
-      tmp = f"{path}.{os.getpid()}.tmp.npz"
+      tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp.npz"  # one per writer
       np.savez(tmp, images=images, labels=labels)
       os.replace(tmp, path)
     except OSError as err:  # a read-only dataset directory: no cache, still correct

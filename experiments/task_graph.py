@@ -1,0 +1,78 @@
+"""Independent runs side by side: a dependency graph of tasks on a thread pool.
+
+The demo's ~60 runs are small programs that keep one CPU core busy each
+(``make demo`` ran at 96% of one core on 2 cores), and most of them do not
+depend on one another: the vanilla students need no teacher, a method's
+selection runs need only its compiled programs, its final runs only its
+chosen weight. :func:`run_graph` runs such tasks on ``workers`` threads, each
+as soon as the tasks it depends on are done. JAX releases the GIL while a
+program runs, and a run's result does not depend on what runs beside it
+(``tests/test_demo_report.py`` checks one against the same run alone).
+Compiling does not gain from company (XLA:CPU already spreads a compilation
+over the cores, and tracing holds the GIL): the demo's warm-ups form one
+``exclusive`` group, so one program compiles while other threads train.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+from typing import Any, Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """``fn()`` runs once every task named in ``deps`` has returned, and never
+  beside another task of the same ``exclusive`` group (when not None)."""
+  name: str
+  fn: Callable[[], Any]
+  deps: tuple = ()
+  exclusive: str | None = None
+
+
+def run_graph(tasks: list[Task], workers: int) -> dict:
+  """Runs ``tasks`` on ``workers`` threads; returns ``{name: fn()'s result}``.
+
+  At most ``workers`` tasks run at once, at most one of each ``exclusive``
+  group; among the tasks that may start, the one listed first starts first
+  (so ``workers=1`` runs them one at a time in a dependency-respecting list
+  order). The first task that
+  raises stops the graph: no task starts after it, the running ones finish,
+  then its exception is raised.
+
+  Raises:
+    ValueError: ``workers`` < 1, two tasks share a name, a task depends on a
+      task not in ``tasks``, or the dependencies form a cycle.
+  """
+  if workers < 1:
+    raise ValueError(f"workers: need at least 1, got {workers}")
+  names = [t.name for t in tasks]
+  if len(set(names)) != len(names):
+    raise ValueError(f"tasks: duplicate names {sorted({n for n in names if names.count(n) > 1})}")
+  for t in tasks:
+    unknown = [d for d in t.deps if d not in names]
+    if unknown:
+      raise ValueError(f"task {t.name!r} depends on unknown tasks {unknown}")
+  results, waiting, running, error = {}, list(tasks), {}, None
+  with cf.ThreadPoolExecutor(workers) as pool:
+    while running or (waiting and error is None):
+      if error is None:
+        for t in [t for t in waiting if all(d in results for d in t.deps)]:
+          if len(running) == workers:
+            break
+          if t.exclusive is not None and any(r.exclusive == t.exclusive
+                                             for r in running.values()):
+            continue
+          waiting.remove(t)
+          running[pool.submit(t.fn)] = t
+        if not running:
+          raise ValueError(f"tasks: dependency cycle among {[t.name for t in waiting]}")
+      done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+      for future in done:
+        task = running.pop(future)
+        try:
+          results[task.name] = future.result()
+        except BaseException as e:  # pylint: disable=broad-except
+          error = error or e
+  if error is not None:
+    raise error
+  return results
