@@ -36,9 +36,10 @@ files.
 Runs that do not depend on one another train side by side, ``--parallel_runs``
 at a time (threads of this process; default one per CPU core on the CPU,
 where each of these small runs keeps about one core busy): the vanilla
-students while the teacher trains, then the methods' warm-ups, selection and
-final runs as soon as what each needs is done (:mod:`experiments.task_graph`).
-A run's results are the same whatever runs beside it.
+students while the teacher trains, the methods' selection and final runs as
+soon as what each needs is done (:mod:`experiments.task_graph`). Warm-ups
+(compilations) run by themselves. A run's results are the same whatever runs
+beside it.
 """
 from __future__ import annotations
 
@@ -172,7 +173,7 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
     warmed[key] = f"warmup/{name}"
     deps = () if method == "vanilla" else ("teacher",)
     return [task_graph.Task(f"warmup/{name}", lambda: warm_up(name, config), deps,
-                            exclusive="compile")]
+                            alone=True)]
 
   def deps_of(method, val):
     return (warmed[(programs.program_key(student(method, 0, 1.0, val)), val)],)
@@ -201,10 +202,10 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
     run(os.path.join("runs", f"{method}_seed{seed}"), student(method, seed, scale, False))
 
   # Listed in the order they start in when several may: the warm-ups first,
-  # one at a time (compiling gains nothing from company: task_graph), while
-  # the other threads train whatever runs are ready.
+  # each by itself (compiling gains nothing from company, and a run beside a
+  # compilation would measure the compilation too: task_graph).
   tasks = [task_graph.Task("warmup/teacher", lambda: warm_up("teacher", teacher_config),
-                           exclusive="compile")]
+                           alone=True)]
   if "vanilla" in methods:
     tasks += warm_task("vanilla", False)
   tasks.append(task_graph.Task("teacher", lambda: run("teacher", teacher_config),

@@ -8,9 +8,12 @@ chosen weight. :func:`run_graph` runs such tasks on ``workers`` threads, each
 as soon as the tasks it depends on are done. JAX releases the GIL while a
 program runs, and a run's result does not depend on what runs beside it
 (``tests/test_demo_report.py`` checks one against the same run alone).
-Compiling does not gain from company (XLA:CPU already spreads a compilation
-over the cores, and tracing holds the GIL): the demo's warm-ups form one
-``exclusive`` group, so one program compiles while other threads train.
+
+Compilations run ``alone``: compiling gains nothing from company (XLA:CPU
+already spreads a compilation over the cores, and tracing holds the GIL), and
+a run beside one spends a larger share of its time outside its steps (72-79%
+in steps against 82-87% beside another run: BENCHMARKS.md), which would blur
+what the demo measures.
 """
 from __future__ import annotations
 
@@ -21,23 +24,23 @@ from typing import Any, Callable
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  """``fn()`` runs once every task named in ``deps`` has returned, and never
-  beside another task of the same ``exclusive`` group (when not None)."""
+  """``fn()`` runs once every task named in ``deps`` has returned; an
+  ``alone`` task runs with no other task beside it."""
   name: str
   fn: Callable[[], Any]
   deps: tuple = ()
-  exclusive: str | None = None
+  alone: bool = False
 
 
 def run_graph(tasks: list[Task], workers: int) -> dict:
   """Runs ``tasks`` on ``workers`` threads; returns ``{name: fn()'s result}``.
 
-  At most ``workers`` tasks run at once, at most one of each ``exclusive``
-  group; among the tasks that may start, the one listed first starts first
-  (so ``workers=1`` runs them one at a time in a dependency-respecting list
-  order). The first task that
-  raises stops the graph: no task starts after it, the running ones finish,
-  then its exception is raised.
+  Tasks start in list order among those whose dependencies are done, at most
+  ``workers`` at a time (so ``workers=1`` runs them one at a time in a
+  dependency-respecting list order). When the first of them is ``alone``,
+  nothing else starts until it has run: it waits for the running tasks to
+  end, then runs by itself. The first task that raises stops the graph: no
+  task starts after it, the running ones finish, then its exception is raised.
 
   Raises:
     ValueError: ``workers`` < 1, two tasks share a name, a task depends on a
@@ -57,11 +60,10 @@ def run_graph(tasks: list[Task], workers: int) -> dict:
     while running or (waiting and error is None):
       if error is None:
         for t in [t for t in waiting if all(d in results for d in t.deps)]:
-          if len(running) == workers:
+          if len(running) == workers or any(r.alone for r in running.values()):
             break
-          if t.exclusive is not None and any(r.exclusive == t.exclusive
-                                             for r in running.values()):
-            continue
+          if t.alone and running:
+            break  # it goes next, by itself
           waiting.remove(t)
           running[pool.submit(t.fn)] = t
         if not running:

@@ -53,21 +53,26 @@ def test_a_failure_stops_new_tasks_lets_running_ones_finish_and_is_raised():
   assert sorted(started) == ["fail", "slow"] and finished == ["slow"]
 
 
-def test_tasks_of_one_exclusive_group_never_run_together():
-  running, peak, lock = [0], [0], threading.Lock()
-  beside = threading.Event()
+def test_an_alone_task_waits_for_the_running_ones_and_runs_by_itself():
+  active, seen, lock = set(), [], threading.Lock()
 
-  def exclusive():
-    with lock:
-      running[0] += 1
-      peak[0] = max(peak[0], running[0])
-    assert beside.wait(30)  # a free task runs beside it meanwhile
-    with lock:
-      running[0] -= 1
-  tasks = [Task(f"x{i}", exclusive, exclusive="compile") for i in range(3)]
-  tasks.append(Task("free", beside.set))
-  run_graph(tasks, 3)
-  assert peak[0] == 1
+  def task(name, seconds=0.05):
+    def fn():
+      with lock:
+        active.add(name)
+        seen.append(sorted(active))
+      time.sleep(seconds)
+      with lock:
+        seen.append(sorted(active))
+        active.discard(name)
+    return fn
+  tasks = [Task("a", task("a", 0.3)), Task("solo", task("solo"), alone=True),
+           Task("b", task("b")), Task("c", task("c")), Task("solo2", task("solo2"), ("c",), True)]
+  run_graph(tasks, 2)
+  # a runs; solo is next, so b does not start beside a; solo then runs alone.
+  assert seen[:4] == [["a"], ["a"], ["solo"], ["solo"]]
+  assert ["solo2"] in seen and all(s == ["solo2"] for s in seen if "solo2" in s)
+  assert ["b", "c"] in seen  # the others still run side by side
 
 
 @pytest.mark.parametrize("tasks, workers, message", [
