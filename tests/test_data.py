@@ -9,6 +9,7 @@ import pytest
 from rldjax import errors
 from rldjax.data import augment, builders, in_memory, order
 from rldjax.train import data as data_lib
+from tests.side_by_side import run_in_threads
 
 
 def test_epoch_order_visits_every_example_once_and_changes_per_epoch():
@@ -108,22 +109,14 @@ def test_runs_starting_together_prepare_the_dataset_once(tmp_path, monkeypatch):
     prepared.append(builder.name)
     original(builder, download)
   monkeypatch.setattr(builders, "_prepare", counting)
-  start, out, failures = threading.Barrier(4), {}, []
+  start, out = threading.Barrier(4), {}
 
   def load(i):
-    try:
-      start.wait()
-      builder = builders.load_builder("rldjax_digits", str(tmp_path))
-      start.wait()
-      out[i] = in_memory.load_split(builder, "test")
-    except Exception as err:  # pylint: disable=broad-except
-      failures.append(repr(err))
-      start.abort()  # the others stop waiting
-  threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
-  for t in threads:
-    t.start()
-  for t in threads:
-    t.join()
+    start.wait()
+    builder = builders.load_builder("rldjax_digits", str(tmp_path))
+    start.wait()
+    out[i] = in_memory.load_split(builder, "test")
+  failures = run_in_threads(load, 4, on_failure=start.abort)  # the others stop waiting
   assert not failures, failures
   assert prepared == ["rldjax_digits"]
   for images, labels in out.values():

@@ -17,12 +17,22 @@ The manager keeps the latest N checkpoints and the best N by test top-1
 checkpoint that fails to restore is reported once, moved aside to
 ``<workdir>/checkpoints_corrupt/`` (never deleted, never used) and the next
 older one is tried.
+
+Runs in threads of one process (the demo's runs side by side): Orbax keeps
+its operation ids process-wide, and two managers saving at once corrupt each
+other's saves (FileExistsError, missing ``_sharding``, half-written
+directories: four threads saving at once failed in three of four). So outside
+the main thread every Orbax call here holds one process-wide lock and a save
+is waited for before the lock is released. A run in the main thread (the
+launcher) saves asynchronously, as above.
 """
 from __future__ import annotations
 
+import contextlib
 import logging as std_logging
 import os
 import shutil
+import threading
 import time
 from typing import Any
 
@@ -110,6 +120,22 @@ def _check_packed_layout(manager: ocp.CheckpointManager, step: int, abstract_sta
                      f"{found}, this run expects {expected}")
 
 
+_ORBAX_LOCK = threading.RLock()
+
+
+def _one_at_a_time():
+  """The process-wide Orbax lock outside the main thread (module docstring)."""
+  if threading.current_thread() is threading.main_thread():
+    return contextlib.nullcontext(False)
+  return _locked()
+
+
+@contextlib.contextmanager
+def _locked():
+  with _ORBAX_LOCK:
+    yield True
+
+
 def create_manager(directory: str, keep_latest: int = 2, keep_best: int = 1) -> ocp.CheckpointManager:
   """Async manager keeping the latest ``keep_latest`` checkpoints and the
   ``keep_best`` best by ``top1`` (saves without metrics count for latest only)."""
@@ -120,20 +146,36 @@ def create_manager(directory: str, keep_latest: int = 2, keep_best: int = 1) -> 
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
                                          enable_async_checkpointing=True)
-  return ocp.CheckpointManager(directory, options=options,
-                               item_names=("packed", "history", "state"))
+  with _one_at_a_time():
+    return ocp.CheckpointManager(directory, options=options,
+                                 item_names=("packed", "history", "state"))
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+  """Waits for the manager's pending saves, then closes it."""
+  with _one_at_a_time():
+    try:
+      manager.wait_until_finished()
+    finally:
+      manager.close()
 
 
 def save(manager: ocp.CheckpointManager, state, history: list, metrics: dict | None = None,
          force: bool = False) -> bool:
-  """Saves ``state`` and ``history`` at ``state.step`` (asynchronously); False
-  when that step is already saved."""
+  """Saves ``state`` and ``history`` at ``state.step`` (asynchronously in the
+  main thread, finished before returning in others); False when that step is
+  already saved."""
   step = int(jax.device_get(state.step))
-  if step in manager.all_steps():
-    return False
-  return manager.save(step, args=ocp.args.Composite(
-      packed=ocp.args.StandardSave(pack(state)), history=ocp.args.JsonSave(history)),
-      metrics=metrics, force=force)
+  packed = pack(state)
+  with _one_at_a_time() as serialised:
+    if step in manager.all_steps():
+      return False
+    saved = manager.save(step, args=ocp.args.Composite(
+        packed=ocp.args.StandardSave(packed), history=ocp.args.JsonSave(history)),
+        metrics=metrics, force=force)
+    if serialised:
+      manager.wait_until_finished()
+    return saved
 
 
 def _quarantine(manager: ocp.CheckpointManager, step: int, reason: Exception) -> None:
@@ -154,6 +196,11 @@ def _quarantine(manager: ocp.CheckpointManager, step: int, reason: Exception) ->
 def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> tuple[Any, list] | None:
   """(state, history) of the newest readable checkpoint, or None. A checkpoint
   that fails to restore is reported, moved aside and skipped, never used."""
+  with _one_at_a_time():
+    return _restore_latest(manager, abstract_state)
+
+
+def _restore_latest(manager, abstract_state):
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       if (manager.directory / str(step) / "state").exists():

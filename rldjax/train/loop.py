@@ -260,8 +260,7 @@ class _Run:
       return self.write_results(history, "finished" if finished else "stopped")
     finally:
       writer.close()
-      manager.wait_until_finished()
-      manager.close()
+      ckpt_lib.close(manager)
 
   def train(self, state, history, manager, writer, watcher, stop_after_epochs):
     config, spe = self.config, self.data.steps_per_epoch
