@@ -117,6 +117,8 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
   workdir = os.path.abspath(workdir)
   data_dir = data_dir or os.path.join(workdir, "tfds")
   workers = default_parallel_runs() if parallel_runs is None else int(parallel_runs)
+  if workers < 1:
+    raise ValueError(f"parallel_runs: need at least 1 run at a time, got {workers}")
   methods, scales = list(methods), list(scales)
   start = time.time()
   timings = {"warmup_s": 0.0, "runs": [], "parallel_runs": workers}

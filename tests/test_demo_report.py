@@ -97,3 +97,9 @@ def test_report_groups_by_config_and_states_the_noise(tmp_path):
   text = (tmp_path / "out" / "report.md").read_text()
   assert "Unfinished" in text
   assert re.search(r"rld \[\d\]", table)  # two rld configs, two columns
+
+
+def test_demo_refuses_no_runs_at_a_time(tmp_path):
+  with pytest.raises(ValueError, match="parallel_runs: need at least 1 run at a time, got 0"):
+    demo.run_demo(str(tmp_path / "demo"), parallel_runs=0)
+  assert not (tmp_path / "demo").exists()  # refused before any work
