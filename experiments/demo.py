@@ -35,7 +35,7 @@ files.
 
 Runs that do not depend on one another train side by side, ``--parallel_runs``
 at a time (threads of this process; default one per CPU core on the CPU,
-where each of these small runs keeps about one core busy): the vanilla
+where one of these small runs leaves cores idle): the vanilla
 students while the teacher trains, the methods' selection and final runs as
 soon as what each needs is done (:mod:`experiments.task_graph`). Warm-ups
 (compilations) run by themselves. A run's results are the same whatever runs
@@ -93,7 +93,7 @@ def scaled_config(method, seed, epochs, scale, teacher, data_dir, val):
 
 def default_parallel_runs() -> int:
   """Runs side by side by default: one per CPU core the process may use when
-  JAX computes on the CPU (each demo run keeps about one core busy), else 1."""
+  JAX computes on the CPU (a demo run keeps about one core busy), else 1."""
   import jax  # pylint: disable=import-outside-toplevel
   if jax.default_backend() != "cpu":
     return 1

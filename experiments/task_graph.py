@@ -1,7 +1,7 @@
 """Independent runs side by side: a dependency graph of tasks on a thread pool.
 
-The demo's ~60 runs are small programs that keep one CPU core busy each
-(``make demo`` ran at 96% of one core on 2 cores), and most of them do not
+The demo's ~60 runs are small programs that leave part of a 2-core CPU idle
+(``make demo`` one run at a time: 96-145% CPU), and most of them do not
 depend on one another: the vanilla students need no teacher, a method's
 selection runs need only its compiled programs, its final runs only its
 chosen weight. :func:`run_graph` runs such tasks on ``workers`` threads, each
