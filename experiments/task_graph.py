@@ -11,9 +11,9 @@ program runs, and a run's result does not depend on what runs beside it
 
 Compilations run ``alone``: compiling gains nothing from company (XLA:CPU
 already spreads a compilation over the cores, and tracing holds the GIL), and
-a run beside one spends a larger share of its time outside its steps (72-79%
-in steps against 82-87% beside another run: BENCHMARKS.md), which would blur
-what the demo measures.
+a run beside one spends a larger share of its time outside its steps (as
+little as 72% in steps, against 77-88% beside another run and 83-89% alone:
+BENCHMARKS.md), which would blur what the demo measures.
 """
 from __future__ import annotations
 
