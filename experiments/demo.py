@@ -24,6 +24,11 @@ same TFDS -> in-memory data -> sharded step -> Orbax checkpoint path as CIFAR-10
 4. ``report.md`` (mean ± std, paired gain over vanilla with a 95% interval,
    the selection table, timings) and ``accuracy.png`` in WORKDIR.
 
+Exit status, as the launcher's (``experiments/train.py``): 0 done, 1 a flag
+error, 2 a run that cannot start (the demo's workdir in use by another demo,
+a run's workdir holding another experiment: rerun with a new ``--workdir``),
+3 a run diverged. No report is written unless every run finished.
+
 Compilation happens once for the teacher and once per student method and split
 (the loss weights are run-time arguments of the programs), in warm-up runs
 stopped after one epoch (under WORKDIR/warmup, reported separately); with JAX's
@@ -53,7 +58,7 @@ import time
 import ml_collections
 from absl import app, flags, logging
 
-from experiments import task_graph
+from experiments import exit_status, task_graph
 
 flags.DEFINE_string("workdir", "runs/demo", "where the runs and the report go")
 flags.DEFINE_integer("seeds", 5, "seeds per method for the final runs")
@@ -109,17 +114,32 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
   ``parallel_runs``: how many runs train side by side (threads of one
   process, :mod:`experiments.task_graph`); None: :func:`default_parallel_runs`.
   The results do not depend on it.
+
+  The demo holds ``WORKDIR/run.lock`` while it works
+  (:class:`rldjax.train.workdir.WorkdirLock`): a second demo in the same
+  workdir raises :class:`rldjax.errors.WorkdirError` at once, before it
+  touches anything (its warm-ups would otherwise delete the first one's);
+  the lock of a demo that was killed is taken over.
   """
+  from rldjax.train import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  workdir = os.path.abspath(workdir)
+  workers = default_parallel_runs() if parallel_runs is None else int(parallel_runs)
+  if workers < 1:
+    raise ValueError(f"parallel_runs: need at least 1 run at a time, got {workers}")
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lib.WorkdirLock(workdir):
+    return _run_demo(workdir, seeds, teacher_epochs, student_epochs, list(methods),
+                     list(scales), data_dir or os.path.join(workdir, "tfds"), selection_seeds,
+                     workers)
+
+
+def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, data_dir,
+              selection_seeds, workers):
+  """:func:`run_demo`'s work, in the locked ``workdir`` (an absolute path)."""
   from experiments import report  # pylint: disable=import-outside-toplevel
   from experiments.configs import digits  # pylint: disable=import-outside-toplevel
   from rldjax import runtime  # pylint: disable=import-outside-toplevel
   from rldjax.train import loop, programs  # pylint: disable=import-outside-toplevel
-  workdir = os.path.abspath(workdir)
-  data_dir = data_dir or os.path.join(workdir, "tfds")
-  workers = default_parallel_runs() if parallel_runs is None else int(parallel_runs)
-  if workers < 1:
-    raise ValueError(f"parallel_runs: need at least 1 run at a time, got {workers}")
-  methods, scales = list(methods), list(scales)
   start = time.time()
   timings = {"warmup_s": 0.0, "runs": [], "parallel_runs": workers}
   lock = threading.Lock()
@@ -278,9 +298,10 @@ def main(argv):
   if FLAGS.compilation_cache != "none":
     runtime.use_compilation_cache(FLAGS.compilation_cache)
   logging.set_verbosity(logging.WARNING)
-  run_demo(FLAGS.workdir, FLAGS.seeds, FLAGS.teacher_epochs, FLAGS.student_epochs,
-           FLAGS.methods, [float(s) for s in FLAGS.scales], FLAGS.data_dir,
-           FLAGS.selection_seeds, FLAGS.parallel_runs)
+  exit_status.exit_on_run_error(
+      run_demo, FLAGS.workdir, FLAGS.seeds, FLAGS.teacher_epochs, FLAGS.student_epochs,
+      FLAGS.methods, [float(s) for s in FLAGS.scales], FLAGS.data_dir, FLAGS.selection_seeds,
+      FLAGS.parallel_runs)
 
 
 if __name__ == "__main__":

@@ -92,13 +92,8 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from rldjax import errors  # pylint: disable=import-outside-toplevel
-  try:
-    run(FLAGS.config, FLAGS.workdir)
-  except errors.RunError as err:
-    logging.error("%s: %s", type(err).__name__, err)
-    sys.stderr.write(f"error: {err}\n")
-    sys.exit(err.exit_code)
+  from experiments import exit_status  # pylint: disable=import-outside-toplevel
+  exit_status.exit_on_run_error(run, FLAGS.config, FLAGS.workdir)
 
 
 def run(config, workdir):

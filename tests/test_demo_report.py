@@ -3,7 +3,12 @@ cells come from the runs, runs of different configs never share a cell, a
 single run shows no spread, paired gains and their intervals are right."""
 import json
 import math
+import os
+import pathlib
 import re
+import socket
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -14,8 +19,17 @@ from experiments import demo, report
 from rldjax.train import loop
 
 
+def _dead_pid() -> int:
+  proc = subprocess.Popen([sys.executable, "-c", ""])
+  proc.wait()
+  return proc.pid
+
+
 def test_demo_writes_report_from_results(tmp_path):
   workdir = tmp_path / "demo"
+  workdir.mkdir()  # left by a demo that was killed: its lock is taken over
+  (workdir / "run.lock").write_text(json.dumps({"host": socket.gethostname(),
+                                                "pid": _dead_pid()}))
   summary = demo.run_demo(str(workdir), seeds=2, teacher_epochs=1, student_epochs=2,
                           methods=["vanilla", "rld"], scales=[1.0, 0.25], selection_seeds=1,
                           parallel_runs=2)
@@ -44,6 +58,7 @@ def test_demo_writes_report_from_results(tmp_path):
   teacher = json.loads((workdir / "teacher" / "results.json").read_text())
   assert cells["teacher"] == f"{teacher['last_top1']:.2f} (n=1)"
   assert "Paired gain over vanilla" in md and "steps" in md
+  assert not (workdir / "run.lock").exists()  # released at the end
   # Programs are compiled once per method and split: both weight factors share one.
   assert {p.name for p in (workdir / "warmup").iterdir()} == {
       "teacher", "rld_val", "rld_full", "vanilla_full"}
@@ -103,3 +118,22 @@ def test_demo_refuses_no_runs_at_a_time(tmp_path):
   with pytest.raises(ValueError, match="parallel_runs: need at least 1 run at a time, got 0"):
     demo.run_demo(str(tmp_path / "demo"), parallel_runs=0)
   assert not (tmp_path / "demo").exists()  # refused before any work
+
+
+def test_demo_in_a_busy_workdir_exits_2_and_touches_nothing(tmp_path):
+  """A second demo in a workdir where one is running stops at once with the
+  launcher's status for a workdir in use, naming the lock, without a traceback."""
+  workdir = tmp_path / "demo"
+  workdir.mkdir()
+  lock = workdir / "run.lock"
+  lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                              "started": "now"}))
+  root = pathlib.Path(__file__).resolve().parents[1]
+  proc = subprocess.run([sys.executable, "-m", "experiments.demo", f"--workdir={workdir}"],
+                        cwd=root, capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="3"))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert f"is in use by process {os.getpid()}" in proc.stderr and str(lock) in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert sorted(p.name for p in workdir.iterdir()) == ["run.lock"]  # nothing else written
+  assert json.loads(lock.read_text())["pid"] == os.getpid()  # and the lock left alone
