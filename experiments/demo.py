@@ -138,7 +138,7 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
   """:func:`run_demo`'s work, in the locked ``workdir`` (an absolute path)."""
   from experiments import report  # pylint: disable=import-outside-toplevel
   from experiments.configs import digits  # pylint: disable=import-outside-toplevel
-  from rldjax import runtime  # pylint: disable=import-outside-toplevel
+  from rldjax import errors, runtime  # pylint: disable=import-outside-toplevel
   from rldjax.train import loop, programs  # pylint: disable=import-outside-toplevel
   start = time.time()
   timings = {"warmup_s": 0.0, "runs": [], "parallel_runs": workers}
@@ -146,7 +146,10 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
 
   def run(name, config, record=True, stop_after_epochs=None):
     runtime.freeze_heap()  # a full GC in a run would scan every earlier run's objects
-    result = loop.train_and_evaluate(config, os.path.join(workdir, name), stop_after_epochs)
+    try:
+      result = loop.train_and_evaluate(config, os.path.join(workdir, name), stop_after_epochs)
+    except errors.RunError as err:  # the same error (and exit status), naming the run
+      raise type(err)(f"demo run {name}: {err}") from err
     if record:
       with lock:
         timings["runs"].append({"name": name, "wall_s": result["wall_time_s"],

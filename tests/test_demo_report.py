@@ -16,6 +16,7 @@ import pytest
 from scipy import stats
 
 from experiments import demo, report
+from rldjax import errors
 from rldjax.train import loop
 
 
@@ -137,3 +138,18 @@ def test_demo_in_a_busy_workdir_exits_2_and_touches_nothing(tmp_path):
   assert "Traceback" not in proc.stderr
   assert sorted(p.name for p in workdir.iterdir()) == ["run.lock"]  # nothing else written
   assert json.loads(lock.read_text())["pid"] == os.getpid()  # and the lock left alone
+
+
+def test_a_failed_demo_run_stops_the_demo_naming_the_run(tmp_path, monkeypatch):
+  """A run's RunError ends the demo as the same error (same exit status),
+  naming the run; no report is written and the demo's lock is released."""
+  def diverge(config, workdir, stop_after_epochs=None):
+    del config, stop_after_epochs
+    raise errors.DivergedError(f"diverged: not finite at step 2 in {workdir}")
+  monkeypatch.setattr(loop, "train_and_evaluate", diverge)
+  workdir = tmp_path / "demo"
+  with pytest.raises(errors.DivergedError,
+                     match=r"^demo run warmup/teacher: diverged: not finite at step 2") as failed:
+    demo.run_demo(str(workdir), seeds=1, methods=["vanilla"], parallel_runs=1)
+  assert isinstance(failed.value.__cause__, errors.DivergedError)
+  assert not (workdir / "report.md").exists() and not (workdir / "run.lock").exists()
