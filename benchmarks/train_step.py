@@ -13,7 +13,10 @@ Prints the median images/s over --reps interleaved blocks of steps of:
 * ``rldjax step + data``: the in-memory path's step, which also gathers the
   batch from the device-resident split and crops/flips it on device;
 * ``torch step``: the same two networks and loss in PyTorch
-  (benchmarks/torch_reference.py; when the ``torch`` extra is installed),
+  (benchmarks/torch_reference.py; when the ``torch`` extra is installed), on
+  the GPU when JAX runs on one and PyTorch has CUDA (``--torch_device``;
+  each step then ends with ``torch.cuda.synchronize()``, as the JAX steps end
+  with ``block_until_ready``),
 
 timed interleaved (alternating order) so that machine noise hits all alike,
 and their ratios. ``--compare_bn`` adds the step with a textbook float32 batch
@@ -57,6 +60,9 @@ def parse():
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--reps", type=int, default=10)
   p.add_argument("--no_torch", action="store_true")
+  p.add_argument("--torch_device", default="auto", choices=["auto", "cpu", "cuda"],
+                 help="where the PyTorch step runs (auto: cuda when JAX runs on a GPU and "
+                 "this PyTorch has CUDA, else cpu)")
   p.add_argument("--compare_bn", action="store_true")
   p.add_argument("--compare_conv", action="store_true")
   p.add_argument("--compare_residual", action="store_true")
@@ -158,15 +164,34 @@ def build_torch(args, c):
   import torch
   from benchmarks import torch_reference
   student_name, teacher_name = c.student.tag.split("/")[1], c.teacher.tag.split("/")[1]
-  student = torch_reference.create(student_name, c.dataset.num_classes)
-  teacher = torch_reference.create(teacher_name, c.dataset.num_classes) \
+  device = torch_device(args)
+  if device == "cuda":
+    torch.backends.cudnn.benchmark = True  # as the published tools/train.py (mdistiller) sets it
+  student = torch_reference.create(student_name, c.dataset.num_classes).to(device)
+  teacher = torch_reference.create(teacher_name, c.dataset.num_classes).to(device) \
       if args.method != "vanilla" else None
   step = torch_reference.make_step(student, teacher, args.method)
   rng = np.random.default_rng(0)
   size = c.dataset.image_size
   x = torch.from_numpy(rng.standard_normal((args.batch, 3, size, size)).astype(np.float32))
   y = torch.from_numpy(rng.integers(0, c.dataset.num_classes, args.batch))
-  return lambda: step(x, y)
+  x, y = x.to(device), y.to(device)
+
+  def run():
+    step(x, y)
+    if device == "cuda":
+      torch.cuda.synchronize()  # CUDA kernels run asynchronously: time them to the end
+  return run
+
+
+def torch_device(args) -> str:
+  """``--torch_device``, or by default the GPU when JAX runs on one and this
+  PyTorch build has CUDA (the goal compares the two on the same GPU), else the CPU."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  if args.torch_device != "auto":
+    return args.torch_device
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
 def timed(fn, block: int = 3):
@@ -290,7 +315,8 @@ def main():
     print(f"  {name:26s} {sec * 1e3:8.1f} ms  {args.batch / sec:8.1f} img/s  "
           f"({ref / sec:.2f}x of rldjax step)")
   if have_torch:
-    print(f"rldjax step / torch step throughput ratio: {medians['torch step'] / ref:.2f}")
+    print(f"rldjax step / torch step throughput ratio: {medians['torch step'] / ref:.2f} "
+          f"(torch on {torch_device(args)})")
 
 
 def report_huge_pages(args, c, runners, have_torch, added):

@@ -17,12 +17,13 @@ Exit status: 0 finished, 1 flag
 errors, 2 a run that cannot start (config, data, teacher, workdir), 3 diverged,
 143 stopped by SIGTERM after saving a checkpoint (rerun to resume).
 """
-import importlib.util
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from experiments import configs
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiment config file[:args]",
@@ -39,22 +40,13 @@ flags.DEFINE_string("compilation_cache", None,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _load_config_file(spec: str):
-  """The config that ``--config=path[:args]`` names, loaded as config_flags does."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_rldjax_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
 def _unknown_override(argv):
   """(flag, message) for the first ``--config.<path>`` naming no config field."""
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   if spec is None:
     return None
   try:
-    config = _load_config_file(spec)
+    config = configs.load(spec)
   except Exception:  # pylint: disable=broad-except
     return None  # the config flag itself will report its own error
   for arg in argv:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from rldjax import losses, models
-from rldjax.data import augment
+from rldjax.data import augment, synthetic
 from rldjax.errors import ConfigError
 
 METHODS = ("vanilla", "kd", "dkd", "rld", "ldrld", "swap_kd", "rc", "label_revision")
@@ -262,6 +262,8 @@ def validate(config) -> None:
     _fail("optimizer.weight_decay_mask", "must be 'all' or 'kernels'")
   if config.dataset.kind not in ("cifar", "imagenet", "digits"):
     _fail("dataset.kind", f"must be cifar, imagenet or digits, got {config.dataset.kind!r}")
+  if synthetic.is_synthetic(config.dataset.name):
+    synthetic.check(config.dataset.name, config.dataset.kind)
   if config.dataset.kind == "imagenet" and config.dataset.in_memory:
     _fail("dataset.in_memory", "ImageNet-style datasets stream from disk; set it to False")
   if config.teacher.get("precompute_logits", False) and config.method != "vanilla":

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rldjax import distributed
-from rldjax.data import augment, builders, in_memory, order
+from rldjax.data import augment, builders, in_memory, order, synthetic
 from rldjax.errors import ConfigError, DataError
 
 
@@ -39,6 +39,9 @@ class RunData:
 def load(config, mesh) -> RunData:
   """Opens the dataset (process 0 prepares it) and loads what the path needs."""
   ds = config.dataset
+  if synthetic.is_synthetic(ds.name):
+    return _in_memory(config, mesh, *synthetic.splits(ds.name, ds.kind, ds.image_size,
+                                                        ds.num_classes))
   builder = builders.load_builder(ds.name, ds.data_dir or None, ds.download)
   declared = builders.declared_num_classes(builder)
   if declared is not None and declared > ds.num_classes:
@@ -56,7 +59,12 @@ def load(config, mesh) -> RunData:
   for name in (ds.train_split, ds.eval_split):
     images, labels = in_memory.load_split(builder, name)
     splits[name] = (images, in_memory.check_labels(labels, ds.num_classes, ds.name, name))
-  train, evaluation = splits[ds.train_split], splits[ds.eval_split]
+  return _in_memory(config, mesh, splits[ds.train_split], splits[ds.eval_split], builder)
+
+
+def _in_memory(config, mesh, train, evaluation, builder=None) -> RunData:
+  """The ``device`` or ``host`` path's data of the two splits (host arrays)."""
+  ds = config.dataset
   spe = order.steps_per_epoch(len(train[1]), config.batch_size)
   data = RunData("device" if ds.in_memory else "host", spe, len(train[1]), len(evaluation[1]),
                  builder=builder, train=train, eval=evaluation)
