@@ -25,7 +25,8 @@ same TFDS -> in-memory data -> sharded step -> Orbax checkpoint path as CIFAR-10
    the selection table, timings) and ``accuracy.png`` in WORKDIR.
 
 Exit status, as the launcher's (``experiments/train.py``): 0 done, 1 a flag
-error, 2 a run that cannot start (the demo's workdir in use by another demo,
+error (a value the demo cannot run with is refused before anything is
+trained, naming the flag), 2 a run that cannot start (the demo's workdir in use by another demo,
 a run's workdir holding another experiment: rerun with a new ``--workdir``),
 3 a run diverged. No report is written unless every run finished.
 
@@ -50,8 +51,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import numbers
 import os
 import shutil
+import sys
 import threading
 import time
 
@@ -106,6 +110,43 @@ def default_parallel_runs() -> int:
              else os.cpu_count() or 1)
 
 
+class ArgumentError(ValueError):
+  """An argument of :func:`run_demo` (the flag of the same name) the demo
+  cannot run with; the message starts with its name."""
+
+
+def check_arguments(seeds, teacher_epochs, student_epochs, methods, scales, selection_seeds,
+                    parallel_runs) -> None:
+  """Raises :class:`ArgumentError` for an argument the demo cannot run with,
+  before anything is trained (each would otherwise fail minutes later, or
+  name no flag)."""
+  from rldjax.train import config as config_lib  # pylint: disable=import-outside-toplevel
+  for name, value in (("seeds", seeds), ("teacher_epochs", teacher_epochs),
+                      ("student_epochs", student_epochs), ("selection_seeds", selection_seeds)):
+    if value < 1:
+      raise ArgumentError(f"{name}: need at least 1, got {value}")
+  if parallel_runs < 1:
+    raise ArgumentError(f"parallel_runs: need at least 1 run at a time, got {parallel_runs}")
+  methods = list(methods)
+  if not methods:
+    raise ArgumentError("methods: need at least one method")
+  unknown = [m for m in methods if m not in config_lib.METHODS]
+  if unknown:
+    raise ArgumentError(f"methods: unknown {', '.join(unknown)}; each one of "
+                        f"{', '.join(config_lib.METHODS)}")
+  if len(set(methods)) < len(methods):
+    raise ArgumentError(f"methods: a method listed twice in {','.join(methods)}")
+  if methods == ["vanilla"]:
+    return  # no weights to choose
+  if not scales:
+    raise ArgumentError("scales: need at least one factor to choose the weights from")
+  bad = [s for s in scales if not (isinstance(s, numbers.Real) and math.isfinite(s) and s > 0)]
+  if bad:
+    raise ArgumentError(f"scales: factors must be finite numbers > 0, got {bad}")
+  if len({f"{s:g}" for s in scales}) < len(scales):  # the runs are named by f"{s:g}"
+    raise ArgumentError(f"scales: a factor listed twice in {list(scales)}")
+
+
 def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
              methods=("vanilla", "kd", "dkd", "rld", "ldrld"), scales=(1.0, 0.25, 4.0),
              data_dir="", selection_seeds=2, parallel_runs=None):
@@ -124,8 +165,8 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
   from rldjax.train import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   workdir = os.path.abspath(workdir)
   workers = default_parallel_runs() if parallel_runs is None else int(parallel_runs)
-  if workers < 1:
-    raise ValueError(f"parallel_runs: need at least 1 run at a time, got {workers}")
+  check_arguments(seeds, teacher_epochs, student_epochs, methods, scales, selection_seeds,
+                  workers)
   os.makedirs(workdir, exist_ok=True)
   with workdir_lib.WorkdirLock(workdir):
     return _run_demo(workdir, seeds, teacher_epochs, student_epochs, list(methods),
@@ -301,10 +342,22 @@ def main(argv):
   if FLAGS.compilation_cache != "none":
     runtime.use_compilation_cache(FLAGS.compilation_cache)
   logging.set_verbosity(logging.WARNING)
-  exit_status.exit_on_run_error(
-      run_demo, FLAGS.workdir, FLAGS.seeds, FLAGS.teacher_epochs, FLAGS.student_epochs,
-      FLAGS.methods, [float(s) for s in FLAGS.scales], FLAGS.data_dir, FLAGS.selection_seeds,
-      FLAGS.parallel_runs)
+  try:
+    scales = [float(s) for s in FLAGS.scales]
+  except ValueError:
+    _flag_error(f"scales: factors must be numbers, got {FLAGS.scales}")
+  try:
+    exit_status.exit_on_run_error(
+        run_demo, FLAGS.workdir, FLAGS.seeds, FLAGS.teacher_epochs, FLAGS.student_epochs,
+        FLAGS.methods, scales, FLAGS.data_dir, FLAGS.selection_seeds, FLAGS.parallel_runs)
+  except ArgumentError as err:
+    _flag_error(str(err))
+
+
+def _flag_error(message):
+  """Ends the process as a flag error (status 1, as the launcher's), naming the flag."""
+  sys.stderr.write(f"error: --{message}\n")
+  sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -115,10 +115,39 @@ def test_report_groups_by_config_and_states_the_noise(tmp_path):
   assert re.search(r"rld \[\d\]", table)  # two rld configs, two columns
 
 
-def test_demo_refuses_no_runs_at_a_time(tmp_path):
-  with pytest.raises(ValueError, match="parallel_runs: need at least 1 run at a time, got 0"):
-    demo.run_demo(str(tmp_path / "demo"), parallel_runs=0)
+@pytest.mark.parametrize("arguments, message", [
+    (dict(parallel_runs=0), "parallel_runs: need at least 1 run at a time, got 0"),
+    (dict(seeds=0), "seeds: need at least 1, got 0"),
+    (dict(selection_seeds=0), "selection_seeds: need at least 1, got 0"),
+    (dict(student_epochs=0), "student_epochs: need at least 1, got 0"),
+    (dict(methods=[]), "methods: need at least one method"),
+    (dict(methods=["vanilla", "rdl"]), "methods: unknown rdl; each one of vanilla, kd"),
+    (dict(methods=["vanilla", "rld", "rld"]), "methods: a method listed twice"),
+    (dict(scales=[]), "scales: need at least one factor"),
+    (dict(scales=[1.0, float("nan")]), r"scales: factors must be finite numbers > 0, got \[nan\]"),
+    (dict(scales=[1.0, -0.5]), r"scales: factors must be finite numbers > 0, got \[-0.5\]"),
+    (dict(scales=[1.0, 1.0000001]), "scales: a factor listed twice"),
+])
+def test_demo_refuses_arguments_it_cannot_run_with(tmp_path, arguments, message):
+  with pytest.raises(demo.ArgumentError, match=f"^{message}"):
+    demo.run_demo(str(tmp_path / "demo"), **arguments)
   assert not (tmp_path / "demo").exists()  # refused before any work
+
+
+def test_vanilla_alone_needs_no_weight_factors():
+  demo.check_arguments(1, 1, 1, ["vanilla"], [], 1, 1)  # nothing to choose: accepted
+
+
+def test_demo_flag_errors_exit_1_naming_the_flag(tmp_path):
+  root = pathlib.Path(__file__).resolve().parents[1]
+  for flag, message in (("--seeds=0", "error: --seeds: need at least 1, got 0"),
+                        ("--scales=1,big", "error: --scales: factors must be numbers")):
+    proc = subprocess.run([sys.executable, "-m", "experiments.demo", f"--workdir={tmp_path / 'd'}",
+                           flag], cwd=root, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "d").exists()
 
 
 def test_demo_in_a_busy_workdir_exits_2_and_touches_nothing(tmp_path):
