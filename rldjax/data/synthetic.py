@@ -4,9 +4,9 @@
 ``digits``) gives a training split of TRAIN and an evaluation split of EVAL
 uniformly random uint8 images, ``dataset.image_size`` square with the kind's
 channels (3; digits 1), and labels uniform over ``dataset.num_classes``: the
-shapes of the real data and nothing to learn. The arrays depend only on the sizes (seed 0), so every process of a
-run, and every run, gets the same ones. ``benchmarks/schedule.py`` times the
-whole training loop on them.
+shapes of the real data and nothing to learn. The arrays depend only on the
+sizes (seed 0), so every process of a run, and every run, gets the same ones.
+``benchmarks/schedule.py`` times the whole training loop on them.
 """
 from __future__ import annotations
 
