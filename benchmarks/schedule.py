@@ -81,6 +81,9 @@ def run(args) -> dict:
     config.steps_per_call = args.steps_per_call
   if args.batch is not None:
     config.batch_size = args.batch
+  if args.workdir and os.path.exists(os.path.join(args.workdir, "run")):
+    # A resumed run would mix two sessions' start-ups and compilations into the figures.
+    raise SystemExit(f"--workdir: {args.workdir} already holds a run; give a new directory")
   base = args.workdir or tempfile.mkdtemp(prefix="rldjax_schedule_")
   try:
     if config.method != "vanilla":

@@ -63,3 +63,6 @@ def test_schedule_benchmark_runs_the_loop_and_projects_the_schedule(tmp_path):
   assert figures["projected_schedule_s"] == pytest.approx(
       results["compile_time_s"] + 7 * (results["wall_time_s"] - results["compile_time_s"]) / 2)
   assert "projected 7-epoch schedule of 300,50 examples" in proc.stdout
+  again = subprocess.run([sys.executable, "benchmarks/schedule.py", f"--workdir={workdir}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert again.returncode == 1 and "already holds a run" in again.stderr  # never resumed
