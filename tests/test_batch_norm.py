@@ -19,6 +19,8 @@ match float64 across such a kink, so the float64 reference is evaluated with
 the float32 run's ReLU activation pattern (recorded from the same compiled
 float32 program): the comparison then measures arithmetic only.
 """
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -162,13 +164,18 @@ class ReluPattern:
     return jnp.where(mask, u, jnp.zeros((), u.dtype))
 
 
-def recipe_variables(tag, seed):
+@functools.lru_cache
+def state_dict_entries(tag):
+  """(name, shape) of the model's PyTorch state_dict, in order."""
   module = models.create(tag, 100)
   shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                                               train=False))
   zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32), shapes)
-  entries = [(k, list(v.shape)) for k, v in convert.to_torch_state_dict(tag, zeros).items()]
-  return convert.from_torch_state_dict(tag, recipe_state_dict(entries, seed))
+  return tuple((k, list(v.shape)) for k, v in convert.to_torch_state_dict(tag, zeros).items())
+
+
+def recipe_variables(tag, seed):
+  return convert.from_torch_state_dict(tag, recipe_state_dict(state_dict_entries(tag), seed))
 
 
 @pytest.mark.parametrize("tag", ["cifar/resnet8x4", "cifar/wrn_16_2", "cifar/MobileNetV2",
@@ -218,7 +225,7 @@ def test_model_gradients_float32_match_float64(tag, monkeypatch):
     pattern.replay = None
 
     def reference():
-      to64 = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)
+      to64 = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
       return jax.device_get(grad64(
           to64(variables["params"]), to64(variables["batch_stats"]), images.astype(np.float64),
           teacher.astype(np.float64), labels, masks))

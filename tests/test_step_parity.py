@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rldjax import convert, models
+from rldjax import convert, distributed, models
 from rldjax.train import optim, step as step_lib
 from rldjax.train.recipe import Recipe
 from rldjax.train.state import TrainState
@@ -45,19 +45,24 @@ def test_two_steps_match_published(method, setup):
   tx = optim.sgd(lambda _: 0.05, momentum=0.9, weight_decay=5e-4)
   state = TrainState.create(student_vars["params"], student_vars["batch_stats"], tx,
                             jax.random.key(0))
+  mesh = step_lib.data_mesh(jax.devices()[:1])
   train_step = step_lib.shard(
       step_lib.make_train_step(student, teacher, METHODS[method], tx, steps_per_epoch=100),
-      step_lib.data_mesh(jax.devices()[:1]), n_replicated=2)
-  batch = {"image": jnp.asarray(data["images_nchw"].transpose(0, 2, 3, 1)),
-           "label": jnp.asarray(data["labels"].astype(np.int32))}
+      mesh, n_replicated=2)
+  # Placed as the training loop places them, so the step compiles once.
+  state, teacher_vars = distributed.replicate(mesh, (state, teacher_vars))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  batch = {"image": jax.device_put(data["images_nchw"].transpose(0, 2, 3, 1), sharding),
+           "label": jax.device_put(data["labels"].astype(np.int32), sharding)}
   got = []
   for _ in range(2):
     state, metrics = train_step(state, teacher_vars, batch)
     got.append(float(metrics["loss"]))
+  assert train_step._cache_size() == 1  # pylint: disable=protected-access
   ref_losses = data[f"{method}/losses"]
   np.testing.assert_allclose(got, ref_losses, rtol=1e-3)
-  logits = student.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         batch["image"], train=False)
+  logits = jax.jit(lambda v, x: student.apply(v, x, train=False))(
+      {"params": state.params, "batch_stats": state.batch_stats}, batch["image"])
   ref = data[f"{method}/eval_logits_after_2_steps"]
   err = np.max(np.abs(np.asarray(logits) - ref)) / np.max(np.abs(ref))
   assert err <= 1e-3, f"{method}: logits after 2 steps off by {err:.3g} of the largest logit"
