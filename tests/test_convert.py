@@ -250,9 +250,10 @@ def test_bf16_compute_with_f32_params_and_features():
   module, variables = init_variables(dtype=jnp.bfloat16)
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables))
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
-  logits, feats = module.apply(variables, x, train=False, features=True)
+  logits, feats = jax.jit(lambda v, x: module.apply(v, x, train=False, features=True))(
+      variables, x)
   assert logits.dtype == jnp.float32 and feats["pooled"].shape == (2, 64)
-  f32 = models.create(TAG).apply(variables, x, train=False)
+  f32 = jax.jit(lambda v, x: models.create(TAG).apply(v, x, train=False))(variables, x)
   np.testing.assert_allclose(logits, f32, atol=0.05 * np.abs(f32).max())
 
 
