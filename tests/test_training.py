@@ -113,7 +113,7 @@ def test_corrupt_newest_checkpoint_is_moved_aside_and_replaced(tmp_path, data_di
                                                               caplog):
   config = small_config(data_dir, teacher_export, epochs=2)
   workdir = tmp_path / "run"
-  loop.train_and_evaluate(config, str(workdir), stop_after_epochs=1)
+  first = loop.train_and_evaluate(config, str(workdir), stop_after_epochs=1)
   ckpt_dir = workdir / "checkpoints"
   steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
   assert steps == [3, 5], steps  # the mid-epoch save and the end-of-epoch one
@@ -129,8 +129,15 @@ def test_corrupt_newest_checkpoint_is_moved_aside_and_replaced(tmp_path, data_di
   assert_same_export(tmp_path / "straight" / "export" / "last", workdir / "export" / "last")
   assert straight["history"] == resumed["history"]
   caplog.clear()
-  loop.train_and_evaluate(config, str(workdir))  # a rerun of a finished run: nothing corrupt
+  again = loop.train_and_evaluate(config, str(workdir))  # a rerun of a finished run
   assert "corrupt" not in caplog.text
+  # The resumed session added its times to the first one's; the rerun of the
+  # finished run trained nothing and leaves them as they were.
+  times = ("wall_time_s", "train_time_s", "compile_time_s")
+  assert resumed["wall_time_s"] > first["wall_time_s"]
+  assert resumed["train_time_s"] > first["train_time_s"] > 0
+  assert [again[k] for k in times] == [resumed[k] for k in times]
+  assert again["history"] == resumed["history"] and again["status"] == "finished"
 
 
 def test_corrupt_best_checkpoint_does_not_break_the_end(tmp_path, data_dir, teacher_export):

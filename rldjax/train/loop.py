@@ -167,6 +167,7 @@ class _Run:
     self.config, self.workdir = config, workdir
     self.start = time.time()
     self.previous_wall, self.previous_train, self.previous_compile = _previous_times(workdir)
+    self.counts_time = True  # False: a rerun of a finished run (this session trains nothing)
     self.train_time = 0.0
     self.compile_start = compile_clock.seconds()
     self.max_chunk = 8
@@ -177,7 +178,7 @@ class _Run:
   # -- bookkeeping -----------------------------------------------------------
 
   def wall(self):
-    return self.previous_wall + time.time() - self.start
+    return self.previous_wall + (time.time() - self.start if self.counts_time else 0.0)
 
   def _step_seconds(self, t0: float, compile0: float) -> float:
     """Adds the time since ``t0`` to the time in steps, less the compilation
@@ -194,9 +195,10 @@ class _Run:
     if throttle and now - self.last_write < RESULTS_SECONDS:
       return None
     self.last_write = now
+    compiled = compile_clock.seconds() - self.compile_start if self.counts_time else 0.0
     results = _results(self.workdir, self.config, history, status, self.wall(),
-                       self.previous_train + self.train_time,
-                       self.previous_compile + compile_clock.seconds() - self.compile_start,
+                       self.previous_train + (self.train_time if self.counts_time else 0.0),
+                       self.previous_compile + compiled,
                        extra)
     if distributed.is_primary():
       workdir_lib.write_json(os.path.join(self.workdir, "history.json"), history)
@@ -244,6 +246,11 @@ class _Run:
         state, history = restored
         logging.info("resumed from step %d (%d epochs done) in %s", int(state.step),
                      len(history), workdir)
+        if len(history) >= config.num_epochs and os.path.exists(
+            os.path.join(workdir, "results.json")):
+          # Finished before: its recorded times stay those of the sessions that
+          # trained it (this one's start-up would only lower its share in steps).
+          self.counts_time = False
       with PreemptionWatcher() as watcher:
         state, history = self.train(state, history, manager, writer, watcher, stop_after_epochs)
       finished = len(history) >= config.num_epochs
