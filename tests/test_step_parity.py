@@ -4,7 +4,6 @@ inference logits after two steps, within 1e-3 of the largest logit."""
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
