@@ -31,6 +31,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import machine  # noqa: E402
+from experiments import exit_status  # noqa: E402
 from rldjax import runtime  # noqa: E402  (before JAX starts: flags)
 
 DEFAULT_CONFIG = "experiments/configs/cifar100_res32x4_res8x4.py:method=rld"
@@ -51,8 +52,9 @@ def parse(argv=None):
                  help="a JAX persistent compilation cache directory (default: none)")
   p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
   args = p.parse_args(argv)
-  if args.epochs < 1:
-    p.error(f"--epochs: need at least 1, got {args.epochs}")
+  for name in ("epochs", "steps_per_call", "batch"):
+    if getattr(args, name) is not None and getattr(args, name) < 1:
+      p.error(f"--{name}: need at least 1, got {getattr(args, name)}")
   return args
 
 
@@ -117,7 +119,9 @@ def main():
   added = runtime.set_cpu_flags()
   if args.compilation_cache:
     runtime.use_compilation_cache(args.compilation_cache)
-  figures = run(args)
+  # A config, data size or workdir the run cannot use ends as the launcher ends:
+  # ``error: <message>`` and the error's exit status, no traceback.
+  figures = exit_status.exit_on_run_error(run, args)
   print(machine.describe())
   print(f"backend={figures['backend']} devices={figures['devices']} config={args.config} "
         f"student={figures['student']} teacher={figures['teacher']} batch={figures['batch']} "

@@ -71,7 +71,11 @@ def parse():
   p.add_argument("--rounds", type=int, default=3, help="--compare_cpu_flags: alternations")
   p.add_argument("--cpu_flags", default="project", choices=["project", "none"])
   p.add_argument("--json", action="store_true", help="print one JSON line (subprocess mode)")
-  return p.parse_args()
+  args = p.parse_args()
+  for name in ("batch", "reps", "rounds"):
+    if getattr(args, name) < 1:
+      p.error(f"--{name}: need at least 1, got {getattr(args, name)}")
+  return args
 
 
 def textbook_batch_norm(x, scale, bias, epsilon=1e-5, axis_name=None):
@@ -269,6 +273,10 @@ def main():
   args = parse()
   if not args.json:  # --json: a subprocess of --compare_cpu_flags, started with it
     runtime.reexec_with_huge_pages()
+  from experiments import exit_status
+  from experiments.configs import cifar100
+  # An unknown pair or method ends as the launcher ends (``error: ...``, exit 2).
+  exit_status.exit_on_run_error(cifar100.get_config, f"pair={args.pair},method={args.method}")
   if args.compare_cpu_flags:
     compare_cpu_flags(args)
     return

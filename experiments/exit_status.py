@@ -3,9 +3,11 @@
 A :class:`rldjax.errors.RunError` (a config, data, teacher or workdir the run
 cannot use, a divergence, a preemption) ends the process with the error's
 ``exit_code`` and its message on stderr, without a traceback; anything else
-keeps its traceback (a bug). ``experiments/train.py`` and
-``experiments/demo.py`` end the same way, so a script can tell a diverged
-demo (3) from a busy workdir (2) from a bad flag (1).
+keeps its traceback (a bug). ``experiments/train.py``,
+``experiments/demo.py`` and the benchmarks that run the loop
+(``benchmarks/schedule.py``, ``benchmarks/train_step.py``) end the same way,
+so a script can tell a diverged demo (3) from a busy workdir (2) from a bad
+flag (1).
 """
 import sys
 

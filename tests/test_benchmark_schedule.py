@@ -82,3 +82,22 @@ def test_schedule_benchmark_runs_the_loop_and_projects_the_schedule(tmp_path):
   again = subprocess.run([sys.executable, "benchmarks/schedule.py", f"--workdir={workdir}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert again.returncode == 1 and "already holds a run" in again.stderr  # never resumed
+
+
+def test_benchmarks_end_like_the_launcher_on_a_run_they_cannot_make(tmp_path):
+  """A run the benchmark cannot make ends with ``error: <message>`` and the
+  launcher's exit status, not a traceback (experiments/exit_status.py)."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  small = subprocess.run(
+      [sys.executable, "benchmarks/schedule.py", "--config=experiments/configs/digits.py:"
+       "method=vanilla", "--examples=12,10", "--epochs=1", f"--workdir={tmp_path / 'small'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+  assert small.returncode == 2, small.stderr[-3000:]
+  assert "error: config.batch_size: 64 exceeds the training split (12 examples)" in small.stderr
+  assert "Traceback" not in small.stderr
+  pair = subprocess.run(
+      [sys.executable, "benchmarks/train_step.py", "--pair=res32x4_res9x4", "--no_torch"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+  assert pair.returncode == 2, pair.stderr[-3000:]
+  assert "error: config string pair='res32x4_res9x4': one of res56_res20," in pair.stderr
+  assert "Traceback" not in pair.stderr

@@ -3,6 +3,7 @@ hyperparameter is settable, wrong keys and values fail before any data or
 teacher is read (naming the field), the logit-standardisation preset, and the
 README's recipe table equals the code's."""
 import importlib
+import re
 import os
 import pathlib
 import subprocess
@@ -163,6 +164,22 @@ def test_unknown_config_string_argument():
     cifar100.get_config("pair=res56_res20,methd=kd")
   with pytest.raises(ValueError, match="unknown argument 'pair'"):
     importlib.import_module("experiments.configs.cifar100_res56_res20").get_config("pair=x")
+
+
+@pytest.mark.parametrize("module,arg,match", [
+    ("cifar100", "pair=res32x4_res8x4,seed=abc", "config string seed='abc': expected an int"),
+    ("cifar100", "pair=nonsense", "config string pair='nonsense': one of res56_res20, "),
+    ("cifar100", "pair", "config string item 'pair' is not name=value"),
+    ("cifar100_teacher", "arch=resnet56,seed=1.5", "config string seed='1.5': expected an int"),
+    ("imagenet", "pair=zz", "config string pair='zz': one of res34_res18, res50_mv1"),
+    ("imagenet", "arch=res18,seed=x", "config string seed='x': expected an int"),
+    ("digits", "epochs=x", "config string epochs='x': expected an int"),
+    ("digits", "method=rld,seed=", "config string seed='': expected an int"),
+])
+def test_bad_config_string_values_are_config_errors_naming_the_argument(module, arg, match):
+  get_config = importlib.import_module(f"experiments.configs.{module}").get_config
+  with pytest.raises(config_lib.ConfigError, match=re.escape(match)):
+    get_config(arg)
 
 
 def test_readme_recipe_table_is_the_code():

@@ -70,10 +70,11 @@ def parse(arg: str, allowed=ARGS) -> dict:
     if not item:
       continue
     if "=" not in item:
-      raise ValueError(f"config string item {item!r} is not name=value")
+      raise config_lib.ConfigError(f"config string item {item!r} is not name=value")
     key, value = item.split("=", 1)
     if key not in allowed:
-      raise ValueError(f"config string: unknown argument {key!r}; one of {', '.join(allowed)}")
+      raise config_lib.ConfigError(f"config string: unknown argument {key!r}; "
+                                   f"one of {', '.join(allowed)}")
     out[key] = value
   return out
 
@@ -94,9 +95,9 @@ def cifar_base(arch: str, seed: int = 0, data_dir: str = ""):
 
 def build(pair: str, args: dict):
   if pair not in PAIRS:
-    raise ValueError(f"pair must be one of {', '.join(PAIRS)}, got {pair!r}")
+    raise config_lib.ConfigError(f"config string pair={pair!r}: one of {', '.join(PAIRS)}")
   teacher, student, dkd_beta = PAIRS[pair]
-  c = cifar_base(student, int(args.get("seed", 0)), args.get("data_dir", ""))
+  c = cifar_base(student, config_lib.parse_int("seed", args.get("seed", 0)), args.get("data_dir", ""))
   c.teacher.tag = f"cifar/{teacher}"
   c.teacher.checkpoint = args.get("teacher", teacher_export(teacher))
   method = args.get("method", "rld")
@@ -110,7 +111,7 @@ def build(pair: str, args: dict):
 
 def teacher_config(arch: str, args: dict):
   """Vanilla training of a teacher (same recipe)."""
-  c = cifar_base(arch, int(args.get("seed", 0)), args.get("data_dir", ""))
+  c = cifar_base(arch, config_lib.parse_int("seed", args.get("seed", 0)), args.get("data_dir", ""))
   config_lib.apply_method(c, "vanilla")
   return c
 

@@ -36,7 +36,7 @@ def get_config(arg: str = ""):
   c.student.tag = MODELS[model]
   c.teacher.tag = MODELS["teacher"]
   c.teacher.checkpoint = args.get("teacher", "")
-  epochs = int(args.get("epochs", 12))
+  epochs = config_lib.parse_int("epochs", args.get("epochs", 12))
   config_lib.apply_method(c, args.get("method", "kd"))
   short = max(1, epochs // 8)
   c.warmup_epochs = min(c.warmup_epochs, short)
@@ -47,5 +47,5 @@ def get_config(arg: str = ""):
   c.optimizer.update(lr=0.05, decay_epochs=(int(epochs * 0.75),), weight_decay=5e-4)
   c.checkpoint.every_steps = 1000
   c.log_every_steps = 1000
-  c.seed = int(args.get("seed", 0))
+  c.seed = config_lib.parse_int("seed", args.get("seed", 0))
   return c

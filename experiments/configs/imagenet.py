@@ -46,7 +46,7 @@ def base(arch, args):
   c.dataset.update(name="imagenet2012", kind="imagenet", image_size=224, num_classes=1000,
                    eval_split="validation", in_memory=False, shuffle_buffer=16_384,
                    data_dir=args.get("data_dir", ""))
-  c.seed = int(args.get("seed", 0))
+  c.seed = config_lib.parse_int("seed", args.get("seed", 0))
   c.batch_size = 512
   c.num_epochs = 100
   c.optimizer.update(lr=0.2, decay_epochs=(30, 60, 90), weight_decay=1e-4)
@@ -62,7 +62,7 @@ def get_config(arg: str = "pair=res34_res18,method=rld"):
     return c
   pair = args.get("pair", "res34_res18")
   if pair not in PAIRS:
-    raise ValueError(f"pair must be one of {', '.join(PAIRS)}, got {pair!r}")
+    raise config_lib.ConfigError(f"config string pair={pair!r}: one of {', '.join(PAIRS)}")
   teacher, student, kd_ce_weight, beta = PAIRS[pair]
   c = base(student, args)
   c.teacher.tag = f"imagenet/{teacher}"

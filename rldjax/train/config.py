@@ -161,6 +161,14 @@ def parse_bool(name: str, value: str) -> bool:
   raise ConfigError(f"config string {name}={value!r}: expected True or False")
 
 
+def parse_int(name: str, value) -> int:
+  """A config-string integer (``seed=1``, ``epochs=12``)."""
+  try:
+    return int(value)
+  except (TypeError, ValueError):
+    raise ConfigError(f"config string {name}={value!r}: expected an int") from None
+
+
 def _fail(field, message):
   raise ConfigError(f"config.{field}: {message}")
 
