@@ -4,7 +4,6 @@ Every entry: per-example values, the batch mean, and the gradient of the batch
 mean w.r.t. the student logits, float32 inputs, within the fixture README's
 tolerance abs(diff) <= 1e-5 + 1e-4 * abs(ref).
 """
-import collections
 import json
 
 import jax
@@ -63,25 +62,24 @@ def assert_close(actual, ref, what):
 @pytest.fixture(scope="module")
 def computed(losses_npz, losses_index):
   """Every entry's per-example values, batch mean and gradient of the batch
-  mean, from one jitted program per input case (the entries of a case share
-  their inputs): three compilations instead of one per entry."""
-  by_case = collections.defaultdict(list)
-  for entry in losses_index:
-    by_case[entry["case"]].append(entry)
-  results = {}
-  for case, entries in by_case.items():
-    def run(s, t, y, entries=entries):
-      out = {}
-      for entry in entries:
-        fn = loss_for(entry)
-        values, vjp = jax.vjp(lambda s, fn=fn: fn(s, t, y), s)
-        (grad,) = vjp(jnp.full(values.shape, 1.0 / values.size, values.dtype))
-        out[entry["key"]] = (values, jnp.mean(values), grad)
-      return out
-    inputs = [jnp.asarray(losses_npz[f"{case}/{x}"]) for x in ("student", "teacher", "labels")]
-    assert inputs[0].dtype == jnp.float32
-    results.update(jax.device_get(jax.jit(run)(*inputs)))
-  return results
+  mean, from one jitted program for all entries (the entries of a case share
+  their inputs): one compilation instead of one per entry (or per case: 59 s
+  for three programs against 45 s for one on a 2-core CPU)."""
+  cases = sorted({entry["case"] for entry in losses_index})
+  inputs = {case: [jnp.asarray(losses_npz[f"{case}/{x}"]) for x in ("student", "teacher", "labels")]
+            for case in cases}
+  assert all(case_inputs[0].dtype == jnp.float32 for case_inputs in inputs.values())
+
+  def run(inputs):
+    out = {}
+    for entry in losses_index:
+      s, t, y = inputs[entry["case"]]
+      fn = loss_for(entry)
+      values, vjp = jax.vjp(lambda s, fn=fn, t=t, y=y: fn(s, t, y), s)
+      (grad,) = vjp(jnp.full(values.shape, 1.0 / values.size, values.dtype))
+      out[entry["key"]] = (values, jnp.mean(values), grad)
+    return out
+  return jax.device_get(jax.jit(run)(inputs))
 
 
 @pytest.mark.parametrize("entry", _index())

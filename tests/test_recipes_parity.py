@@ -50,30 +50,23 @@ def user_config(key):
 @pytest.fixture(scope="module")
 def objectives(recipes):
   """``{key: (values, student-logit gradients)}`` at the fixture's epochs, for
-  every key, from one jitted program per dataset (each key's config is a
-  constant of it; the epochs are a vmapped argument): two compilations
-  instead of one per key."""
-  by_dataset = {}
-  for key in _keys():
-    by_dataset.setdefault(key.split("/")[0], []).append(key)
-  epochs = jnp.asarray(recipes["epochs"], jnp.int32)
-  results = {}
-  for keys in by_dataset.values():
-    configs = {key: user_config(key) for key in keys}
+  every key, from one jitted program (each key's config is a constant of it;
+  the epochs are a vmapped argument): one compilation instead of one per key."""
+  configs = {key: user_config(key) for key in _keys()}
 
-    def run(inputs, epochs, configs=configs):
-      out = {}
-      for key, config in configs.items():
-        student, teacher, labels = inputs[key]
-        value_and_grad = jax.value_and_grad(
-            lambda s, e, config=config: train.objective(config, s, teacher, labels, e))
-        out[key] = jax.vmap(value_and_grad, in_axes=(None, 0))(student, epochs)
-      return out
-    inputs = {key: (jnp.asarray(recipes[f"{key}/student"], jnp.float32),
-                    jnp.asarray(recipes[f"{key}/teacher"], jnp.float32),
-                    jnp.asarray(recipes[f"{key}/labels"], jnp.int32)) for key in keys}
-    results.update(jax.device_get(jax.jit(run)(inputs, epochs)))
-  return results
+  def run(inputs, epochs):
+    out = {}
+    for key, config in configs.items():
+      student, teacher, labels = inputs[key]
+      value_and_grad = jax.value_and_grad(
+          lambda s, e, config=config, teacher=teacher, labels=labels: train.objective(
+              config, s, teacher, labels, e))
+      out[key] = jax.vmap(value_and_grad, in_axes=(None, 0))(student, epochs)
+    return out
+  inputs = {key: (jnp.asarray(recipes[f"{key}/student"], jnp.float32),
+                  jnp.asarray(recipes[f"{key}/teacher"], jnp.float32),
+                  jnp.asarray(recipes[f"{key}/labels"], jnp.int32)) for key in configs}
+  return jax.device_get(jax.jit(run)(inputs, jnp.asarray(recipes["epochs"], jnp.int32)))
 
 
 @pytest.mark.parametrize("key", _keys())
