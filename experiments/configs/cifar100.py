@@ -97,7 +97,8 @@ def build(pair: str, args: dict):
   if pair not in PAIRS:
     raise config_lib.ConfigError(f"config string pair={pair!r}: one of {', '.join(PAIRS)}")
   teacher, student, dkd_beta = PAIRS[pair]
-  c = cifar_base(student, config_lib.parse_int("seed", args.get("seed", 0)), args.get("data_dir", ""))
+  seed = config_lib.parse_int("seed", args.get("seed", 0))
+  c = cifar_base(student, seed, args.get("data_dir", ""))
   c.teacher.tag = f"cifar/{teacher}"
   c.teacher.checkpoint = args.get("teacher", teacher_export(teacher))
   method = args.get("method", "rld")
@@ -111,7 +112,8 @@ def build(pair: str, args: dict):
 
 def teacher_config(arch: str, args: dict):
   """Vanilla training of a teacher (same recipe)."""
-  c = cifar_base(arch, config_lib.parse_int("seed", args.get("seed", 0)), args.get("data_dir", ""))
+  seed = config_lib.parse_int("seed", args.get("seed", 0))
+  c = cifar_base(arch, seed, args.get("data_dir", ""))
   config_lib.apply_method(c, "vanilla")
   return c
 
