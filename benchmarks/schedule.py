@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import machine  # noqa: E402
 from experiments import exit_status  # noqa: E402
-from rldjax import runtime  # noqa: E402  (before JAX starts: flags)
+from rldjax import errors, runtime  # noqa: E402  (before JAX starts: flags)
 
 DEFAULT_CONFIG = "experiments/configs/cifar100_res32x4_res8x4.py:method=rld"
 
@@ -85,7 +85,8 @@ def run(args) -> dict:
     config.batch_size = args.batch
   if args.workdir and os.path.exists(os.path.join(args.workdir, "run")):
     # A resumed run would mix two sessions' start-ups and compilations into the figures.
-    raise SystemExit(f"--workdir: {args.workdir} already holds a run; give a new directory")
+    raise errors.WorkdirError(f"--workdir: {args.workdir} already holds a run; give a new "
+                              "directory")
   base = args.workdir or tempfile.mkdtemp(prefix="rldjax_schedule_")
   try:
     if config.method != "vanilla":

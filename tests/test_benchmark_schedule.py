@@ -81,7 +81,8 @@ def test_schedule_benchmark_runs_the_loop_and_projects_the_schedule(tmp_path):
   assert "projected 7-epoch schedule of 300,50 examples" in proc.stdout
   again = subprocess.run([sys.executable, "benchmarks/schedule.py", f"--workdir={workdir}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert again.returncode == 1 and "already holds a run" in again.stderr  # never resumed
+  assert again.returncode == 2 and "error: --workdir: " in again.stderr  # never resumed
+  assert "already holds a run" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_benchmarks_end_like_the_launcher_on_a_run_they_cannot_make(tmp_path):
