@@ -15,8 +15,9 @@ same TFDS -> in-memory data -> sharded step -> Orbax checkpoint path as CIFAR-10
    distillation weights are scaled by each factor of ``--scales``; every
    candidate trains on the first 80% of the training split and is scored on
    the other 20% (top-1 averaged over the last 5 epochs and over
-   ``--selection_seeds`` seeds: less noisy than one epoch); the best factor is
-   kept (ties: the one listed first).
+   ``--selection_seeds`` seeds: less noisy than one epoch; these runs evaluate
+   only those epochs, ``config.eval_last_epochs``); the best factor is kept
+   (ties: the one listed first).
 3. **Final runs**: ``digits/resnet8`` students, ``--seeds`` seeds per method,
    trained on the whole training split and scored on the test split. A seed
    fixes the initialisation and the data order, so method and vanilla runs of
@@ -81,6 +82,9 @@ flags.DEFINE_integer("parallel_runs", None, "runs trained side by side (threads)
 FLAGS = flags.FLAGS
 
 
+SELECTION_EPOCHS = 5  # a candidate's score: its mean validation top-1 over its last 5 epochs
+
+
 def scaled_config(method, seed, epochs, scale, teacher, data_dir, val):
   from experiments.configs import digits  # pylint: disable=import-outside-toplevel
   args = f"method={method},seed={seed},epochs={epochs},val={val}"
@@ -98,6 +102,8 @@ def scaled_config(method, seed, epochs, scale, teacher, data_dir, val):
   # No augmentation on digits: the teacher's logits of each training image are
   # computed once per run instead of in every step (same values to rounding).
   config.teacher.precompute_logits = True
+  if val:  # what the selection reads (the final runs evaluate every epoch for the plot)
+    config.eval_last_epochs = SELECTION_EPOCHS
   return config
 
 
@@ -210,6 +216,7 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
     t0 = time.time()
     config = ml_collections.ConfigDict(config.to_dict())
     config.checkpoint.every_epochs = 1
+    config.eval_last_epochs = 0  # its one epoch evaluated: the evaluation is compiled too
     shutil.rmtree(os.path.join(workdir, "warmup", name), ignore_errors=True)
     run(os.path.join("warmup", name), config, record=False, stop_after_epochs=1)
     seconds = time.time() - t0
@@ -260,9 +267,10 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
   validation = {}  # selection run -> its top-1 on train[80%:], mean of the last 5 epochs
 
   def select_run(name, config):
-    history = run(name, config)["history"]
+    scores = [h["top1"] for h in loop.evaluated_records(run(name, config)["history"])]
+    scores = scores[-SELECTION_EPOCHS:]
     with lock:
-      validation[name] = sum(h["top1"] for h in history[-5:]) / len(history[-5:])
+      validation[name] = sum(scores) / len(scores)
 
   def final_run(method, seed):
     scale = selection[method]["chosen"] if method in selection else 1.0
@@ -308,7 +316,8 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
            f"{student_epochs} epochs, the teacher {teacher_epochs}; {seeds} seeds per method.", "",
            "**How the distillation weights were chosen** (never on the test split): each "
            "method's recipe weights times a factor, trained on `train[:80%]` and scored on "
-           f"`train[80%:]` (top-1 over the last 5 epochs, mean of {selection_seeds} seed(s)); "
+           f"`train[80%:]` (top-1 over the last {SELECTION_EPOCHS} epochs, mean of "
+           f"{selection_seeds} seed(s)); "
            "the best factor was kept for the final runs:", "",
            "| method | " + " | ".join(f"×{s:g}" for s in scales) + " | chosen |",
            "|---|" + "---|" * (len(scales) + 1)]

@@ -242,7 +242,8 @@ def plot(runs, path):
         label = f"vanilla student ({r['student']})"
       cfg = _flat(r.get("config"))
       split = cfg.get("dataset.eval_split", "test")
-      curves[f"{label}, {split}"].append([h["top1"] for h in r["history"]])
+      # NaN where an epoch was not evaluated (config.eval_last_epochs)
+      curves[f"{label}, {split}"].append([h.get("top1", np.nan) for h in r["history"]])
   fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
   for label in sorted(curves):
     n = min(len(c) for c in curves[label])

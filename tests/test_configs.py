@@ -69,6 +69,7 @@ def test_every_loss_hyperparameter_is_a_config_field(method):
     ("optimizer.schedule", "cosine", "config.optimizer.schedule"),
     ("kd_weight", -1.0, "config.kd_weight"),
     ("warmup_epochs", -2, "config.warmup_epochs"),
+    ("eval_last_epochs", -1, "config.eval_last_epochs"),
     ("seed", 2**32, "config.seed"),  # would alias seed 0 (32-bit PRNG seeds)
     ("seed", -1, "config.seed"),
 ])

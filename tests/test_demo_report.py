@@ -45,6 +45,10 @@ def test_demo_writes_report_from_results(tmp_path):
   for p in (workdir / "selection").glob("*/results.json"):
     r = json.loads(p.read_text())
     assert (r["train_split"], r["eval_split"]) == ("train[:80%]", "train[80%:]")
+    assert r["config"]["eval_last_epochs"] == demo.SELECTION_EPOCHS  # what the score reads
+    scale = p.parent.name.split("_x")[1].split("_seed")[0]
+    assert summary["selection"]["rld"]["scores"][scale] == np.mean(
+        [h["top1"] for h in r["history"][-demo.SELECTION_EPOCHS:]])
   assert runs["rld_seed0"]["eval_split"] == "test"
   assert abs(runs["rld_seed0"]["config"]["distill_weight"] - chosen) < 1e-12
   assert "How the distillation weights were chosen" in md and "never on the test split" in md
@@ -75,7 +79,7 @@ def test_demo_writes_report_from_results(tmp_path):
       assert (alone / "export" / name / f).read_bytes() == (beside / "export" / name / f).read_bytes()
 
 
-def _write(root, name, method, seed, best, last, finished=True, **config):
+def _write(root, name, method, seed, best, last, finished=True, first_evaluated=1, **config):
   d = root / name
   d.mkdir(parents=True)
   cfg = {"seed": seed, "dataset": {"train_split": "train", "eval_split": "test"},
@@ -85,8 +89,8 @@ def _write(root, name, method, seed, best, last, finished=True, **config):
       "method": method, "student": "cifar/resnet8x4", "dataset": "cifar100",
       "teacher": None if method == "vanilla" else "cifar/resnet32x4", "seed": seed,
       "finished": finished, "best_top1": best, "last_top1": last, "config": cfg,
-      "history": [{"epoch": 1, "top1": last - 1}, {"epoch": 2, "top1": best},
-                  {"epoch": 3, "top1": last}]}))
+      "history": [{"epoch": e, **({"top1": top1} if e >= first_evaluated else {})}
+                  for e, top1 in ((1, last - 1), (2, best), (3, last))]}))
 
 
 def test_report_groups_by_config_and_states_the_noise(tmp_path):
@@ -97,7 +101,9 @@ def test_report_groups_by_config_and_states_the_noise(tmp_path):
     _write(tmp_path, f"r{seed}", "rld", seed, r + 0.5, r)
   # Another rld config (other weights): its own column, never averaged in.
   _write(tmp_path, "r_other", "rld", 0, 10.5, 10.0, distill_weight=0.25)
-  _write(tmp_path, "kd0", "kd", 0, 74.0, 73.5)  # a single run: no spread shown
+  # A single run (no spread shown), evaluated after its last two epochs only
+  # (config.eval_last_epochs=2): its curve starts at epoch 2.
+  _write(tmp_path, "kd0", "kd", 0, 74.0, 73.5, first_evaluated=2)
   _write(tmp_path, "unfinished", "rld", 5, 1.0, 1.0, finished=False)
   table, cells, gains, unfinished = report.write_report([str(tmp_path)], str(tmp_path / "out"))
   assert len(unfinished) == 1 and unfinished[0].endswith("unfinished/results.json")
@@ -112,6 +118,7 @@ def test_report_groups_by_config_and_states_the_noise(tmp_path):
   assert not g["includes_zero"] and "above vanilla beyond noise" in table
   text = (tmp_path / "out" / "report.md").read_text()
   assert "Unfinished" in text
+  assert (tmp_path / "out" / "accuracy.png").read_bytes().startswith(b"\x89PNG")
   assert re.search(r"rld \[\d\]", table)  # two rld configs, two columns
 
 

@@ -95,6 +95,33 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, data_dir, teacher_e
   assert list((tmp_path / "straight").glob("events.out.tfevents*"))
 
 
+def test_evaluating_only_the_last_epochs_trains_the_same(tmp_path, data_dir, teacher_export):
+  """config.eval_last_epochs=2 of 4: the same training, one history record per
+  epoch (the first two without evaluation), export/best the best evaluated
+  epoch, and a resume from a checkpoint of an unevaluated epoch."""
+  config = small_config(data_dir, teacher_export, epochs=4)
+  every = loop.train_and_evaluate(config, str(tmp_path / "every"))
+  config.eval_last_epochs = 2
+  last2 = loop.train_and_evaluate(config, str(tmp_path / "last2"), stop_after_epochs=1)
+  assert last2["status"] == "stopped" and last2["best_top1"] is None
+  last2 = loop.train_and_evaluate(config, str(tmp_path / "last2"))
+  assert last2["finished"] and len(last2["history"]) == 4
+  train_fields = ("epoch", "step", "train_loss", "train_ce", "train_accuracy", "lr")
+  for a, b in zip(every["history"][:2], last2["history"][:2]):
+    assert b == {k: a[k] for k in train_fields}
+  assert every["history"][2:] == last2["history"][2:]
+  best = max(every["history"][2:], key=lambda h: h["top1"])  # the first one on a tie
+  assert (last2["best_epoch"], last2["best_top1"]) == (best["epoch"], best["top1"])
+  assert last2["last_top1"] == every["last_top1"]
+  meta = export.read_metadata(str(tmp_path / "last2" / "export" / "best"))
+  assert (meta["epoch"], meta["top1"]) == (best["epoch"], best["top1"])
+  assert_same_export(tmp_path / "every" / "export" / "last", tmp_path / "last2" / "export" / "last")
+  if best["epoch"] == every["best_epoch"]:
+    assert_same_export(tmp_path / "every" / "export" / "best",
+                       tmp_path / "last2" / "export" / "best")
+  assert read_json(tmp_path / "last2" / "history.json") == last2["history"]
+
+
 @pytest.mark.parametrize("eval_batch_size,n", [(16, 37), (16, 32), (512, 37)])
 def test_in_memory_evaluation_counts_every_example_once(eval_batch_size, n):
   check_evaluate_arrays(eval_batch_size, n)  # full batches, then the remainder

@@ -96,6 +96,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, every_epochs=1, keep_latest=2,
                                                  keep_best=1))
   c.log_every_steps = 100
+  # 0: evaluate after every epoch (the published code). N > 0: only after the
+  # last N epochs; the other epochs' history records hold the training
+  # metrics only, and export/best is the best of the evaluated epochs.
+  c.eval_last_epochs = 0
   c.steps_per_call = 1  # > 1: that many in-memory steps per device call (a while_loop)
   c.distributed = False
   return c
@@ -242,7 +246,7 @@ def validate(config) -> None:
     value = _field(config, field)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
       _fail(field, f"must be a number >= 0, got {value!r}")
-  for field in ("warmup_epochs", "optimizer.lr_warmup_epochs"):
+  for field in ("warmup_epochs", "optimizer.lr_warmup_epochs", "eval_last_epochs"):
     value = _field(config, field)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
       _fail(field, f"must be an int >= 0, got {value!r}")

@@ -16,7 +16,9 @@ alone:
 * **Honest exports.** ``export/best`` is the state that scored the best test
   top-1 (the first such epoch), kept in the train state from the moment it was
   evaluated; ``export/last`` the final one. Each export's model.json records
-  its epoch and top-1.
+  its epoch and top-1. Every epoch is evaluated unless
+  ``config.eval_last_epochs`` = N > 0 limits that to the last N (the final
+  epoch always is); the history keeps one record per epoch either way.
 
 Multi-process: every process runs this function; process 0 writes every file
 (lock, config, results, history, events, exports), and every process enters
@@ -103,9 +105,26 @@ def _previous_times(workdir) -> tuple[float, float, float]:
     return 0.0, 0.0, 0.0
 
 
+def evaluates(config, epoch: int) -> bool:
+  """Whether the run evaluates after the 1-based ``epoch``
+  (``config.eval_last_epochs``: 0, every epoch; N, the last N)."""
+  last = config.get("eval_last_epochs", 0)
+  return not last or epoch > config.num_epochs - last
+
+
+def evaluated_records(history: list) -> list:
+  """The history records of the evaluated epochs (those with ``top1``)."""
+  return [h for h in history if "top1" in h]
+
+
+def best_record(history: list) -> dict | None:
+  """The first evaluated record with the highest top-1, or None."""
+  return max(evaluated_records(history), key=lambda h: h["top1"], default=None)
+
+
 def _results(workdir, config, history, status, wall, train_time, compile_time, extra=None):
-  best = max(history, key=lambda h: h["top1"]) if history else None
-  last = history[-1] if history else None
+  best = best_record(history)
+  last = (evaluated_records(history) or [None])[-1]
   out = {
       "method": config.method, "student": config.student.tag,
       "teacher": config.teacher.tag if config.method != "vanilla" else None,
@@ -256,13 +275,13 @@ class _Run:
       finished = len(history) >= config.num_epochs
       if finished:  # written while the last checkpoint is saved in the background
         best = jax.device_get(state.best)
-        best_record = history[int(best["epoch"]) - 1]
-        last = history[-1]
+        best_epoch = history[int(best["epoch"]) - 1]
+        last = history[-1]  # the final epoch is always evaluated
         _export(workdir, "last", config.student.tag, config.dataset.num_classes, state.variables,
                 {"epoch": last["epoch"], "top1": last["top1"]})
         _export(workdir, "best", config.student.tag, config.dataset.num_classes,
                 {"params": best["params"], "batch_stats": best["batch_stats"]},
-                {"epoch": best_record["epoch"], "top1": best_record["top1"]})
+                {"epoch": best_epoch["epoch"], "top1": best_epoch["top1"]})
       manager.wait_until_finished()  # results.json last: a finished run is durable
       return self.write_results(history, "finished" if finished else "stopped")
     finally:
@@ -449,29 +468,36 @@ class _Run:
 
   def _end_epoch(self, state, history, epoch, manager, writer):
     c = self.config
-    eval_sums = self._evaluate(state)
-    # Dispatched before anything is read back; then one read for everything.
-    state = self.programs.record_evaluation(state, eval_sums, np.int32(epoch + 1))
+    eval_sums = None
+    if evaluates(c, epoch + 1):
+      eval_sums = self._evaluate(state)
+      # Dispatched before anything is read back; then one read for everything.
+      state = self.programs.record_evaluation(state, eval_sums, np.int32(epoch + 1))
     eval_sums, sums, step = jax.device_get((eval_sums, state.epoch_sums, state.step))
-    count = float(eval_sums["count"])
-    result = {"top1": 100.0 * float(eval_sums["top1"]) / count,
-              "top5": 100.0 * float(eval_sums["top5"]) / count,
-              "loss": float(eval_sums["loss"]) / count, "count": int(count)}
     steps = max(float(sums["steps"]), 1.0)
     step = int(step)
-    record = {"epoch": epoch + 1, "step": step, "top1": result["top1"], "top5": result["top5"],
-              "test_loss": result["loss"], "train_loss": float(sums["loss"]) / steps,
-              "train_ce": float(sums["ce"]) / steps,
-              "train_accuracy": 100.0 * float(sums["accuracy"]) / steps,
-              "lr": self._learning_rate(epoch + 1)}
+    record = {"epoch": epoch + 1, "step": step}
+    if eval_sums is not None:
+      count = float(eval_sums["count"])
+      record.update(top1=100.0 * float(eval_sums["top1"]) / count,
+                    top5=100.0 * float(eval_sums["top5"]) / count,
+                    test_loss=float(eval_sums["loss"]) / count)
+    record.update(train_loss=float(sums["loss"]) / steps, train_ce=float(sums["ce"]) / steps,
+                  train_accuracy=100.0 * float(sums["accuracy"]) / steps,
+                  lr=self._learning_rate(epoch + 1))
     history = history + [record]
     if (epoch + 1) % c.checkpoint.every_epochs == 0 or epoch + 1 == c.num_epochs:
-      ckpt_lib.save(manager, state, history, metrics={"top1": result["top1"]}, force=True)
+      ckpt_lib.save(manager, state, history, force=True,
+                    metrics={"top1": record["top1"]} if eval_sums is not None else None)
     self.write_results(history, "running", throttle=True)
+    if eval_sums is None:
+      writer.write(step, {"train/epoch_loss": record["train_loss"]})
+      logging.info("epoch %d/%d  train loss %.4f  (not evaluated: config.eval_last_epochs=%d)",
+                   epoch + 1, c.num_epochs, record["train_loss"], c.eval_last_epochs)
+      return state, history
     writer.write(step, {"test/top1": record["top1"], "test/top5": record["top5"],
                         "test/loss": record["test_loss"], "train/epoch_loss": record["train_loss"]})
-    best = max(h["top1"] for h in history)
     logging.info("epoch %d/%d  train loss %.4f  test top-1 %.2f  top-5 %.2f  (best %.2f, %d "
                  "examples)", epoch + 1, c.num_epochs, record["train_loss"], record["top1"],
-                 record["top5"], best, result["count"])
+                 record["top5"], best_record(history)["top1"], int(count))
     return state, history

@@ -49,7 +49,7 @@ from rldjax.train.state import TrainState, record_evaluation
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Fields that change neither the programs nor what they compute.
 _NOT_IN_PROGRAMS = ("seed", "checkpoint", "log_every_steps", "steps_per_call", "num_epochs",
-                    "distributed")
+                    "distributed", "eval_last_epochs")
 
 
 @dataclasses.dataclass

@@ -34,7 +34,7 @@ MAY_CHANGE = ("checkpoint", "log_every_steps", "steps_per_call", "eval_batch_siz
               "dataset.download", "dataset.in_memory", "distributed", "num_epochs")
 # Fields added to the config after runs were recorded without them: in an older
 # config.json, an absent field means this value.
-ADDED_DEFAULTS = {"teacher.precompute_logits": False}
+ADDED_DEFAULTS = {"teacher.precompute_logits": False, "eval_last_epochs": 0}
 
 
 def _finite(obj):
