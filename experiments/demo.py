@@ -309,8 +309,12 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
   task_graph.run_graph(tasks, workers)
   selection = {m: selection[m] for m in tuned}  # in the listed order, whatever ended first
 
-  final = [r for r in timings["runs"] if r["name"].startswith("runs")]
-  share = [r["steps_s"] / r["wall_s"] for r in final]
+  def shares(prefix):  # "lo%–hi%" of the recorded runs' wall time spent in steps
+    share = [r["steps_s"] / max(r["wall_s"], 1e-9) for r in timings["runs"]
+             if r["name"].startswith(prefix)]
+    low, high = f"{min(share, default=0):.0%}", f"{max(share, default=0):.0%}"
+    return low if low == high else f"{low}–{high}"
+
   lines = ["Teacher `digits/resnet14` (vanilla, last epoch) and students `digits/resnet8` on "
            "`rldjax_digits` (1438 training / 359 test images, 10 classes). Students train "
            f"{student_epochs} epochs, the teacher {teacher_epochs}; {seeds} seeds per method.", "",
@@ -328,9 +332,12 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
           "than the total; " if workers > 1 else "one run at a time; ")
   lines += ["", f"Timing: {time.time() - start:.0f}s in all, {side}compilation "
             f"{timings['warmup_s']:.0f}s of run time, once for the teacher and once per method "
-            "and split (warm-up runs stopped after one epoch); in the final runs "
-            f"{min(share):.0%}–{max(share):.0%} of each run's wall time is spent in training "
-            "steps (the rest: evaluation every epoch, checkpoints, exports)."]
+            "and split (warm-up runs stopped after one epoch). Share of each run's wall time "
+            f"spent in training steps: final runs {shares('runs/')} (the rest: evaluation "
+            "every epoch, checkpoints, exports)"
+            + (f", selection runs {shares('selection/')} (evaluated in their last "
+               f"{SELECTION_EPOCHS} epochs only)" if tuned else "")
+            + f", the teacher {shares('teacher')}."]
   table, _, gains, _ = report.write_report(
       [os.path.join(workdir, "teacher"), os.path.join(workdir, "runs")], workdir,
       preamble="\n".join(lines))

@@ -62,7 +62,9 @@ def test_demo_writes_report_from_results(tmp_path):
     assert cells[method] == f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f} (n=2)"
   teacher = json.loads((workdir / "teacher" / "results.json").read_text())
   assert cells["teacher"] == f"{teacher['last_top1']:.2f} (n=1)"
-  assert "Paired gain over vanilla" in md and "steps" in md
+  assert "Paired gain over vanilla" in md
+  assert re.search(r"in training steps: final runs \d+%(–\d+%)? .*, selection runs \d+%(–\d+%)? "
+                   r"\(evaluated in their last 5 epochs only\), the teacher \d+%\.", md)
   assert not (workdir / "run.lock").exists()  # released at the end
   # Programs are compiled once per method and split: both weight factors share one.
   assert {p.name for p in (workdir / "warmup").iterdir()} == {
