@@ -1,7 +1,7 @@
 """How the command-line entry points end when a run fails as documented.
 
 A :class:`rldjax.errors.RunError` (a config, data, teacher or workdir the run
-cannot use, a divergence, a preemption) ends the process with the error's
+cannot use, a divergence, a storage failure, a preemption) ends the process with the error's
 ``exit_code`` and its message on stderr, without a traceback; anything else
 keeps its traceback (a bug). ``experiments/train.py``,
 ``experiments/demo.py`` and the benchmarks that run the loop

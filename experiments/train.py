@@ -15,6 +15,7 @@ let JAX detect the cluster (TPU pod slices, SLURM, MPI). See the README.
 
 Exit status: 0 finished, 1 flag
 errors, 2 a run that cannot start (config, data, teacher, workdir), 3 diverged,
+4 storage failed (a file the run cannot write: fix it, rerun to resume),
 143 stopped by SIGTERM after saving a checkpoint (rerun to resume).
 """
 import os

@@ -37,6 +37,13 @@ class DivergedError(RunError):
   exit_code = 3
 
 
+class StorageError(RunError):
+  """A file of the run could not be written or read (disk full, no
+  permission, a storage service down): the run stopped, its complete
+  checkpoints are kept, and the same command resumes once storage is fixed."""
+  exit_code = 4
+
+
 class PreemptedError(RunError):
   """The run was asked to stop (SIGTERM) and saved a checkpoint to resume from."""
   exit_code = 143  # 128 + SIGTERM, what a scheduler expects of a terminated job

@@ -2,6 +2,7 @@
 resume, corrupt checkpoints (newest and best), divergence, bad labels, honest
 exports under a tie, one experiment per workdir, the device/host data paths,
 the streaming path, schedules."""
+import errno
 import json
 import os
 
@@ -14,6 +15,7 @@ import tensorflow_datasets as tfds
 from experiments.configs import digits as digits_config
 from rldjax import errors, export, models
 from rldjax.data import augment, builders
+from rldjax.train import checkpoint as ckpt_lib
 from rldjax.train import config as config_lib, loop, optim, programs, step as step_lib
 from rldjax.train.recipe import Recipe
 from rldjax.train.state import TrainState
@@ -120,6 +122,38 @@ def test_evaluating_only_the_last_epochs_trains_the_same(tmp_path, data_dir, tea
     assert_same_export(tmp_path / "every" / "export" / "best",
                        tmp_path / "last2" / "export" / "best")
   assert read_json(tmp_path / "last2" / "history.json") == last2["history"]
+
+
+def test_full_disk_stops_the_run_and_the_same_command_continues_exactly(
+    tmp_path, data_dir, teacher_export, monkeypatch):
+  """The disk fills up at the 4th checkpoint (step 9, epoch 2): the run stops
+  with a StorageError (exit status 4) and results.json says so; once there is
+  space, the same call resumes from step 6 and ends as an uninterrupted run."""
+  config = small_config(data_dir, teacher_export, epochs=3)
+  straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
+  real, saves = ckpt_lib.save, []
+
+  def full_disk(*args, **kwargs):
+    saves.append(int(args[1].step))
+    if len(saves) == 4:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real(*args, **kwargs)
+  monkeypatch.setattr(ckpt_lib, "save", full_disk)
+  with pytest.raises(errors.StorageError, match=r"No space left on device\. The run stopped; "
+                     r".*rerun the same command to resume") as failed:
+    loop.train_and_evaluate(config, str(tmp_path / "full"))
+  assert failed.value.exit_code == 4 and saves == [3, 5, 6, 9]
+  results = read_json(tmp_path / "full" / "results.json")
+  assert results["status"] == "storage_failed" and not results["finished"]
+  assert results["error"] == str(failed.value)
+  assert not (tmp_path / "full" / "run.lock").exists()
+  monkeypatch.setattr(ckpt_lib, "save", real)
+  resumed = loop.train_and_evaluate(config, str(tmp_path / "full"))
+  assert resumed["finished"] and resumed["status"] == "finished" and "error" not in resumed
+  assert resumed["history"] == straight["history"]
+  for name in ("last", "best"):
+    assert_same_export(tmp_path / "straight" / "export" / name,
+                       tmp_path / "full" / "export" / name)
 
 
 @pytest.mark.parametrize("eval_batch_size,n", [(16, 37), (16, 32), (512, 37)])

@@ -138,6 +138,32 @@ def test_killed_and_terminated_runs_end_bit_identical(env):
   assert_same_run(reference, chaos)
 
 
+def test_a_file_the_run_cannot_write_stops_it_with_status_4(env):
+  """Files capped at 8 kB (RLIMIT_FSIZE: writes fail with EFBIG, as they fail
+  with ENOSPC on a full disk): the epoch-1 checkpoint cannot be written. The
+  run stops with status 4 and one error line, results.json says so, and the
+  same command without the cap finishes."""
+  workdir = env["base"] / "capped"
+  cmd = command(env, workdir, "--config.num_epochs=2", "--config.checkpoint.every_steps=1000",
+                "--compilation_cache=none")  # no cache entry is left cut short
+  capped = subprocess.run(
+      [sys.executable, "-c", "import os, resource, sys; "
+       "resource.setrlimit(resource.RLIMIT_FSIZE, (8000, 8000)); "
+       "os.execv(sys.argv[1], sys.argv[1:])", *cmd],
+      env=env["env"], capture_output=True, text=True, timeout=300)
+  assert capped.returncode == 4, capped.stderr[-3000:]
+  last = capped.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: storage failed in {workdir}: ") and "File too large" in last
+  assert last.endswith("rerun the same command to resume.")
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["status"] == "storage_failed" and results["epochs_completed"] == 1
+  assert not list(workdir.glob("*.tmp")) and not (workdir / "run.lock").exists()
+  rerun = run(env, workdir, "--config.num_epochs=2", "--config.checkpoint.every_steps=1000")
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert json.loads((workdir / "results.json").read_text())["status"] == "finished"
+  assert not [p for p in (workdir / "checkpoints").iterdir() if not p.name.isdigit()]
+
+
 def test_second_process_on_a_busy_workdir_fails_at_once(env):
   workdir = env["base"] / "busy"
   first = start(env, workdir, "--config.num_epochs=200")

@@ -12,7 +12,11 @@ alone:
   the run (``DivergedError``, exit status 3) naming the step, epoch and value;
   the last good checkpoint is kept, nothing is exported, and results.json says
   ``"status": "diverged"``. SIGTERM saves a checkpoint of the step reached and
-  stops (``PreemptedError``, exit status 143); rerun to resume.
+  stops (``PreemptedError``, exit status 143); rerun to resume. A file the
+  run cannot write or read (a full disk, a missing permission: an OSError, or
+  Orbax's TensorStore error made from one) stops it with ``StorageError``
+  (exit status 4) naming the cause; the complete checkpoints are kept and
+  results.json says ``"status": "storage_failed"`` if it can still be written.
 * **Honest exports.** ``export/best`` is the state that scored the best test
   top-1 (the first such epoch), kept in the train state from the moment it was
   evaluated; ``export/last`` the final one. Each export's model.json records
@@ -26,6 +30,7 @@ every collective (Orbax checkpoint saves and restores) and every barrier.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -166,6 +171,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   config_lib.validate(config)
   config = _resolved(config)
   workdir = os.path.abspath(workdir)  # Orbax needs absolute paths
+  try:
+    return _run_locked(config, workdir, stop_after_epochs)
+  except Exception as err:  # pylint: disable=broad-except
+    cause = workdir_lib.storage_failure(err)
+    if cause is None:
+      raise
+    message = (f"storage failed in {workdir}: {cause}. The run stopped; its complete "
+               "checkpoints are kept. Free space (or fix the permissions), then rerun the same "
+               "command to resume.")
+    _record_failure(workdir, "storage_failed", message)
+    raise errors.StorageError(message) from err
+
+
+def _run_locked(config, workdir, stop_after_epochs):
+  """The run in ``workdir``, holding its lock."""
   if distributed.is_primary():
     os.makedirs(workdir, exist_ok=True)
   lock = workdir_lib.WorkdirLock(workdir)
@@ -177,6 +197,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   finally:
     if distributed.is_primary():
       lock.release()
+
+
+def _record_failure(workdir, status, message):
+  """Best effort: results.json says ``status`` and ``error``, so that nothing
+  reading it takes the run for a running one (this write may fail too)."""
+  path = os.path.join(workdir, "results.json")
+  if not distributed.is_primary() or not os.path.exists(path):  # none yet: nothing to mislead
+    return
+  try:
+    with open(path) as f:
+      results = json.load(f)
+    results.update(status=status, finished=False, error=message)
+    workdir_lib.write_json(path, results)
+  except (OSError, ValueError) as err:
+    logging.warning("could not record the failure in %s: %s", path, err)
 
 
 class _Run:

@@ -12,6 +12,8 @@
   ``num_epochs`` (continue training) may change.
 * :func:`write_json`: atomic, strict JSON (a non-finite float is written as
   ``null``), readable by any parser.
+* :func:`storage_failure`: whether an exception is the storage failing (a
+  full disk, a missing permission) rather than a bug.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import time
 
 from absl import logging
 
-from rldjax.errors import WorkdirError
+from rldjax.errors import RunError, WorkdirError
 
 LOCK_NAME = "run.lock"
 CONFIG_NAME = "config.json"
@@ -35,6 +37,12 @@ MAY_CHANGE = ("checkpoint", "log_every_steps", "steps_per_call", "eval_batch_siz
 # Fields added to the config after runs were recorded without them: in an older
 # config.json, an absent field means this value.
 ADDED_DEFAULTS = {"teacher.precompute_logits": False, "eval_last_epochs": 0}
+# TensorStore's status codes (Orbax's array writes raise them as ValueError)
+# that mean the storage failed, not the program; a TensorStore error made from
+# an OS error also names it (``[os_error_code='28']``).
+STORAGE_STATUSES = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAVAILABLE", "DATA_LOSS",
+                    "DEADLINE_EXCEEDED")
+OS_ERROR_MARK = "[os_error_code="
 
 
 def _finite(obj):
@@ -48,11 +56,31 @@ def _finite(obj):
 
 
 def write_json(path: str, obj) -> None:
-  """Atomically writes ``obj`` as strict JSON (non-finite floats -> null)."""
+  """Atomically writes ``obj`` as strict JSON (non-finite floats -> null); a
+  failed write (a full disk) leaves ``path`` as it was and no temporary file."""
   tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(_finite(obj), f, indent=1, default=str, allow_nan=False)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      json.dump(_finite(obj), f, indent=1, default=str, allow_nan=False)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def storage_failure(err: BaseException) -> str | None:
+  """The first line of the storage failure ``err`` is, or was raised from
+  (``__cause__``): an ``OSError``, or a TensorStore error of
+  :data:`STORAGE_STATUSES` or made from an OS error; None for anything else,
+  a ``RunError`` included."""
+  while err is not None and not isinstance(err, RunError):
+    text = str(err)
+    if isinstance(err, OSError) or (isinstance(err, ValueError) and (
+        text.startswith(STORAGE_STATUSES) or OS_ERROR_MARK in text)):
+      return (text.strip().splitlines() or [type(err).__name__])[0]
+    err = err.__cause__
+  return None
 
 
 def _alive(pid: int) -> bool:
