@@ -122,6 +122,10 @@ def test_evaluating_only_the_last_epochs_trains_the_same(tmp_path, data_dir, tea
     assert_same_export(tmp_path / "every" / "export" / "best",
                        tmp_path / "last2" / "export" / "best")
   assert read_json(tmp_path / "last2" / "history.json") == last2["history"]
+  # Which epochs are evaluated may change between sessions (the training does
+  # not): the finished run, rerun with every epoch evaluated, is as it was.
+  config.eval_last_epochs = 0
+  assert loop.train_and_evaluate(config, str(tmp_path / "last2"))["history"] == last2["history"]
 
 
 def test_full_disk_stops_the_run_and_the_same_command_continues_exactly(

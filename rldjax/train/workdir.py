@@ -7,7 +7,8 @@
 * :func:`check_config`: ``<workdir>/config.json`` records the config a run was
   started with. A rerun whose config differs in a field that changes the
   experiment fails before training, naming every such field
-  (``config.method: kd -> dkd``); logging and checkpoint cadence, the data
+  (``config.method: kd -> dkd``); logging, checkpoint and evaluation cadence
+  (which epochs are evaluated: the training is the same), the data
   location, the data path (in memory or not: same batches) and a larger
   ``num_epochs`` (continue training) may change.
 * :func:`write_json`: atomic, strict JSON (a non-finite float is written as
@@ -32,11 +33,11 @@ LOCK_NAME = "run.lock"
 CONFIG_NAME = "config.json"
 # Fields that may differ between the runs of one workdir.
 MAY_CHANGE = ("checkpoint", "log_every_steps", "steps_per_call", "eval_batch_size",
-              "dataset.data_dir",
+              "eval_last_epochs", "dataset.data_dir",
               "dataset.download", "dataset.in_memory", "distributed", "num_epochs")
 # Fields added to the config after runs were recorded without them: in an older
 # config.json, an absent field means this value.
-ADDED_DEFAULTS = {"teacher.precompute_logits": False, "eval_last_epochs": 0}
+ADDED_DEFAULTS = {"teacher.precompute_logits": False}
 # TensorStore's status codes (Orbax's array writes raise them as ValueError)
 # that mean the storage failed, not the program; a TensorStore error made from
 # an OS error also names it (``[os_error_code='28']``).
