@@ -9,6 +9,7 @@ keeps its traceback (a bug). ``experiments/train.py``,
 so a script can tell a diverged demo (3) from a busy workdir (2) from a bad
 flag (1).
 """
+import os
 import sys
 
 from absl import logging
@@ -18,10 +19,29 @@ from rldjax import errors
 
 def exit_on_run_error(fn, *args, **kwargs):
   """``fn(*args, **kwargs)``; on a RunError, logs it, writes ``error: <message>``
-  to stderr and exits with its ``exit_code``."""
+  to stderr and exits with its ``exit_code``.
+
+  A storage failure in a multi-process run may be this process's alone (only
+  process 0 writes the run's files): its peers wait in a collective it will
+  never join, and a normal exit would wait for them in JAX's shutdown barrier
+  (5 minutes). It ends the process at once instead; JAX's coordination
+  service then ends the peers as after a peer's death."""
   try:
     return fn(*args, **kwargs)
   except errors.RunError as err:
-    logging.error("%s: %s", type(err).__name__, err)
-    sys.stderr.write(f"error: {err}\n")
+    try:  # the log may be on the storage that failed: the status still says it
+      logging.error("%s: %s", type(err).__name__, err)
+      sys.stderr.write(f"error: {err}\n")
+      logging.flush()
+      sys.stderr.flush()
+      sys.stdout.flush()
+    except OSError:
+      pass
+    if isinstance(err, errors.StorageError) and _process_count() > 1:
+      os._exit(err.exit_code)  # pylint: disable=protected-access
     sys.exit(err.exit_code)
+
+
+def _process_count() -> int:
+  jax = sys.modules.get("jax")  # not imported: one process
+  return jax.process_count() if jax is not None else 1

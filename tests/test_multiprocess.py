@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from rldjax import export
+from rldjax.data import builders
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = f"--config={ROOT}/experiments/configs/digits.py:method=vanilla,model=teacher,epochs=2"
@@ -54,9 +55,13 @@ def environment(base, devices=1):
   return env
 
 
-def launch(base, workdir, data_dir, *extra, devices=1):
+def launch(base, workdir, data_dir, *extra, devices=1, max_file_bytes=None):
   cmd = [sys.executable, "-m", "experiments.train", CONFIG, f"--workdir={workdir}",
          f"--config.dataset.data_dir={data_dir}", "--config.checkpoint.every_steps=5", *extra]
+  if max_file_bytes:  # writes of larger files fail (EFBIG), as writes to a full disk do
+    cmd = [sys.executable, "-c", "import os, resource, sys; resource.setrlimit("
+           f"resource.RLIMIT_FSIZE, ({max_file_bytes}, {max_file_bytes})); "
+           "os.execv(sys.argv[1], sys.argv[1:])", *cmd]
   log = open(base / f"log_{time.time_ns()}.txt", "w+")  # a file: a pipe could fill and block
   proc = subprocess.Popen(cmd, env=environment(base, devices), stdout=log,
                           stderr=subprocess.STDOUT, text=True)
@@ -64,10 +69,11 @@ def launch(base, workdir, data_dir, *extra, devices=1):
   return proc
 
 
-def launch_pair(base, workdir, data_dir):
+def launch_pair(base, workdir, data_dir, *extra, max_file_bytes=None):
   address = f"127.0.0.1:{free_port()}"
   return [launch(base, workdir, data_dir, f"--coordinator_address={address}",
-                 "--num_processes=2", f"--process_id={i}") for i in (0, 1)]
+                 "--num_processes=2", f"--process_id={i}", *extra,
+                 max_file_bytes=max_file_bytes) for i in (0, 1)]
 
 
 def finish(procs, timeout=240):
@@ -134,3 +140,29 @@ def test_two_processes_killed_and_relaunched_match_one_process(base):
   for name in ("best", "last"):
     assert (workdir / "export" / name / "model.json").exists()
   assert not list((workdir / "export").glob("*.tmp"))
+
+
+def test_a_storage_failure_on_one_process_ends_both(base):
+  """Process 0 writes the run's files; when it cannot (files capped at 100
+  kB: its first checkpoint's ~235 kB data file fails, its log fits), it ends
+  at once with status 4 and its error, and its peer, waiting in a
+  collective, is ended by JAX's coordination service, instead of both
+  waiting in Orbax's barriers (they did, for 20 minutes, with asynchronous
+  multi-process saves)."""
+  data_dir = base / "data_capped"
+  builders.load_builder("rldjax_digits", str(data_dir))  # prepared before the cap
+  workdir = base / "capped"
+  t0 = time.time()
+  procs = launch_pair(base, workdir, data_dir, "--compilation_cache=none",
+                      max_file_bytes=100_000)
+  logs = []
+  for p in procs:
+    p.wait(timeout=240)
+    p.log.seek(0)
+    logs.append(p.log.read())
+    p.log.close()
+  assert procs[0].returncode == 4, logs[0][-4000:]
+  assert f"error: storage failed in {workdir}: " in logs[0] and "File too large" in logs[0]
+  assert procs[1].returncode not in (0, None), logs[1][-4000:]
+  assert time.time() - t0 < 200
+  assert not (workdir / "export").exists() and not (workdir / "run.lock").exists()

@@ -24,7 +24,12 @@ other's saves (FileExistsError, missing ``_sharding``, half-written
 directories: four threads saving at once failed in three of four). So outside
 the main thread every Orbax call here holds one process-wide lock and a save
 is waited for before the lock is released. A run in the main thread (the
-launcher) saves asynchronously, as above.
+launcher) saves asynchronously, as above, when it is the only process. With
+several processes saves are synchronous: when an asynchronous save failed on
+one process (a full disk), every process waited in Orbax's barriers (20
+minutes), where a synchronous one raises in the failing process's main thread
+(``experiments/exit_status.py`` then ends it, and JAX's coordination service
+its peers).
 """
 from __future__ import annotations
 
@@ -137,15 +142,16 @@ def _locked():
 
 
 def create_manager(directory: str, keep_latest: int = 2, keep_best: int = 1) -> ocp.CheckpointManager:
-  """Async manager keeping the latest ``keep_latest`` checkpoints and the
-  ``keep_best`` best by ``top1`` (saves without metrics count for latest only)."""
+  """Manager (asynchronous with one process) keeping the latest
+  ``keep_latest`` checkpoints and the ``keep_best`` best by ``top1`` (saves
+  without metrics count for latest only)."""
   policy = policies.AnyPreservationPolicy([
       policies.LatestN(n=keep_latest),
       policies.BestN(get_metric_fn=lambda m: m["top1"], reverse=False, n=keep_best,
                      keep_checkpoints_without_metrics=False),
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
-                                         enable_async_checkpointing=True)
+                                         enable_async_checkpointing=jax.process_count() == 1)
   with _one_at_a_time():
     return ocp.CheckpointManager(directory, options=options,
                                  item_names=("packed", "history", "state"))
