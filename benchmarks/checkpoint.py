@@ -32,16 +32,20 @@ def main():
   parser.add_argument("--student", default="digits/resnet8")
   parser.add_argument("--reps", type=int, default=10)
   args = parser.parse_args()
+  from rldjax import models
+  if args.reps < 1:
+    parser.error(f"--reps: need at least 1, got {args.reps}")
+  if args.student not in models.tags():
+    parser.error(f"--student: unknown model tag {args.student!r}; known: {', '.join(models.tags())}")
   import jax
   import jax.numpy as jnp
   import optax
   import orbax.checkpoint as ocp
-  from rldjax import models
   from rldjax.train import checkpoint
   from rldjax.train.state import TrainState
   checkpoint.quiet_orbax_logs()
   model = models.create(args.student)
-  size = 32 if args.student.startswith("cifar") else 8 if args.student.startswith("digits") else 224
+  size = models.INPUT_SIZE[args.student]
   variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
   state = TrainState.create(variables["params"], variables["batch_stats"],
                             optax.sgd(0.1, momentum=0.9), jax.random.key(1))
