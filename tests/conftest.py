@@ -35,9 +35,17 @@ def compilation_cache(tmp_path_factory):
   compiled again by a later test (the same launcher config, the same model)
   is read back instead. The cache hands back the executable XLA compiled
   for the same program, so the tests still run what users run; a clean
-  clone starts with it empty."""
+  clone starts with it empty.
+
+  Launchers started by tests (``python -m experiments.train`` and the like)
+  read ``$RLDJAX_CACHE_DIR``: it names a directory of this worker too (their
+  own: they run with the launcher's XLA flags), so no test writes into the
+  user's ``~/.cache/rldjax``. Tests that run launchers side by side give
+  them their own directory."""
   from rldjax import runtime
-  return runtime.use_compilation_cache(str(tmp_path_factory.getbasetemp() / "jax_cache"))
+  base = tmp_path_factory.getbasetemp()
+  os.environ["RLDJAX_CACHE_DIR"] = str(base / "jax_cache_launched")
+  return runtime.use_compilation_cache(str(base / "jax_cache"))
 
 
 # The modules whose tests run longest (real launcher processes, a demo, a

@@ -56,6 +56,31 @@ def small_config(data_dir, teacher, method="rld", epochs=2):
   return c
 
 
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, data_dir, teacher_export):
+  """``straight_run(method, epochs)``: the workdir and results of an
+  uninterrupted run of ``small_config(method, epochs)``, trained once per
+  module and shared by the tests that compare against it. A test that
+  changes a run's files works on a copy (:func:`copy_run`)."""
+  runs = {}
+
+  def get(method="rld", epochs=2):
+    if (method, epochs) not in runs:
+      path = tmp_path_factory.mktemp(f"straight_{method}_{epochs}") / "run"
+      result = loop.train_and_evaluate(small_config(data_dir, teacher_export, method, epochs),
+                                       str(path))
+      assert result["finished"]
+      runs[method, epochs] = (path, result)
+    return runs[method, epochs]
+  return get
+
+
+def copy_run(source, destination):
+  import shutil
+  shutil.copytree(source, destination)
+  return destination
+
+
 def leaves(tree):
   return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
@@ -74,27 +99,25 @@ def read_json(path):
 
 
 def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, data_dir, teacher_export,
-                                                   monkeypatch):
+                                                   straight_run, monkeypatch):
   config = small_config(data_dir, teacher_export, epochs=3)
+  straight_dir, straight = straight_run("rld", 3)
   monkeypatch.chdir(tmp_path)
-  straight = loop.train_and_evaluate(config, "straight")  # a relative workdir works too
-  first = loop.train_and_evaluate(config, str(tmp_path / "resumed"), stop_after_epochs=1)
+  first = loop.train_and_evaluate(config, "resumed", stop_after_epochs=1)  # a relative workdir
   assert first["status"] == "stopped" and first["epochs_completed"] == 1
   # Lose the end-of-epoch checkpoint: the rerun resumes mid-epoch 1 (step 3).
   ckpts = tmp_path / "resumed" / "checkpoints"
   import shutil
   shutil.rmtree(ckpts / "5")
-  resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))  # the same, absolute
   assert resumed["finished"] and resumed["epochs_completed"] == 3
-  assert_same_export(tmp_path / "straight" / "export" / "last",
-                     tmp_path / "resumed" / "export" / "last")
-  assert_same_export(tmp_path / "straight" / "export" / "best",
-                     tmp_path / "resumed" / "export" / "best")
+  assert_same_export(straight_dir / "export" / "last", tmp_path / "resumed" / "export" / "last")
+  assert_same_export(straight_dir / "export" / "best", tmp_path / "resumed" / "export" / "best")
   # Every per-epoch figure, the train loss of the resumed epoch included.
   assert straight["history"] == resumed["history"]
   results = read_json(tmp_path / "resumed" / "results.json")
   assert results["best_top1"] == max(h["top1"] for h in results["history"])
-  assert list((tmp_path / "straight").glob("events.out.tfevents*"))
+  assert list(straight_dir.glob("events.out.tfevents*"))
 
 
 def test_evaluating_only_the_last_epochs_trains_the_same(tmp_path, data_dir, teacher_export):
@@ -129,12 +152,12 @@ def test_evaluating_only_the_last_epochs_trains_the_same(tmp_path, data_dir, tea
 
 
 def test_full_disk_stops_the_run_and_the_same_command_continues_exactly(
-    tmp_path, data_dir, teacher_export, monkeypatch):
+    tmp_path, data_dir, teacher_export, straight_run, monkeypatch):
   """The disk fills up at the 4th checkpoint (step 9, epoch 2): the run stops
   with a StorageError (exit status 4) and results.json says so; once there is
   space, the same call resumes from step 6 and ends as an uninterrupted run."""
   config = small_config(data_dir, teacher_export, epochs=3)
-  straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
+  straight_dir, straight = straight_run("rld", 3)
   real, saves = ckpt_lib.save, []
 
   def full_disk(*args, **kwargs):
@@ -156,8 +179,7 @@ def test_full_disk_stops_the_run_and_the_same_command_continues_exactly(
   assert resumed["finished"] and resumed["status"] == "finished" and "error" not in resumed
   assert resumed["history"] == straight["history"]
   for name in ("last", "best"):
-    assert_same_export(tmp_path / "straight" / "export" / name,
-                       tmp_path / "full" / "export" / name)
+    assert_same_export(straight_dir / "export" / name, tmp_path / "full" / "export" / name)
 
 
 @pytest.mark.parametrize("eval_batch_size,n", [(16, 37), (16, 32), (512, 37)])
@@ -165,17 +187,19 @@ def test_in_memory_evaluation_counts_every_example_once(eval_batch_size, n):
   check_evaluate_arrays(eval_batch_size, n)  # full batches, then the remainder
 
 
-def test_device_and_host_paths_train_identically(tmp_path, data_dir, teacher_export):
+def test_device_and_host_paths_train_identically(tmp_path, data_dir, teacher_export,
+                                                 straight_run):
   config = small_config(data_dir, teacher_export, method="kd", epochs=1)
-  device = loop.train_and_evaluate(config, str(tmp_path / "device"))
+  assert config.dataset.in_memory
+  device_dir, device = straight_run("kd", 1)
   config.dataset.in_memory = False
   host = loop.train_and_evaluate(config, str(tmp_path / "host"))
   assert device["history"] == host["history"]
-  assert_same_export(tmp_path / "device" / "export" / "last", tmp_path / "host" / "export" / "last")
+  assert_same_export(device_dir / "export" / "last", tmp_path / "host" / "export" / "last")
 
 
 def test_corrupt_newest_checkpoint_is_moved_aside_and_replaced(tmp_path, data_dir, teacher_export,
-                                                              caplog):
+                                                              straight_run, caplog):
   config = small_config(data_dir, teacher_export, epochs=2)
   workdir = tmp_path / "run"
   first = loop.train_and_evaluate(config, str(workdir), stop_after_epochs=1)
@@ -190,8 +214,8 @@ def test_corrupt_newest_checkpoint_is_moved_aside_and_replaced(tmp_path, data_di
   assert resumed["finished"]
   moved = list((workdir / "checkpoints_corrupt").iterdir())
   assert len(moved) == 1 and moved[0].name.startswith("5.")  # kept, not deleted
-  straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
-  assert_same_export(tmp_path / "straight" / "export" / "last", workdir / "export" / "last")
+  straight_dir, straight = straight_run("rld", 2)
+  assert_same_export(straight_dir / "export" / "last", workdir / "export" / "last")
   assert straight["history"] == resumed["history"]
   caplog.clear()
   again = loop.train_and_evaluate(config, str(workdir))  # a rerun of a finished run
@@ -205,10 +229,11 @@ def test_corrupt_newest_checkpoint_is_moved_aside_and_replaced(tmp_path, data_di
   assert again["history"] == resumed["history"] and again["status"] == "finished"
 
 
-def test_corrupt_best_checkpoint_does_not_break_the_end(tmp_path, data_dir, teacher_export):
+def test_corrupt_best_checkpoint_does_not_break_the_end(tmp_path, data_dir, teacher_export,
+                                                       straight_run):
   config = small_config(data_dir, teacher_export, epochs=2)
-  workdir = tmp_path / "run"
-  done = loop.train_and_evaluate(config, str(workdir))
+  finished_dir, done = straight_run("rld", 2)
+  workdir = copy_run(finished_dir, tmp_path / "run")
   best_step = max(done["history"], key=lambda h: h["top1"])["step"]
   for path in (workdir / "checkpoints" / str(best_step)).rglob("*"):
     if path.is_file():
@@ -288,9 +313,9 @@ def test_labels_outside_num_classes_stop_before_training(tmp_path, data_dir):
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_other_experiment_in_the_same_workdir_is_refused(tmp_path, data_dir, teacher_export):
-  config = small_config(data_dir, teacher_export, method="kd", epochs=1)
-  loop.train_and_evaluate(config, str(tmp_path / "run"))
+def test_other_experiment_in_the_same_workdir_is_refused(tmp_path, data_dir, teacher_export,
+                                                        straight_run):
+  copy_run(straight_run("kd", 1)[0], tmp_path / "run")  # a finished 1-epoch kd run
   other = small_config(data_dir, teacher_export, method="dkd", epochs=1)
   with pytest.raises(errors.WorkdirError, match=r"config.method: 'kd' -> 'dkd'"):
     loop.train_and_evaluate(other, str(tmp_path / "run"))
