@@ -5,6 +5,7 @@ the streaming path, schedules."""
 import errno
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +77,6 @@ def straight_run(tmp_path_factory, data_dir, teacher_export):
 
 
 def copy_run(source, destination):
-  import shutil
   shutil.copytree(source, destination)
   return destination
 
@@ -107,7 +107,6 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, data_dir, teacher_e
   assert first["status"] == "stopped" and first["epochs_completed"] == 1
   # Lose the end-of-epoch checkpoint: the rerun resumes mid-epoch 1 (step 3).
   ckpts = tmp_path / "resumed" / "checkpoints"
-  import shutil
   shutil.rmtree(ckpts / "5")
   resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))  # the same, absolute
   assert resumed["finished"] and resumed["epochs_completed"] == 3
