@@ -181,6 +181,43 @@ def test_full_disk_stops_the_run_and_the_same_command_continues_exactly(
     assert_same_export(straight_dir / "export" / name, tmp_path / "full" / "export" / name)
 
 
+def test_unexpected_stops_say_so_in_results_and_the_same_command_continues_exactly(
+    tmp_path, data_dir, teacher_export, straight_run, monkeypatch):
+  """Ctrl-C at the end of epoch 2, then a bug at the end of epoch 3 of the
+  resumed run: each is re-raised, results.json says ``interrupted`` then
+  ``failed`` with the error (never ``running``), the lock is released, and the
+  same call then ends as an uninterrupted run."""
+  config = small_config(data_dir, teacher_export, epochs=3)
+  straight_dir, straight = straight_run("rld", 3)
+  workdir = tmp_path / "run"
+  real = loop._Run._end_epoch  # pylint: disable=protected-access
+
+  def fail_at(epoch, err):
+    def end_epoch(self, state, history, index, *args):
+      if index + 1 == epoch:
+        raise err
+      return real(self, state, history, index, *args)
+    monkeypatch.setattr(loop._Run, "_end_epoch", end_epoch)  # pylint: disable=protected-access
+
+  for epoch, err, status, error in ((2, KeyboardInterrupt(), "interrupted", "KeyboardInterrupt."),
+                                    (3, RuntimeError("injected bug"), "failed",
+                                     "RuntimeError: injected bug.")):
+    fail_at(epoch, err)
+    with pytest.raises(type(err)):
+      loop.train_and_evaluate(config, str(workdir))
+    results = read_json(workdir / "results.json")
+    assert results["status"] == status and not results["finished"]
+    assert results["error"].startswith(error) and "rerun the same command" in results["error"]
+    assert results["epochs_completed"] == epoch - 1
+    assert not (workdir / "run.lock").exists()
+  monkeypatch.setattr(loop._Run, "_end_epoch", real)  # pylint: disable=protected-access
+  resumed = loop.train_and_evaluate(config, str(workdir))
+  assert resumed["status"] == "finished" and "error" not in resumed
+  assert resumed["history"] == straight["history"]
+  for name in ("last", "best"):
+    assert_same_export(straight_dir / "export" / name, workdir / "export" / name)
+
+
 @pytest.mark.parametrize("eval_batch_size,n", [(16, 37), (16, 32), (512, 37)])
 def test_in_memory_evaluation_counts_every_example_once(eval_batch_size, n):
   check_evaluate_arrays(eval_batch_size, n)  # full batches, then the remainder

@@ -17,6 +17,13 @@ alone:
   Orbax's TensorStore error made from one) stops it with ``StorageError``
   (exit status 4) naming the cause; the complete checkpoints are kept and
   results.json says ``"status": "storage_failed"`` if it can still be written.
+  Any other exception once training has begun (a label outside the classes
+  met while streaming, a bug, an accelerator out of memory, Ctrl-C) is
+  re-raised after results.json says ``"status": "failed"``
+  (``"interrupted"`` for Ctrl-C) with the error, so that a stopped run never
+  reads as a running one; only a process killed outright (SIGKILL, a
+  multi-process peer aborted by JAX's coordination service) leaves
+  ``"running"`` behind, with its ``run.lock`` naming a pid that no longer runs.
 * **Honest exports.** ``export/best`` is the state that scored the best test
   top-1 (the first such epoch), kept in the train state from the moment it was
   evaluated; ``export/last`` the final one. Each export's model.json records
@@ -214,6 +221,21 @@ def _record_failure(workdir, status, message):
     logging.warning("could not record the failure in %s: %s", path, err)
 
 
+def _record_unexpected_stop(workdir, err: BaseException) -> None:
+  """results.json says ``failed`` (``interrupted`` for Ctrl-C) with ``err``,
+  unless ``err`` is a stop that records its own status (divergence,
+  preemption, a storage failure: :func:`train_and_evaluate` records it)."""
+  recorded = (errors.DivergedError, errors.PreemptedError, errors.StorageError)
+  if isinstance(err, recorded) or (isinstance(err, Exception)
+                                   and workdir_lib.storage_failure(err) is not None):
+    return
+  status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+  first = (str(err).strip().splitlines() or [""])[0]
+  _record_failure(workdir, status,
+                  f"{type(err).__name__}: {first}".rstrip(": ") + ". The complete checkpoints "
+                  "are kept; rerun the same command to resume.")
+
+
 class _Run:
   """One session of a run in its workdir."""
 
@@ -305,20 +327,25 @@ class _Run:
           # Finished before: its recorded times stay those of the sessions that
           # trained it (this one's start-up would only lower its share in steps).
           self.counts_time = False
-      with PreemptionWatcher() as watcher:
-        state, history = self.train(state, history, manager, writer, watcher, stop_after_epochs)
-      finished = len(history) >= config.num_epochs
-      if finished:  # written while the last checkpoint is saved in the background
-        best = jax.device_get(state.best)
-        best_epoch = history[int(best["epoch"]) - 1]
-        last = history[-1]  # the final epoch is always evaluated
-        _export(workdir, "last", config.student.tag, config.dataset.num_classes, state.variables,
-                {"epoch": last["epoch"], "top1": last["top1"]})
-        _export(workdir, "best", config.student.tag, config.dataset.num_classes,
-                {"params": best["params"], "batch_stats": best["batch_stats"]},
-                {"epoch": best_epoch["epoch"], "top1": best_epoch["top1"]})
-      manager.wait_until_finished()  # results.json last: a finished run is durable
-      return self.write_results(history, "finished" if finished else "stopped")
+      try:
+        with PreemptionWatcher() as watcher:
+          state, history = self.train(state, history, manager, writer, watcher,
+                                      stop_after_epochs)
+        finished = len(history) >= config.num_epochs
+        if finished:  # written while the last checkpoint is saved in the background
+          best = jax.device_get(state.best)
+          best_epoch = history[int(best["epoch"]) - 1]
+          last = history[-1]  # the final epoch is always evaluated
+          _export(workdir, "last", config.student.tag, config.dataset.num_classes,
+                  state.variables, {"epoch": last["epoch"], "top1": last["top1"]})
+          _export(workdir, "best", config.student.tag, config.dataset.num_classes,
+                  {"params": best["params"], "batch_stats": best["batch_stats"]},
+                  {"epoch": best_epoch["epoch"], "top1": best_epoch["top1"]})
+        manager.wait_until_finished()  # results.json last: a finished run is durable
+        return self.write_results(history, "finished" if finished else "stopped")
+      except BaseException as err:
+        _record_unexpected_stop(workdir, err)
+        raise
     finally:
       writer.close()
       ckpt_lib.close(manager)
