@@ -183,10 +183,11 @@ def test_full_disk_stops_the_run_and_the_same_command_continues_exactly(
 
 def test_unexpected_stops_say_so_in_results_and_the_same_command_continues_exactly(
     tmp_path, data_dir, teacher_export, straight_run, monkeypatch):
-  """Ctrl-C at the end of epoch 2, then a bug at the end of epoch 3 of the
-  resumed run: each is re-raised, results.json says ``interrupted`` then
-  ``failed`` with the error (never ``running``), the lock is released, and the
-  same call then ends as an uninterrupted run."""
+  """A bug at the end of epoch 1 of a new run, then Ctrl-C at the end of
+  epoch 3 of the resumed one (epoch 2's progress write is throttled): each is
+  re-raised, results.json says ``failed`` then ``interrupted`` with the error
+  and the epochs recorded until then (never ``running``), the lock is
+  released, and the same call then ends as an uninterrupted run."""
   config = small_config(data_dir, teacher_export, epochs=3)
   straight_dir, straight = straight_run("rld", 3)
   workdir = tmp_path / "run"
@@ -199,16 +200,16 @@ def test_unexpected_stops_say_so_in_results_and_the_same_command_continues_exact
       return real(self, state, history, index, *args)
     monkeypatch.setattr(loop._Run, "_end_epoch", end_epoch)  # pylint: disable=protected-access
 
-  for epoch, err, status, error in ((2, KeyboardInterrupt(), "interrupted", "KeyboardInterrupt."),
-                                    (3, RuntimeError("injected bug"), "failed",
-                                     "RuntimeError: injected bug.")):
+  for epoch, err, status, error in ((1, RuntimeError("injected bug"), "failed",
+                                     "RuntimeError: injected bug."),
+                                    (3, KeyboardInterrupt(), "interrupted", "KeyboardInterrupt.")):
     fail_at(epoch, err)
     with pytest.raises(type(err)):
       loop.train_and_evaluate(config, str(workdir))
     results = read_json(workdir / "results.json")
     assert results["status"] == status and not results["finished"]
     assert results["error"].startswith(error) and "rerun the same command" in results["error"]
-    assert results["epochs_completed"] == epoch - 1
+    assert results["epochs_completed"] == len(results["history"]) == epoch - 1
     assert not (workdir / "run.lock").exists()
   monkeypatch.setattr(loop._Run, "_end_epoch", real)  # pylint: disable=protected-access
   resumed = loop.train_and_evaluate(config, str(workdir))

@@ -21,9 +21,9 @@ alone:
   met while streaming, a bug, an accelerator out of memory, Ctrl-C) is
   re-raised after results.json says ``"status": "failed"``
   (``"interrupted"`` for Ctrl-C) with the error, so that a stopped run never
-  reads as a running one; only a process killed outright (SIGKILL, a
-  multi-process peer aborted by JAX's coordination service) leaves
-  ``"running"`` behind, with its ``run.lock`` naming a pid that no longer runs.
+  reads as a running one; only a process killed outright (SIGKILL)
+  leaves ``"running"`` behind, with its ``run.lock`` naming a pid that no
+  longer runs. The record holds the epochs recorded until the stop.
 * **Honest exports.** ``export/best`` is the state that scored the best test
   top-1 (the first such epoch), kept in the train state from the moment it was
   evaluated; ``export/last`` the final one. Each export's model.json records
@@ -221,18 +221,18 @@ def _record_failure(workdir, status, message):
     logging.warning("could not record the failure in %s: %s", path, err)
 
 
-def _record_unexpected_stop(workdir, err: BaseException) -> None:
-  """results.json says ``failed`` (``interrupted`` for Ctrl-C) with ``err``,
-  unless ``err`` is a stop that records its own status (divergence,
-  preemption, a storage failure: :func:`train_and_evaluate` records it)."""
+def _unexpected_stop(err: BaseException) -> tuple[str, str] | None:
+  """``(status, error)`` for results.json when ``err`` stops a run: ``failed``
+  (``interrupted`` for Ctrl-C). None for the stops that record their own status
+  (divergence, preemption, a storage failure: :func:`train_and_evaluate`
+  records it)."""
   recorded = (errors.DivergedError, errors.PreemptedError, errors.StorageError)
   if isinstance(err, recorded) or (isinstance(err, Exception)
                                    and workdir_lib.storage_failure(err) is not None):
-    return
+    return None
   status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
   first = (str(err).strip().splitlines() or [""])[0]
-  _record_failure(workdir, status,
-                  f"{type(err).__name__}: {first}".rstrip(": ") + ". The complete checkpoints "
+  return status, (f"{type(err).__name__}: {first}".rstrip(": ") + ". The complete checkpoints "
                   "are kept; rerun the same command to resume.")
 
 
@@ -250,6 +250,7 @@ class _Run:
     self.pending = []
     self.last_write = 0.0
     self.learning_rates = {}
+    self.history = None  # the epochs recorded so far, once training has begun
 
   # -- bookkeeping -----------------------------------------------------------
 
@@ -280,6 +281,18 @@ class _Run:
       workdir_lib.write_json(os.path.join(self.workdir, "history.json"), history)
       workdir_lib.write_json(os.path.join(self.workdir, "results.json"), results)
     return results
+
+  def record_unexpected_stop(self, err: BaseException) -> None:
+    """Best effort: results.json says how ``err`` stopped the run (see
+    :func:`_unexpected_stop`), with the epochs recorded until then."""
+    stop = _unexpected_stop(err)
+    if stop is None:
+      return
+    status, error = stop
+    try:
+      self.write_results(self.history, status, {"error": error})
+    except Exception as failure:  # pylint: disable=broad-except
+      logging.warning("could not record the %s run in %s: %s", status, self.workdir, failure)
 
   # -- the run ---------------------------------------------------------------
 
@@ -327,6 +340,7 @@ class _Run:
           # Finished before: its recorded times stay those of the sessions that
           # trained it (this one's start-up would only lower its share in steps).
           self.counts_time = False
+      self.history = history
       try:
         with PreemptionWatcher() as watcher:
           state, history = self.train(state, history, manager, writer, watcher,
@@ -344,7 +358,7 @@ class _Run:
         manager.wait_until_finished()  # results.json last: a finished run is durable
         return self.write_results(history, "finished" if finished else "stopped")
       except BaseException as err:
-        _record_unexpected_stop(workdir, err)
+        self.record_unexpected_stop(err)
         raise
     finally:
       writer.close()
@@ -547,7 +561,7 @@ class _Run:
     record.update(train_loss=float(sums["loss"]) / steps, train_ce=float(sums["ce"]) / steps,
                   train_accuracy=100.0 * float(sums["accuracy"]) / steps,
                   lr=self._learning_rate(epoch + 1))
-    history = history + [record]
+    history = self.history = history + [record]
     if (epoch + 1) % c.checkpoint.every_epochs == 0 or epoch + 1 == c.num_epochs:
       ckpt_lib.save(manager, state, history, force=True,
                     metrics={"top1": record["top1"]} if eval_sums is not None else None)
