@@ -187,7 +187,8 @@ def test_unexpected_stops_say_so_in_results_and_the_same_command_continues_exact
   epoch 3 of the resumed one (epoch 2's progress write is throttled): each is
   re-raised, results.json says ``failed`` then ``interrupted`` with the error
   and the epochs recorded until then (never ``running``), the lock is
-  released, and the same call then ends as an uninterrupted run."""
+  released, and the same call then ends as an uninterrupted run. A rerun of
+  the finished run that fails leaves it recorded as finished."""
   config = small_config(data_dir, teacher_export, epochs=3)
   straight_dir, straight = straight_run("rld", 3)
   workdir = tmp_path / "run"
@@ -217,6 +218,14 @@ def test_unexpected_stops_say_so_in_results_and_the_same_command_continues_exact
   assert resumed["history"] == straight["history"]
   for name in ("last", "best"):
     assert_same_export(straight_dir / "export" / name, workdir / "export" / name)
+
+  def late_bug(*args, **kwargs):
+    raise RuntimeError("late bug")
+  finished = read_json(workdir / "results.json")
+  monkeypatch.setattr(loop, "_export", late_bug)  # a rerun of the finished run fails
+  with pytest.raises(RuntimeError, match="late bug"):
+    loop.train_and_evaluate(config, str(workdir))
+  assert read_json(workdir / "results.json") == finished  # still finished, times and all
 
 
 @pytest.mark.parametrize("eval_batch_size,n", [(16, 37), (16, 32), (512, 37)])

@@ -284,9 +284,10 @@ class _Run:
 
   def record_unexpected_stop(self, err: BaseException) -> None:
     """Best effort: results.json says how ``err`` stopped the run (see
-    :func:`_unexpected_stop`), with the epochs recorded until then."""
+    :func:`_unexpected_stop`), with the epochs recorded until then; a run
+    that had finished before this session stays recorded as finished."""
     stop = _unexpected_stop(err)
-    if stop is None:
+    if stop is None or not self.counts_time:
       return
     status, error = stop
     try:
