@@ -9,6 +9,7 @@ keeps its traceback (a bug). ``experiments/train.py``,
 so a script can tell a diverged demo (3) from a busy workdir (2) from a bad
 flag (1).
 """
+import gc
 import os
 import sys
 
@@ -19,7 +20,7 @@ from rldjax import errors
 
 def exit_on_run_error(fn, *args, **kwargs):
   """``fn(*args, **kwargs)``; on a RunError, logs it, writes ``error: <message>``
-  to stderr and exits with its ``exit_code``.
+  to stderr as the process's last line and exits with its ``exit_code``.
 
   A storage failure in a multi-process run may be this process's alone (only
   process 0 writes the run's files): its peers wait in a collective it will
@@ -29,17 +30,25 @@ def exit_on_run_error(fn, *args, **kwargs):
   try:
     return fn(*args, **kwargs)
   except errors.RunError as err:
-    try:  # the log may be on the storage that failed: the status still says it
-      logging.error("%s: %s", type(err).__name__, err)
-      sys.stderr.write(f"error: {err}\n")
-      logging.flush()
-      sys.stderr.flush()
-      sys.stdout.flush()
-    except OSError:
-      pass
-    if isinstance(err, errors.StorageError) and _process_count() > 1:
-      os._exit(err.exit_code)  # pylint: disable=protected-access
-    sys.exit(err.exit_code)
+    name, message, code = type(err).__name__, str(err), err.exit_code
+    ends_process_now = isinstance(err, errors.StorageError) and _process_count() > 1
+  # Out of the except block the error and its traceback are released, so what
+  # only they held can be collected, and is, before the error line. A failed
+  # save leaves its other writes' asyncio tasks, whose exception nobody
+  # retrieved; asyncio logs each, with a traceback, when the task is
+  # collected, which during exit came after the error line.
+  gc.collect()
+  try:  # the log may be on the storage that failed: the status still says it
+    logging.error("%s: %s", name, message)
+    sys.stderr.write(f"error: {message}\n")
+    logging.flush()
+    sys.stderr.flush()
+    sys.stdout.flush()
+  except OSError:
+    pass
+  if ends_process_now:
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(code)
 
 
 def _process_count() -> int:

@@ -1,12 +1,18 @@
 """The entry points' exit statuses: a RunError ends the process with its
 exit_code and message, without a traceback; anything else propagates."""
 import errno
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from experiments import exit_status
 from rldjax import errors
 from rldjax.train import workdir
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("error, code", [
@@ -70,3 +76,49 @@ TENSORSTORE_EFBIG = ('OUT_OF_RANGE: Error writing "float32/0" in OCDBT database:
 ])
 def test_storage_failures_are_told_from_bugs(error, failure):
   assert workdir.storage_failure(error) == failure
+
+
+# A process whose save failed: one write's error was raised, another write's
+# asyncio task failed too and nobody retrieved its exception. The task is held
+# by a reference cycle (as Orbax's closed event loop holds it), and automatic
+# collection is off, so nothing collects it before the run's error line
+# unless the exit path does.
+_FAILED_SAVE_THEN_EXIT = r"""
+import asyncio, gc, sys
+from absl import logging
+from experiments import exit_status
+from rldjax import errors
+
+gc.disable()
+logging.use_absl_handler()
+
+async def other_write():
+  raise ValueError("OUT_OF_RANGE: Error writing 'uint32/0': File too large")
+
+def failed_save():
+  loop = asyncio.new_event_loop()
+  held = []
+  async def save():
+    held.append(loop.create_task(other_write()))
+    await asyncio.sleep(0.01)  # the task fails; its exception is never retrieved
+  loop.run_until_complete(save())
+  loop.close()
+  held.append(held)  # a cycle: only the cyclic collector frees the task
+  raise errors.StorageError("storage failed in w: File too large")
+
+exit_status.exit_on_run_error(failed_save)
+"""
+
+
+def test_the_error_line_is_the_last_line_after_a_failed_save():
+  """asyncio logs a task's unretrieved exception when the task is collected.
+  CI saw one such log (another write of the failed save) come after ``error:
+  storage failed``, when the collector ran during exit; the exit path
+  collects first, so the error line is the last line."""
+  done = subprocess.run([sys.executable, "-c", _FAILED_SAVE_THEN_EXIT], capture_output=True,
+                        text=True, timeout=120, cwd=ROOT,
+                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert done.returncode == 4, done.stderr[-3000:]
+  lines = done.stderr.strip().splitlines()
+  assert "Task exception was never retrieved" in done.stderr, done.stderr[-3000:]
+  assert lines[-1] == "error: storage failed in w: File too large", done.stderr[-3000:]
