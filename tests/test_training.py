@@ -184,27 +184,38 @@ def test_full_disk_stops_the_run_and_the_same_command_continues_exactly(
 def test_unexpected_stops_say_so_in_results_and_the_same_command_continues_exactly(
     tmp_path, data_dir, teacher_export, straight_run, monkeypatch):
   """A bug at the end of epoch 1 of a new run, then Ctrl-C at the end of
-  epoch 3 of the resumed one (epoch 2's progress write is throttled): each is
-  re-raised, results.json says ``failed`` then ``interrupted`` with the error
-  and the epochs recorded until then (never ``running``), the lock is
-  released, and the same call then ends as an uninterrupted run. A rerun of
-  the finished run that fails leaves it recorded as finished."""
+  epoch 3 of the resumed one (epoch 2's progress write is throttled), then
+  Ctrl-C while epoch 3's checkpoint is being saved: each is re-raised,
+  results.json says ``failed`` then ``interrupted`` with the error and the
+  epochs the checkpoints keep (never ``running``, never an epoch the next
+  session does not resume from), the lock is released, and the same call then
+  ends as an uninterrupted run. A rerun of the finished run that fails leaves
+  it recorded as finished."""
   config = small_config(data_dir, teacher_export, epochs=3)
   straight_dir, straight = straight_run("rld", 3)
   workdir = tmp_path / "run"
-  real = loop._Run._end_epoch  # pylint: disable=protected-access
+  real_end_epoch, real_save = loop._Run._end_epoch, ckpt_lib.save  # pylint: disable=protected-access
 
-  def fail_at(epoch, err):
+  def fail_at_end_of(epoch, err):
     def end_epoch(self, state, history, index, *args):
       if index + 1 == epoch:
         raise err
-      return real(self, state, history, index, *args)
+      return real_end_epoch(self, state, history, index, *args)
     monkeypatch.setattr(loop._Run, "_end_epoch", end_epoch)  # pylint: disable=protected-access
 
-  for epoch, err, status, error in ((1, RuntimeError("injected bug"), "failed",
-                                     "RuntimeError: injected bug."),
-                                    (3, KeyboardInterrupt(), "interrupted", "KeyboardInterrupt.")):
-    fail_at(epoch, err)
+  def fail_saving(epoch, err):
+    def save(manager, state, history, *args, **kwargs):
+      if len(history) == epoch:
+        raise err
+      return real_save(manager, state, history, *args, **kwargs)
+    monkeypatch.setattr(loop._Run, "_end_epoch", real_end_epoch)  # pylint: disable=protected-access
+    monkeypatch.setattr(ckpt_lib, "save", save)
+
+  for inject, epoch, err, status, error in (
+      (fail_at_end_of, 1, RuntimeError("injected bug"), "failed", "RuntimeError: injected bug."),
+      (fail_at_end_of, 3, KeyboardInterrupt(), "interrupted", "KeyboardInterrupt."),
+      (fail_saving, 3, KeyboardInterrupt(), "interrupted", "KeyboardInterrupt.")):
+    inject(epoch, err)
     with pytest.raises(type(err)):
       loop.train_and_evaluate(config, str(workdir))
     results = read_json(workdir / "results.json")
@@ -212,7 +223,7 @@ def test_unexpected_stops_say_so_in_results_and_the_same_command_continues_exact
     assert results["error"].startswith(error) and "rerun the same command" in results["error"]
     assert results["epochs_completed"] == len(results["history"]) == epoch - 1
     assert not (workdir / "run.lock").exists()
-  monkeypatch.setattr(loop._Run, "_end_epoch", real)  # pylint: disable=protected-access
+  monkeypatch.setattr(ckpt_lib, "save", real_save)
   resumed = loop.train_and_evaluate(config, str(workdir))
   assert resumed["status"] == "finished" and "error" not in resumed
   assert resumed["history"] == straight["history"]

@@ -23,7 +23,8 @@ alone:
   (``"interrupted"`` for Ctrl-C) with the error, so that a stopped run never
   reads as a running one; only a process killed outright (SIGKILL)
   leaves ``"running"`` behind, with its ``run.lock`` naming a pid that no
-  longer runs. The record holds the epochs recorded until the stop.
+  longer runs. The record holds the epochs the checkpoints keep: those the
+  same command resumes from.
 * **Honest exports.** ``export/best`` is the state that scored the best test
   top-1 (the first such epoch), kept in the train state from the moment it was
   evaluated; ``export/last`` the final one. Each export's model.json records
@@ -250,7 +251,7 @@ class _Run:
     self.pending = []
     self.last_write = 0.0
     self.learning_rates = {}
-    self.history = None  # the epochs recorded so far, once training has begun
+    self.history = None  # the epochs the checkpoints keep, once training has begun
 
   # -- bookkeeping -----------------------------------------------------------
 
@@ -284,7 +285,7 @@ class _Run:
 
   def record_unexpected_stop(self, err: BaseException) -> None:
     """Best effort: results.json says how ``err`` stopped the run (see
-    :func:`_unexpected_stop`), with the epochs recorded until then; a run
+    :func:`_unexpected_stop`), with the epochs the checkpoints keep; a run
     that had finished before this session stays recorded as finished."""
     stop = _unexpected_stop(err)
     if stop is None or not self.counts_time:
@@ -562,10 +563,11 @@ class _Run:
     record.update(train_loss=float(sums["loss"]) / steps, train_ce=float(sums["ce"]) / steps,
                   train_accuracy=100.0 * float(sums["accuracy"]) / steps,
                   lr=self._learning_rate(epoch + 1))
-    history = self.history = history + [record]
+    history = history + [record]
     if (epoch + 1) % c.checkpoint.every_epochs == 0 or epoch + 1 == c.num_epochs:
       ckpt_lib.save(manager, state, history, force=True,
                     metrics={"top1": record["top1"]} if eval_sums is not None else None)
+      self.history = history  # what the same command resumes from (close() waits for it)
     self.write_results(history, "running", throttle=True)
     if eval_sums is None:
       writer.write(step, {"train/epoch_loss": record["train_loss"]})
