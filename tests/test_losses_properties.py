@@ -237,6 +237,10 @@ def test_registry():
     (lambda s, t, y: losses.ldrld(s, t, rank_by="both"), "rank_by"),
     (lambda s, t, y: losses.ldrld(s, t, k=3, temperature=0.0), "temperature"),
     (lambda s, t, y: losses.label_revision(s, t, y, eta=-1.0), "eta"),
+    (lambda s, t, y: losses.dkd(s, t, y, alpha="1"), "`alpha` must be a number"),
+    (lambda s, t, y: losses.kd(s, t, temperature="4"), "`temperature` must be a number"),
+    (lambda s, t, y: losses.rld(s, t, y, standardize="no"), "`standardize` must be True or False"),
+    (lambda s, t, y: losses.ldrld(s, t, standardize=1), "`standardize` must be True or False"),
 ])
 def test_bad_input_raises_at_trace_time(call_, match):
   s, t, y = sample(12)

@@ -72,6 +72,12 @@ def check_labels(labels, logits_shape: Sequence[int], axis: int) -> None:
                      f"classes); got {bad.sum()} outside, e.g. {values[bad].ravel()[:5].tolist()}.")
 
 
+def check_bool(name: str, value) -> None:
+  """A Python switch: ``True``/``False`` only (a string such as "no" would be truthy)."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+
+
 def valid_labels(y, num_classes: int):
   """Rows whose label lies in [0, num_classes)."""
   return (y >= 0) & (y < num_classes)
@@ -79,7 +85,7 @@ def valid_labels(y, num_classes: int):
 
 def _concrete_number(name: str, value):
   """The value as a Python float, or None when it is traced (unknowable)."""
-  if isinstance(value, bool):
+  if isinstance(value, (bool, str, bytes)):
     raise TypeError(f"`{name}` must be a number, got {value!r}.")
   try:
     return float(value)
@@ -121,6 +127,7 @@ def per_example(fn: Callable, student_logits, teacher_logits, labels, axis: int,
                 standardize: bool):
   """Runs ``fn(s_rows, t_rows, label_rows)`` on [N, C] rows in >= f32 and
   reshapes its [N] result to the logits' batch shape."""
+  check_bool("standardize", standardize)
   dtype = compute_dtype(student_logits, teacher_logits)
   out_shape = batch_shape(student_logits.shape, axis)
   s = as_rows(student_logits, axis, dtype)
