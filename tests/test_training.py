@@ -385,6 +385,10 @@ def test_other_experiment_in_the_same_workdir_is_refused(tmp_path, data_dir, tea
   fewer = small_config(data_dir, teacher_export, method="kd", epochs=1)
   with pytest.raises(errors.WorkdirError, match="2 epochs are already done"):
     loop.train_and_evaluate(fewer, str(tmp_path / "run"))
+  (tmp_path / "a_file").write_text("not a workdir")
+  with pytest.raises(errors.WorkdirError, match="a_file exists and is not a directory"):
+    loop.train_and_evaluate(more, str(tmp_path / "a_file"))
+  assert (tmp_path / "a_file").read_text() == "not a workdir"
 
 
 def test_mock_cifar100_train_and_evaluate(tmp_path):
@@ -407,6 +411,9 @@ def test_mock_cifar100_train_and_evaluate(tmp_path):
 def test_missing_dataset_message(tmp_path):
   with pytest.raises(errors.DatasetNotFoundError, match="--config.dataset.data_dir"):
     builders.load_builder("cifar100", str(tmp_path))
+  with pytest.raises(errors.DatasetNotFoundError, match="no dataset named 'cifar1000'.*"
+                     "--config.dataset.name"):
+    builders.load_builder("cifar1000", str(tmp_path))
 
 
 def test_schedules():

@@ -36,7 +36,14 @@ def _open(name: str, data_dir: str | None):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   # Registers the builders shipped with rldjax (the offline digits dataset).
   from rldjax.data import digits  # pylint: disable=import-outside-toplevel,unused-import
-  return tfds.builder(name, data_dir=data_dir)
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DatasetNotFoundError(
+        f"TFDS knows no dataset named {name!r} (nor is one prepared under that name in "
+        f"{data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'}): check "
+        "--config.dataset.name. It takes a TFDS name (cifar100, imagenet2012, rldjax_digits), "
+        "image_folder:ROOT or, for in-memory kinds, synthetic:TRAIN,EVAL.") from None
 
 
 def _prepare(builder, download: bool) -> None:

@@ -194,6 +194,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _run_locked(config, workdir, stop_after_epochs):
   """The run in ``workdir``, holding its lock."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise errors.WorkdirError(f"workdir {workdir} exists and is not a directory: pass a "
+                              "directory (new or of this experiment) as --workdir")
   if distributed.is_primary():
     os.makedirs(workdir, exist_ok=True)
   lock = workdir_lib.WorkdirLock(workdir)
