@@ -15,6 +15,8 @@ Finds every results.json under the given directories and writes
 * Paired gains over ``vanilla``: per seed (same seed = same initialisation and
   data order), method minus vanilla at the last epoch; mean and a 95% interval
   (Student t, n - 1 degrees of freedom), and whether that interval includes 0.
+* Vanilla runs with no distillation run beside them (teachers reported
+  alone) get rows of their own, teacher "—".
 * Unfinished runs are listed and left out.
 """
 from __future__ import annotations
@@ -110,6 +112,13 @@ def _split_key(key: str) -> tuple[str, str]:
   return json.dumps(row, sort_keys=True), json.dumps(method, sort_keys=True)
 
 
+def _add_runs(cell, members):
+  for r in members:
+    cell["best"].append(r["best_top1"])
+    cell["last"].append(r["last_top1"])
+    cell["seeds"][r["seed"]] = r["last_top1"]
+
+
 def build_table(runs):
   """Returns (markdown, cells, gains).
 
@@ -118,7 +127,9 @@ def build_table(runs):
   runs of two configs). ``cells[(row, column)] = {"best": [...], "last":
   [...], "seeds": {seed: last}}``. Vanilla runs of the row's student with the
   row's data and schedule are its "vanilla" column; vanilla runs of its
-  teacher give the teacher column.
+  teacher give the teacher column. Vanilla runs that are neither (teachers
+  reported alone, vanilla students without a distillation run) get rows of
+  their own, with teacher "—".
   """
   finished = [r for r in runs if r.get("finished")]
   groups = collections.defaultdict(list)
@@ -155,12 +166,9 @@ def build_table(runs):
   for row, method, part, members in pending:
     variants = sorted(columns[(row, method)])
     column = method if len(variants) == 1 else f"{method} [{variants.index(part) + 1}]"
-    cell = cells[(row, column)]
-    for r in members:
-      cell["best"].append(r["best_top1"])
-      cell["last"].append(r["last_top1"])
-      cell["seeds"][r["seed"]] = r["last_top1"]
+    _add_runs(cells[(row, column)], members)
   teacher_runs = collections.defaultdict(lambda: {"best": [], "last": []})
+  unattached = []  # vanilla groups that are neither a row's vanilla column nor its teacher
   for key, members in groups.items():
     r0 = members[0]
     if r0["method"] != "vanilla":
@@ -169,13 +177,27 @@ def build_table(runs):
       _, student, dataset, _, evaluation = _row_label(r)
       teacher_runs[(student, dataset, evaluation)]["best"].append(r["best_top1"])
       teacher_runs[(student, dataset, evaluation)]["last"].append(r["last_top1"])
+    attached = False
     for (label, part), row in labels.items():
       if label[1:] == _row_label(r0)[1:] and part == row_of(r0, key):
-        cell = cells[(row, "vanilla")]
-        for r in members:
-          cell["best"].append(r["best_top1"])
-          cell["last"].append(r["last_top1"])
-          cell["seeds"][r["seed"]] = r["last_top1"]
+        attached = True
+        _add_runs(cells[(row, "vanilla")], members)
+    if not attached:
+      unattached.append((key, members))
+  # Vanilla runs with no distillation row (teachers, or vanilla students alone)
+  # get rows of their own, teacher "—", unless they are a shown row's teacher.
+  shown_teachers = {(label[0], label[2], label[4]) for label, _ in labels}
+  own = collections.defaultdict(list)
+  for key, members in unattached:
+    label = _row_label(members[0])
+    if (label[1], label[2], label[4]) not in shown_teachers:
+      own[label].append((row_of(members[0], key), members))
+  for label, parts in own.items():
+    parts.sort(key=lambda p: p[0])
+    for i, (_, members) in enumerate(parts):
+      row = label + ((f"setup {i + 1}",) if len(parts) > 1 else ())
+      labels[(label, f"vanilla only {i}")] = row
+      _add_runs(cells[(row, "vanilla")], members)
   ordered_rows = sorted(set(labels.values()))
   present = {c for (_, c) in cells}
   methods = [c for m in ORDER for c in sorted(present) if c == m or c.startswith(m + " [")]
@@ -186,6 +208,8 @@ def build_table(runs):
       if m != "vanilla" and base and (row, m) in cells:
         gains[(row, m)] = paired_gain(cells[(row, m)]["seeds"], base["seeds"])
   lines = []
+  if not ordered_rows:
+    return "No finished runs: nothing to tabulate.\n", dict(cells), gains
   for which, title in (("last", "last epoch"), ("best", "best epoch (picked on the "
                                                          "evaluation split, as the papers do)")):
     lines.append(f"### Top-1 (%) on the evaluation split, {title}: mean ± std over seeds\n")
@@ -257,7 +281,8 @@ def plot(runs, path):
   ax.set_ylabel("top-1 accuracy on the evaluation split (%)")
   ax.set_title("Accuracy per epoch (mean over seeds; band: min–max)")
   ax.grid(alpha=0.3)
-  ax.legend(loc="lower right", fontsize=7)
+  if curves:
+    ax.legend(loc="lower right", fontsize=7)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)

@@ -191,3 +191,33 @@ def test_a_failed_demo_run_stops_the_demo_naming_the_run(tmp_path, monkeypatch):
     demo.run_demo(str(workdir), seeds=1, methods=["vanilla"], parallel_runs=1)
   assert isinstance(failed.value.__cause__, errors.DivergedError)
   assert not (workdir / "report.md").exists() and not (workdir / "run.lock").exists()
+
+
+def test_vanilla_runs_without_a_distillation_run_get_their_own_rows(tmp_path):
+  """Teachers reported alone, or vanilla students alone, are rows, not an empty table."""
+  for seed, top1 in enumerate((70.0, 72.0)):
+    _write(tmp_path / "students", f"v{seed}", "vanilla", seed, top1 + 0.5, top1)
+  teacher = tmp_path / "teachers" / "t"
+  _write(tmp_path / "teachers", "t", "vanilla", 0, 79.5, 79.0)
+  results = json.loads((teacher / "results.json").read_text())
+  results["student"] = "cifar/resnet32x4"
+  (teacher / "results.json").write_text(json.dumps(results))
+  table, cells, gains, _ = report.write_report([str(tmp_path)], str(tmp_path / "out"))
+  rows = [line for line in table.splitlines() if line.startswith("| — → ")]
+  assert rows[:2] == ["| — → cifar/resnet32x4 | cifar100 train → test | — | 79.00 (n=1) |",
+                      "| — → cifar/resnet8x4 | cifar100 train → test | — | 71.00 ± 1.41 (n=2) |"]
+  assert not gains
+  # With a distillation run, the teacher's run is its teacher column, not a row.
+  _write(tmp_path / "students", "r0", "rld", 0, 73.0, 72.5)
+  table, _, _, _ = report.write_report([str(tmp_path)], str(tmp_path / "out"))
+  assert [line for line in table.splitlines() if line.startswith("| ")
+          and "→" in line and "teacher →" not in line][0] == (
+      "| cifar/resnet32x4 → cifar/resnet8x4 | cifar100 train → test | 79.00 (n=1) "
+      "| 71.00 ± 1.41 (n=2) | 72.50 (n=1) |")
+  assert "— → cifar/resnet32x4" not in table
+
+
+def test_a_report_of_unfinished_runs_only_says_so(tmp_path):
+  _write(tmp_path, "u", "rld", 0, 1.0, 1.0, finished=False)
+  table, _, _, unfinished = report.write_report([str(tmp_path)], str(tmp_path / "out"))
+  assert table.startswith("No finished runs") and len(unfinished) == 1
