@@ -275,6 +275,20 @@ def test_unknown_tag():
     models.create("cifar/resnet9")
 
 
+@pytest.mark.parametrize("tag", [  # one of each model class
+    "cifar/resnet8", "cifar/ResNet18", "cifar/wrn_16_1", "cifar/vgg8", "cifar/MobileNetV2",
+    "cifar/ShuffleV1", "cifar/ShuffleV2", "imagenet/ResNet18", "imagenet/MobileNetV1"])
+def test_every_model_refuses_unbatched_and_integer_images(tag):
+  module = models.create(tag, num_classes=10)
+  size = models.registry.INPUT_SIZE[tag]
+  with pytest.raises(ValueError, match=r"images must be a batch \[N, H, W, C\].*got shape "
+                     rf"\({size}, {size}, 3\)"):
+    jax.eval_shape(lambda x: module.init(jax.random.key(0), x), jnp.zeros((size, size, 3)))
+  with pytest.raises(TypeError, match="images must be floating point.*got dtype uint8"):
+    jax.eval_shape(lambda x: module.init(jax.random.key(0), x),
+                   jnp.zeros((1, size, size, 3), jnp.uint8))
+
+
 def test_install_hint_matches_the_readme(monkeypatch):
   import builtins
   import pathlib

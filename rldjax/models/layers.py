@@ -163,6 +163,20 @@ class ZooModel(nn.Module):
   def net(self, train: bool, **kwargs) -> Net:
     return Net(train, self.dtype, bn_axis_name=self.bn_axis_name, **kwargs)
 
+  def images(self, x):
+    """``x`` in the compute dtype, after checking that it is a float NHWC batch.
+
+    Integer images (raw uint8 pixels) are refused rather than computed on as
+    0-255 values: the published models take normalised float images.
+    """
+    if not hasattr(x, "ndim") or x.ndim != 4:
+      raise ValueError(f"images must be a batch [N, H, W, C] (NHWC), got shape "
+                       f"{getattr(x, 'shape', type(x).__name__)}; add a batch axis to one image")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise TypeError(f"images must be floating point, normalised as the data pipeline does "
+                      f"(rldjax.data), got dtype {x.dtype}")
+    return x.astype(self.dtype)
+
   def head(self, net: Net, name: str, pooled, features: bool, **dense_kwargs):
     out = jnp.promote_types(self.dtype, jnp.float32)  # float32, or float64 for a float64 model
     logits = net.dense(name, pooled, self.num_classes, **dense_kwargs).astype(out)

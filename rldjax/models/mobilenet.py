@@ -22,7 +22,7 @@ class MobileNetV2(ZooModel):
   @nn.compact
   def __call__(self, x, train: bool = False, features: bool = False):
     net = self.net(train)
-    x = x.astype(self.dtype)
+    x = self.images(x)
     c_in = int(32 * self.width)
     x = net.bn("conv1.1", net.conv("conv1.0", x, c_in, 3, 2, 1), relu=True)
     for m, (t, c, n, s) in enumerate(V2_STAGES):
@@ -56,7 +56,7 @@ class MobileNetV1(ZooModel):
   @nn.compact
   def __call__(self, x, train: bool = False, features: bool = False):
     net = self.net(train, conv_init=torch_default_kernel)
-    x = x.astype(self.dtype)
+    x = self.images(x)
     x = net.bn("model.0.1", net.conv("model.0.0", x, 32, 3, 2, 1), relu=True)
     for k, (a, b, s) in enumerate(V1_UNITS, start=1):
       x = net.bn(f"model.{k}.1", net.conv(f"model.{k}.0", x, a, 3, s, 1, groups=a), relu=True)

@@ -29,7 +29,7 @@ class CifarResNet(ZooModel):
   @nn.compact
   def __call__(self, x, train: bool = False, features: bool = False):
     net = self.net(train)
-    x = x.astype(self.dtype)
+    x = self.images(x)
     x = net.bn("bn1", net.conv("conv1", x, self.widths[0], 3, 1, 1), relu=True)
     in_ch = self.widths[0]
     for stage, (width, stride) in enumerate(zip(self.widths[1:], (1, 2, 2)), start=1):
@@ -78,6 +78,6 @@ class ResNetV2(ZooModel):
   @nn.compact
   def __call__(self, x, train: bool = False, features: bool = False):
     net = self.net(train)
-    x = net.bn("bn1", net.conv("conv1", x.astype(self.dtype), 64, 3, 1, 1), relu=True)
+    x = net.bn("bn1", net.conv("conv1", self.images(x), 64, 3, 1, 1), relu=True)
     x = four_stages(net, x, self.blocks, self.bottleneck, "shortcut")
     return self.head(net, "linear", global_avg_pool(x), features)

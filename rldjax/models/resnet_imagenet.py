@@ -18,7 +18,7 @@ class ImageNetResNet(ZooModel):
   @nn.compact
   def __call__(self, x, train: bool = False, features: bool = False):
     net = self.net(train)
-    x = net.bn("bn1", net.conv("conv1", x.astype(self.dtype), 64, 7, 2, 3), relu=True)
+    x = net.bn("bn1", net.conv("conv1", self.images(x), 64, 7, 2, 3), relu=True)
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     x = four_stages(net, x, self.blocks, self.bottleneck, "downsample")
     return self.head(net, "fc", global_avg_pool(x), features)

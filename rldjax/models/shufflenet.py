@@ -23,7 +23,7 @@ class ShuffleV1(ZooModel):
   def __call__(self, x, train: bool = False, features: bool = False):
     net = self.net(train, conv_init=torch_default_kernel)
     g = self.groups
-    x = net.bn("bn1", net.conv("conv1", x.astype(self.dtype), 24, 1), relu=True)
+    x = net.bn("bn1", net.conv("conv1", self.images(x), 24, 1), relu=True)
     c_in = 24
     for stage, (width, count) in enumerate(zip(self.out_planes, self.num_blocks), start=1):
       for j in range(count):
@@ -54,7 +54,7 @@ class ShuffleV2(ZooModel):
   @nn.compact
   def __call__(self, x, train: bool = False, features: bool = False):
     net = self.net(train, conv_init=torch_default_kernel)
-    x = net.bn("bn1", net.conv("conv1", x.astype(self.dtype), 24, 1), relu=True)
+    x = net.bn("bn1", net.conv("conv1", self.images(x), 24, 1), relu=True)
     c_in = 24
     for stage, (c_out, count) in enumerate(zip(self.out_channels[:3], self.num_blocks), start=1):
       name = f"layer{stage}.0"

@@ -23,7 +23,7 @@ class VGG(ZooModel):
   @nn.compact
   def __call__(self, x, train: bool = False, features: bool = False):
     net = self.net(train)
-    x = x.astype(self.dtype)
+    x = self.images(x)
     input_height = x.shape[1]
     for b, widths in enumerate(self.cfg):
       for u, width in enumerate(widths):

@@ -22,7 +22,7 @@ class WideResNet(ZooModel):
   def __call__(self, x, train: bool = False, features: bool = False):
     net = self.net(train)
     ch = [16, 16 * self.widen, 32 * self.widen, 64 * self.widen]
-    x = net.conv("conv1", x.astype(self.dtype), ch[0], 3, 1, 1)
+    x = net.conv("conv1", self.images(x), ch[0], 3, 1, 1)
     stage_outputs = []
     # The stored stream pays in training, in stages of more than two blocks
     # (BENCHMARKS.md, "The residual stream").
