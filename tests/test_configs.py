@@ -173,7 +173,16 @@ def test_unknown_config_string_argument():
     ("cifar100", "pair", "config string item 'pair' is not name=value"),
     ("cifar100_teacher", "arch=resnet56,seed=1.5", "config string seed='1.5': expected an int"),
     ("imagenet", "pair=zz", "config string pair='zz': one of res34_res18, res50_mv1"),
-    ("imagenet", "arch=res18,seed=x", "config string seed='x': expected an int"),
+    ("imagenet", "arch=ResNet18,seed=x", "config string seed='x': expected an int"),
+    ("cifar100", "pair=res56_res20,method=rld,method=kd",
+     "config string: method given twice (method='rld', method='kd')"),
+    ("cifar100_teacher", "arch=resnet33", "config string arch='resnet33': one of resnet8, "),
+    ("cifar100_teacher", "arch=ResNet34", "config string arch='ResNet34': one of resnet8, "),
+    ("cifar100", "arch=resnet32x4,method=kd", "arch= trains a teacher with vanilla CE; method "
+     "cannot go with it"),
+    ("cifar100_teacher", "arch=resnet56,pair=res56_res20,teacher=x", "pair, teacher cannot go"),
+    ("imagenet", "arch=ResNet8", "config string arch='ResNet8': one of ResNet18, ResNet34, "),
+    ("imagenet", "arch=ResNet34,stand=True", "stand cannot go with it"),
     ("digits", "epochs=x", "config string epochs='x': expected an int"),
     ("digits", "method=rld,seed=", "config string seed='': expected an int"),
 ])

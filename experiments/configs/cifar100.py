@@ -25,6 +25,7 @@ after epochs 150, 180, 210, weight decay 5e-4; per method the weights of
 repository's configs/cifar100/dkd/<pair>.yaml; RLD beta 8 for every pair (no
 rld/*.yaml sets it); LDRLD with its own LR warm-up (``published_ldrld``).
 """
+from rldjax import models
 from rldjax.train import config as config_lib
 
 # pair -> (teacher zoo name, student zoo name, DKD beta)
@@ -75,8 +76,29 @@ def parse(arg: str, allowed=ARGS) -> dict:
     if key not in allowed:
       raise config_lib.ConfigError(f"config string: unknown argument {key!r}; "
                                    f"one of {', '.join(allowed)}")
+    if key in out:
+      raise config_lib.ConfigError(f"config string: {key} given twice ({key}={out[key]!r}, "
+                                   f"{key}={value!r})")
     out[key] = value
   return out
+
+
+TEACHER_ARGS = ("arch", "seed", "data_dir")
+
+
+def teacher_tag(family: str, args: dict) -> str:
+  """The model tag of ``arch=`` (a teacher's vanilla training run), checking
+  that the config string holds nothing that only a distillation run uses."""
+  extra = [k for k in args if k not in TEACHER_ARGS]
+  if extra:
+    raise config_lib.ConfigError(
+        f"config string: arch= trains a teacher with vanilla CE; {', '.join(extra)} "
+        f"cannot go with it (arguments of a teacher run: {', '.join(TEACHER_ARGS)})")
+  tag = f"{family}/{args['arch']}"
+  if tag not in models.tags():
+    known = [t.split("/", 1)[1] for t in models.tags() if t.startswith(family + "/")]
+    raise config_lib.ConfigError(f"config string arch={args['arch']!r}: one of {', '.join(known)}")
+  return tag
 
 
 def teacher_export(arch: str) -> str:
@@ -110,8 +132,9 @@ def build(pair: str, args: dict):
   return c
 
 
-def teacher_config(arch: str, args: dict):
-  """Vanilla training of a teacher (same recipe)."""
+def teacher_config(args: dict):
+  """Vanilla training of the teacher ``args["arch"]`` (same recipe)."""
+  arch = teacher_tag("cifar", args).split("/", 1)[1]
   seed = config_lib.parse_int("seed", args.get("seed", 0))
   c = cifar_base(arch, seed, args.get("data_dir", ""))
   config_lib.apply_method(c, "vanilla")
@@ -121,5 +144,5 @@ def teacher_config(arch: str, args: dict):
 def get_config(arg: str = "pair=res32x4_res8x4,method=rld"):
   args = parse(arg)
   if "arch" in args:
-    return teacher_config(args["arch"], args)
+    return teacher_config(args)
   return build(args.get("pair", "res32x4_res8x4"), args)

@@ -12,4 +12,4 @@ from experiments.configs import cifar100
 
 def get_config(arg: str = "arch=resnet32x4"):
   args = cifar100.parse(arg)
-  return cifar100.teacher_config(args.get("arch", "resnet32x4"), args)
+  return cifar100.teacher_config({"arch": "resnet32x4", **args})

@@ -26,7 +26,7 @@ loss weights with T 1 and this schedule (not a published recipe).
 A teacher trained here: ``imagenet.py:arch=ResNet34``, then
 ``teacher=<its workdir>/export/last``.
 """
-from experiments.configs.cifar100 import parse
+from experiments.configs.cifar100 import parse, teacher_tag
 from rldjax.train import config as config_lib
 
 # pair -> (teacher, student, KD's CE weight, DKD/RLD beta)
@@ -57,7 +57,7 @@ def base(arch, args):
 def get_config(arg: str = "pair=res34_res18,method=rld"):
   args = parse(arg, ARGS)
   if "arch" in args:
-    c = base(args["arch"], args)
+    c = base(teacher_tag("imagenet", args).split("/", 1)[1], args)
     config_lib.apply_method(c, "vanilla")
     return c
   pair = args.get("pair", "res34_res18")
