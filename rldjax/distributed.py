@@ -87,6 +87,22 @@ def on_primary(fn, *args, **kwargs):
   return received["result"]
 
 
+def check_same_as_primary(what: str, values: dict) -> None:
+  """Raises on every process if ``values`` (a flat dict of JSON values) differs
+  on any process from process 0's; that process's message names each key."""
+  if jax.process_count() == 1:
+    return
+  mine = json.loads(json.dumps(values, sort_keys=True, default=str))
+  payload = json.dumps(mine, sort_keys=True).encode()
+  if len(payload) > _MESSAGE_BYTES:
+    raise ValueError(f"{what}: {len(payload)} bytes, more than the {_MESSAGE_BYTES} a "
+                     "broadcast carries")
+  primary = json.loads(_broadcast_bytes(payload if is_primary() else None))
+  differences = [f"{k}: {primary.get(k, '<absent>')!r} on process 0, {mine.get(k, '<absent>')!r} "
+                 "here" for k in sorted(set(primary) | set(mine)) if primary.get(k) != mine.get(k)]
+  raise_if_any_failed("; ".join(differences) or None, what)
+
+
 def raise_if_any_failed(failure: str | None, what: str) -> None:
   """After work each process did on its own: raises on every process if it
   failed on any (``failure`` is this process's error message, or None)."""

@@ -166,3 +166,27 @@ def test_a_storage_failure_on_one_process_ends_both(base):
   assert procs[1].returncode not in (0, None), logs[1][-4000:]
   assert time.time() - t0 < 200
   assert not (workdir / "export").exists() and not (workdir / "run.lock").exists()
+
+
+def test_processes_launched_with_different_configs_stop_before_training(base):
+  """A pair whose process 1 got another seed would train on a mix of two data
+  orders (each process gathers its share of its own permutation) without a
+  sign; both stop with status 2 before touching the workdir, and process 1
+  names the field."""
+  data_dir = base / "data_mixed"
+  builders.load_builder("rldjax_digits", str(data_dir))
+  workdir = base / "mixed"
+  address = f"127.0.0.1:{free_port()}"
+  pair = ["--num_processes=2", f"--coordinator_address={address}"]
+  procs = [launch(base, workdir, data_dir, *pair, "--process_id=0"),
+           launch(base, workdir, data_dir, *pair, "--process_id=1", "--config.seed=1")]
+  logs = []
+  for p in procs:
+    p.wait(timeout=120)
+    p.log.seek(0)
+    logs.append(p.log.read())
+    p.log.close()
+  assert [p.returncode for p in procs] == [2, 2], [log[-2000:] for log in logs]
+  assert "failed on process 1: config.seed: 0 on process 0, 1 here" in logs[1]
+  assert "failed on process 1: see that process log" in logs[0]
+  assert not workdir.exists()

@@ -86,6 +86,11 @@ def _load_teacher(config):
   return variables
 
 
+# Config fields that may differ between the processes of one run: where each
+# process finds the same files.
+PER_PROCESS_FIELDS = ("dataset.data_dir", "teacher.checkpoint")
+
+
 def _resolved(config) -> ml_collections.ConfigDict:
   """A copy of ``config`` with the teacher path made absolute."""
   config = ml_collections.ConfigDict(config.to_dict())
@@ -194,6 +199,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _run_locked(config, workdir, stop_after_epochs):
   """The run in ``workdir``, holding its lock."""
+  distributed.check_same_as_primary(
+      "comparing this process's config with process 0's (launch every process with the same "
+      "command; only config.dataset.data_dir and config.teacher.checkpoint may differ)",
+      {f"config.{k}": v for k, v in workdir_lib.flatten_config(config.to_dict()).items()
+       if k not in PER_PROCESS_FIELDS})
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise errors.WorkdirError(f"workdir {workdir} exists and is not a directory: pass a "
                               "directory (new or of this experiment) as --workdir")

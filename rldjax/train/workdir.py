@@ -152,12 +152,13 @@ class WorkdirLock:
     self.release()
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten_config(d: dict, prefix: str = "") -> dict:
+  """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (tuples as lists, as JSON has them)."""
   out = {}
   for key, value in d.items():
     name = f"{prefix}{key}"
     if isinstance(value, dict):
-      out.update(_flatten(value, name + "."))
+      out.update(flatten_config(value, name + "."))
     else:
       out[name] = list(value) if isinstance(value, tuple) else value
   return out
@@ -178,7 +179,7 @@ def check_config(workdir: str, config: dict, epochs_done_fn=None) -> None:
     return
   with open(path) as f:
     recorded = json.load(f)
-  old, new = _flatten(recorded), _flatten(json.loads(json.dumps(config, default=str)))
+  old, new = flatten_config(recorded), flatten_config(json.loads(json.dumps(config, default=str)))
   old = {**{k: v for k, v in ADDED_DEFAULTS.items() if k in new}, **old}
   changed = [f"config.{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
              for k in sorted(set(old) | set(new))
