@@ -391,6 +391,30 @@ def test_other_experiment_in_the_same_workdir_is_refused(tmp_path, data_dir, tea
   assert (tmp_path / "a_file").read_text() == "not a workdir"
 
 
+def test_a_damaged_results_json_is_set_aside_and_a_damaged_config_json_stops_the_run(
+    tmp_path, data_dir, teacher_export, straight_run):
+  source, done = straight_run("kd", 1)
+  # results.json is a record: kept aside, rewritten from the checkpoints, and
+  # the lost times of the earlier session are said to be lost.
+  run = copy_run(source, tmp_path / "results")
+  (run / "results.json").write_text('{"status": "finis')
+  more = small_config(data_dir, teacher_export, method="kd", epochs=2)
+  result = loop.train_and_evaluate(more, str(run))
+  assert result["finished"] and result["epochs_completed"] == 2
+  assert result["history"][0] == done["history"][0]
+  assert result["times_incomplete"] is True
+  assert read_json(run / "results.json")["times_incomplete"] is True
+  assert (run / "results.json.unreadable").read_text() == '{"status": "finis'
+  assert "times_incomplete" not in done
+  # config.json is what the experiment is compared with: the run stops.
+  run = copy_run(source, tmp_path / "config")
+  (run / "config.json").write_text("[]")
+  with pytest.raises(errors.WorkdirError, match=r"config.json cannot be read \(a JSON list"):
+    loop.train_and_evaluate(more, str(run))
+  assert (run / "config.json").read_text() == "[]"
+  assert read_json(run / "results.json") == read_json(source / "results.json")
+
+
 def test_mock_cifar100_train_and_evaluate(tmp_path):
   config = config_lib.base_config()
   config_lib.apply_method(config, "vanilla")

@@ -103,7 +103,6 @@ def _epochs_done(workdir):
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
     return 0
-  import json  # pylint: disable=import-outside-toplevel
   with open(path) as f:
     return int(json.load(f).get("epochs_completed") or 0)
 
@@ -113,14 +112,24 @@ def _previous_times(workdir) -> tuple[float, float, float]:
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
     return 0.0, 0.0, 0.0
-  import json  # pylint: disable=import-outside-toplevel
-  try:
-    with open(path) as f:
-      r = json.load(f)
-    return tuple(float(r.get(k) or 0.0) for k in ("wall_time_s", "train_time_s",
-                                                   "compile_time_s"))
-  except (OSError, ValueError):
-    return 0.0, 0.0, 0.0
+  with open(path) as f:
+    r = json.load(f)
+  return tuple(float(r.get(k) or 0.0) for k in ("wall_time_s", "train_time_s",
+                                                 "compile_time_s"))
+
+
+def _times_incomplete(workdir) -> bool:
+  """Whether a damaged results.json was set aside: the times of the sessions
+  before it are lost."""
+  return os.path.exists(os.path.join(workdir, "results.json" + workdir_lib.UNREADABLE_SUFFIX))
+
+
+def _set_aside_unreadable_results(workdir) -> None:
+  moved = workdir_lib.set_aside_unreadable(os.path.join(workdir, "results.json"))
+  if moved:
+    logging.warning("results.json in %s could not be read: moved to %s. It is rewritten from "
+                    "the checkpoints; the times of the sessions before this one are lost "
+                    "(results.json says \"times_incomplete\": true).", workdir, moved)
 
 
 def evaluates(config, epoch: int) -> bool:
@@ -154,6 +163,7 @@ def _results(workdir, config, history, status, wall, train_time, compile_time, e
       "best_epoch": best and best["epoch"],
       "last_top1": last and last["top1"], "last_top5": last and last["top5"],
       "wall_time_s": wall, "train_time_s": train_time, "compile_time_s": compile_time,
+      **({"times_incomplete": True} if _times_incomplete(workdir) else {}),
       "history": history,
       "config": config.to_dict(), "workdir": workdir,
   }
@@ -212,6 +222,7 @@ def _run_locked(config, workdir, stop_after_epochs):
   lock = workdir_lib.WorkdirLock(workdir)
   distributed.on_primary(lock.acquire)
   try:
+    distributed.on_primary(_set_aside_unreadable_results, workdir)
     distributed.on_primary(workdir_lib.check_config, workdir, config.to_dict(),
                            lambda: _epochs_done(workdir))
     return _Run(config, workdir).run(stop_after_epochs)

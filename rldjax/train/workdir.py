@@ -11,6 +11,9 @@
   (which epochs are evaluated: the training is the same), the data
   location, the data path (in memory or not: same batches) and a larger
   ``num_epochs`` (continue training) may change.
+* :func:`set_aside_unreadable`: a damaged record (results.json) is kept
+  aside and rewritten; a damaged config.json stops the run instead (the
+  experiment cannot be compared).
 * :func:`write_json`: atomic, strict JSON (a non-finite float is written as
   ``null``), readable by any parser.
 * :func:`storage_failure`: whether an exception is the storage failing (a
@@ -31,6 +34,7 @@ from rldjax.errors import RunError, WorkdirError
 
 LOCK_NAME = "run.lock"
 CONFIG_NAME = "config.json"
+UNREADABLE_SUFFIX = ".unreadable"  # a damaged record, kept aside (set_aside_unreadable)
 # Fields that may differ between the runs of one workdir.
 MAY_CHANGE = ("checkpoint", "log_every_steps", "steps_per_call", "eval_batch_size",
               "eval_last_epochs", "dataset.data_dir",
@@ -68,6 +72,22 @@ def write_json(path: str, obj) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def set_aside_unreadable(path: str) -> str | None:
+  """Moves the JSON record ``path`` to ``<path>.unreadable`` (replacing an
+  older one) when it exists and cannot be read as a JSON object; returns the
+  new path, or None when there was nothing to set aside."""
+  try:
+    with open(path) as f:
+      if isinstance(json.load(f), dict):
+        return None
+  except FileNotFoundError:
+    return None
+  except ValueError:
+    pass
+  os.replace(path, path + UNREADABLE_SUFFIX)
+  return path + UNREADABLE_SUFFIX
 
 
 def storage_failure(err: BaseException) -> str | None:
@@ -177,8 +197,16 @@ def check_config(workdir: str, config: dict, epochs_done_fn=None) -> None:
   if not os.path.exists(path):
     write_json(path, config)
     return
-  with open(path) as f:
-    recorded = json.load(f)
+  try:
+    with open(path) as f:
+      recorded = json.load(f)
+    if not isinstance(recorded, dict):
+      raise ValueError(f"a JSON {type(recorded).__name__}, not an object")
+  except ValueError as err:
+    raise WorkdirError(
+        f"workdir {workdir}: {CONFIG_NAME} cannot be read ({err}), so the experiment it holds "
+        f"cannot be compared with this one. Restore it (results.json keeps the same config "
+        f"under \"config\"), or use a new --workdir.") from None
   old, new = flatten_config(recorded), flatten_config(json.loads(json.dumps(config, default=str)))
   old = {**{k: v for k, v in ADDED_DEFAULTS.items() if k in new}, **old}
   changed = [f"config.{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
