@@ -18,6 +18,7 @@ from rldjax import errors, export, models
 from rldjax.data import augment, builders
 from rldjax.train import checkpoint as ckpt_lib
 from rldjax.train import config as config_lib, loop, optim, programs, step as step_lib
+from rldjax.train import workdir as workdir_lib
 from rldjax.train.recipe import Recipe
 from rldjax.train.state import TrainState
 from tests.evaluation_check import check_evaluate_arrays
@@ -413,6 +414,21 @@ def test_a_damaged_results_json_is_set_aside_and_a_damaged_config_json_stops_the
     loop.train_and_evaluate(more, str(run))
   assert (run / "config.json").read_text() == "[]"
   assert read_json(run / "results.json") == read_json(source / "results.json")
+
+
+def test_an_unreadable_lock_is_taken_over_only_once_it_is_old(tmp_path, caplog):
+  """A process killed between creating run.lock and writing it leaves an empty
+  file: a lock being written is young, that one grows old."""
+  lock_path = tmp_path / workdir_lib.LOCK_NAME
+  lock_path.write_text("")
+  with pytest.raises(errors.WorkdirError, match="is in use by process None"):
+    workdir_lib.WorkdirLock(str(tmp_path)).acquire()
+  old = os.path.getmtime(lock_path) - workdir_lib.UNREADABLE_LOCK_SECONDS - 1
+  os.utime(lock_path, (old, old))
+  with workdir_lib.WorkdirLock(str(tmp_path)):
+    assert json.loads(lock_path.read_text())["pid"] == os.getpid()
+  assert "taking over the stale lock" in caplog.text and "unreadable" in caplog.text
+  assert not lock_path.exists()
 
 
 def test_mock_cifar100_train_and_evaluate(tmp_path):

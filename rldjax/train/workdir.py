@@ -2,8 +2,9 @@
 
 * :class:`WorkdirLock`: ``<workdir>/run.lock`` holds the host and pid of the
   process running there. A second process fails at once naming the workdir
-  and the holder; a lock left by a dead process on the same host is taken
-  over with a warning. In multi-process runs process 0 holds it for all.
+  and the holder; a lock left by a dead process on the same host, or an
+  unreadable one older than ``UNREADABLE_LOCK_SECONDS``, is taken over with
+  a warning. In multi-process runs process 0 holds it for all.
 * :func:`check_config`: ``<workdir>/config.json`` records the config a run was
   started with. A rerun whose config differs in a field that changes the
   experiment fails before training, naming every such field
@@ -33,6 +34,9 @@ from absl import logging
 from rldjax.errors import RunError, WorkdirError
 
 LOCK_NAME = "run.lock"
+# A lock file is written as soon as it is created; one still unreadable after
+# this long was left by a process that stopped in between.
+UNREADABLE_LOCK_SECONDS = 10.0
 CONFIG_NAME = "config.json"
 UNREADABLE_SUFFIX = ".unreadable"  # a damaged record, kept aside (set_aside_unreadable)
 # Fields that may differ between the runs of one workdir.
@@ -126,6 +130,12 @@ class WorkdirLock:
     except (OSError, ValueError):
       return {}
 
+  def _age(self) -> float:
+    try:
+      return time.time() - os.path.getmtime(self.path)
+    except OSError:
+      return 0.0
+
   def acquire(self) -> None:
     me = {"host": socket.gethostname(), "pid": os.getpid(),
           "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -138,9 +148,11 @@ class WorkdirLock:
           time.sleep(0.2)
           holder = self._holder()
         pid, host = holder.get("pid"), holder.get("host")
-        if host == me["host"] and isinstance(pid, int) and not _alive(pid):
-          logging.warning("taking over the stale lock %s of process %d on %s (no longer "
-                          "running)", self.path, pid, host)
+        dead = host == me["host"] and isinstance(pid, int) and not _alive(pid)
+        if dead or (not holder and self._age() > UNREADABLE_LOCK_SECONDS):
+          logging.warning("taking over the stale lock %s (%s)", self.path,
+                          f"process {pid} on {host}, no longer running" if dead else
+                          "unreadable: its writer stopped while taking it")
           try:
             os.remove(self.path)
           except FileNotFoundError:
