@@ -174,7 +174,7 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
   workers = default_parallel_runs() if parallel_runs is None else int(parallel_runs)
   check_arguments(seeds, teacher_epochs, student_epochs, methods, scales, selection_seeds,
                   workers)
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.ensure_workdir(workdir)
   with workdir_lib.WorkdirLock(workdir):
     return _run_demo(workdir, seeds, teacher_epochs, student_epochs, list(methods),
                      list(scales), data_dir or os.path.join(workdir, "tfds"), selection_seeds,

@@ -178,6 +178,14 @@ def test_demo_in_a_busy_workdir_exits_2_and_touches_nothing(tmp_path):
   assert json.loads(lock.read_text())["pid"] == os.getpid()  # and the lock left alone
 
 
+def test_a_demo_workdir_that_is_a_file_is_refused(tmp_path):
+  (tmp_path / "demo").write_text("notes")
+  with pytest.raises(errors.WorkdirError, match="demo exists and is not a directory"):
+    demo.run_demo(str(tmp_path / "demo"), seeds=1, teacher_epochs=1, student_epochs=1,
+                  methods=["vanilla"], scales=[1.0], selection_seeds=1, parallel_runs=1)
+  assert (tmp_path / "demo").read_text() == "notes"
+
+
 def test_a_failed_demo_run_stops_the_demo_naming_the_run(tmp_path, monkeypatch):
   """A run's RunError ends the demo as the same error (same exit status),
   naming the run; no report is written and the demo's lock is released."""

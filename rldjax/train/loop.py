@@ -214,11 +214,7 @@ def _run_locked(config, workdir, stop_after_epochs):
       "command; only config.dataset.data_dir and config.teacher.checkpoint may differ)",
       {f"config.{k}": v for k, v in workdir_lib.flatten_config(config.to_dict()).items()
        if k not in PER_PROCESS_FIELDS})
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise errors.WorkdirError(f"workdir {workdir} exists and is not a directory: pass a "
-                              "directory (new or of this experiment) as --workdir")
-  if distributed.is_primary():
-    os.makedirs(workdir, exist_ok=True)
+  workdir_lib.ensure_workdir(workdir, create=distributed.is_primary())
   lock = workdir_lib.WorkdirLock(workdir)
   distributed.on_primary(lock.acquire)
   try:

@@ -108,6 +108,15 @@ def storage_failure(err: BaseException) -> str | None:
   return None
 
 
+def ensure_workdir(workdir: str, create: bool = True) -> None:
+  """Creates ``workdir`` (when ``create``), refusing a path that is a file."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"workdir {workdir} exists and is not a directory: pass a directory "
+                       "(new or of this experiment) as --workdir")
+  if create:
+    os.makedirs(workdir, exist_ok=True)
+
+
 def _alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
