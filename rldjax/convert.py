@@ -21,6 +21,7 @@ import collections
 import functools
 import io
 import os
+import pickle
 import re
 import tarfile
 from typing import Any, Mapping
@@ -176,7 +177,17 @@ def load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
   torch = _import_torch()
   if not os.path.exists(path):
     raise FileNotFoundError(f"no checkpoint at {path}")
-  return _state_dict_of(torch.load(path, map_location="cpu", weights_only=True), path)
+  return _state_dict_of(_torch_load(torch, path, path), path)
+
+
+def _torch_load(torch, source, where: str):
+  """``torch.load(source, weights_only=True)``; what it refuses to unpickle is
+  a ValueError naming ``where``."""
+  try:
+    return torch.load(source, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as err:
+    raise ValueError(f"{where} is not a PyTorch checkpoint of tensors: torch.load(weights_only="
+                     "True) refused it (rldjax never unpickles arbitrary objects)") from err
 
 
 # mdistiller's cifar_teachers.tar: <root>/<arch>_vanilla/ckpt_epoch_<N>.pth.
@@ -214,7 +225,7 @@ def convert_teacher_tar(path: str, out_root: str, num_classes: int | None = None
     for arch, (name, _) in sorted(teachers_in_tar(path).items()):
       data = io.BytesIO(tar.extractfile(name).read())
       where = f"{path}:{name}"
-      state = _state_dict_of(torch.load(data, map_location="cpu", weights_only=True), where)
+      state = _state_dict_of(_torch_load(torch, data, where), where)
       tag = f"cifar/{arch}"
       variables = from_torch_state_dict(tag, state, num_classes)
       target = os.path.join(out_root, arch, "export")
@@ -246,6 +257,11 @@ def _num_classes_of(tag: str, params) -> int:
   return int(np.shape(params[classifier_name(tag)]["bias"])[0])
 
 
+def _first_line(err: BaseException) -> str:
+  lines = str(err).strip().splitlines()
+  return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(
       prog="python -m rldjax.convert",
@@ -262,18 +278,31 @@ def main(argv=None):
   from rldjax import export  # pylint: disable=import-outside-toplevel
   if not os.path.exists(args.checkpoint):
     parser.error(f"no file at {args.checkpoint}")
+  if os.path.isdir(args.checkpoint):
+    parser.error(f"{args.checkpoint} is a directory: pass a .pth file or a teacher .tar")
+  unreadable = (ValueError, RuntimeError, EOFError, pickle.UnpicklingError, tarfile.TarError)
   if tarfile.is_tarfile(args.checkpoint):
     if args.arch:
       parser.error("--arch is read from the archive's folder names; leave it out for a .tar")
-    for arch, target in convert_teacher_tar(args.checkpoint, args.out, args.num_classes).items():
+    try:
+      written = convert_teacher_tar(args.checkpoint, args.out, args.num_classes)
+    except unreadable as err:
+      parser.error(f"cannot convert {args.checkpoint}: {_first_line(err)}")
+    for arch, target in written.items():
       print(f"wrote cifar/{arch} to {target}")
     return
+  if args.checkpoint.endswith(".tar"):
+    parser.error(f"{args.checkpoint} is not a readable tar archive")
   if not args.arch:
     parser.error("--arch is required for a .pth file")
   tag = args.arch if "/" in args.arch else f"cifar/{args.arch}"
   if tag not in models.tags():
     parser.error(f"unknown --arch {args.arch!r}; known tags: {', '.join(models.tags())}")
-  variables = from_torch_state_dict(tag, load_torch_checkpoint(args.checkpoint), args.num_classes)
+  try:
+    variables = from_torch_state_dict(tag, load_torch_checkpoint(args.checkpoint),
+                                      args.num_classes)
+  except unreadable as err:
+    parser.error(f"cannot convert {args.checkpoint} as {tag}: {_first_line(err)}")
   export.save_model(args.out, tag, variables)
   print(f"wrote {tag} ({_num_classes_of(tag, variables['params'])} classes) to {args.out}")
 

@@ -1,6 +1,7 @@
 """PyTorch interchange: errors name the entry, round trips are exact, the
 command writes an export the trainer can load, and models behave as documented
 (init distributions, dtype, features)."""
+import collections
 import functools
 import json
 import re
@@ -95,6 +96,38 @@ def test_load_torch_checkpoint_and_command(tmp_path):
   assert (tag, num_classes) == (TAG, 100)
   jax.tree_util.tree_map(np.testing.assert_array_equal, restored,
                          jax.tree_util.tree_map(np.asarray, dict(variables)))
+
+
+def test_the_command_refuses_what_it_cannot_convert_with_one_message(tmp_path, capsys):
+  torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+  _, variables = init_variables()
+  good = tmp_path / "good.pth"
+  torch.save(_torch_tensors(torch, convert.to_torch_state_dict("cifar/resnet14", init_variables(
+      "cifar/resnet14")[1])), good)
+  (tmp_path / "noise.pth").write_bytes(np.random.default_rng(0).bytes(2000))
+  (tmp_path / "noise.tar").write_bytes(np.random.default_rng(1).bytes(2000))
+  pickled = tmp_path / "objects.pth"
+  torch.save({"model": _torch_tensors(torch, convert.to_torch_state_dict(TAG, variables)),
+              "opt": collections.OrderedDict(note=Unpicklable())}, pickled)
+  cases = [
+      (["--arch", "resnet8", str(tmp_path / "noise.pth")], "cannot convert .*noise.pth as "
+       "cifar/resnet8: "),
+      (["--arch", "resnet8", str(pickled)], r"objects.pth is not a PyTorch checkpoint of "
+       r"tensors: torch.load\(weights_only=True\) refused it"),
+      (["--arch", "resnet8", str(good)], r"as cifar/resnet8: ValueError: state_dict entr"),
+      ([str(tmp_path / "noise.tar")], "noise.tar is not a readable tar archive"),
+      ([str(tmp_path)], "is a directory: pass a .pth file or a teacher .tar"),
+  ]
+  for arguments, message in cases:
+    with pytest.raises(SystemExit) as stop:
+      convert.main([*arguments, str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert re.search(message, capsys.readouterr().err.splitlines()[-1]), arguments
+  assert not (tmp_path / "out").exists()
+
+
+class Unpicklable:
+  """An object that torch.load(weights_only=True) must refuse to build."""
 
 
 def _torch_tensors(torch, state):
