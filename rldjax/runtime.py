@@ -3,7 +3,8 @@
 
 * :func:`use_compilation_cache`: JAX's persistent compilation cache, so a
   rerun, a resumed run and every run of the demo reuse compiled programs.
-  Default directory ``$RLDJAX_CACHE_DIR`` or ``~/.cache/rldjax/jax``.
+  Default directory ``$RLDJAX_CACHE_DIR`` or ``~/.cache/rldjax/jax``; one
+  that cannot be written leaves the cache off, with a warning.
 * :func:`set_cpu_flags`: XLA:CPU flags chosen by measurement
   (``benchmarks/train_step.py``; figures in BENCHMARKS.md). Flags are
   version-specific and an unknown one aborts the process, so each is set only
@@ -43,11 +44,25 @@ def default_cache_dir() -> str:
       os.path.expanduser("~"), ".cache", "rldjax", "jax")
 
 
-def use_compilation_cache(directory: str | None = None) -> str:
-  """Turns on JAX's persistent compilation cache in ``directory``; returns it."""
+def use_compilation_cache(directory: str | None = None) -> str | None:
+  """Turns on JAX's persistent compilation cache in ``directory``; returns it.
+
+  The cache only saves time: where the directory cannot be created or
+  written (a read-only home on a cluster), this warns, leaves the cache off
+  and returns None, and the run goes on compiling its programs.
+  """
   import jax  # pylint: disable=import-outside-toplevel
   directory = directory or default_cache_dir()
-  os.makedirs(directory, exist_ok=True)
+  try:
+    os.makedirs(directory, exist_ok=True)
+    if not os.access(directory, os.W_OK | os.X_OK):
+      raise PermissionError(f"no write permission in {directory}")
+  except OSError as err:
+    from absl import logging  # pylint: disable=import-outside-toplevel
+    logging.warning("compilation cache off: cannot use %s (%s). Programs are compiled anew; "
+                    "pass --compilation_cache=DIR (or set RLDJAX_CACHE_DIR) to a writable "
+                    "directory, or --compilation_cache=none.", directory, err)
+    return None
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

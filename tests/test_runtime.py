@@ -105,3 +105,20 @@ def test_reexec_keeps_the_pid_and_arguments_and_happens_once():
     assert [line.split()[0] for line in lines] == ["PID", "PID", "AFTER"], lines
     assert lines[0].endswith("None")
     assert lines[1].endswith("glibc.malloc.hugetlb=1") and lines[2].endswith("glibc.malloc.hugetlb=1")
+
+
+def test_a_cache_directory_that_cannot_be_written_leaves_the_cache_off(tmp_path):
+  """A read-only home must not stop a run: the cache only saves time."""
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  out = _run(f"""
+      import jax
+      from rldjax import runtime
+      print("GOT", runtime.use_compilation_cache({str(blocker / 'jax')!r}))
+      print("DIR", jax.config.jax_compilation_cache_dir)
+      print("OK", runtime.use_compilation_cache({str(tmp_path / 'cache')!r}))
+      """)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "GOT None" in out.stdout and "DIR None" in out.stdout
+  assert f"OK {tmp_path / 'cache'}" in out.stdout
+  assert "compilation cache off: cannot use" in out.stderr and "--compilation_cache=DIR" in out.stderr
