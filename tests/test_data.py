@@ -1,6 +1,8 @@
 """The in-memory data path: the training order, the on-device augmentation
 against a NumPy reference, process-count invariance, the host-fed path's
 batches, the array cache, label checks."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,8 +88,11 @@ def digits(tmp_path_factory):
 def test_split_is_read_once_then_cached(digits, monkeypatch):
   images, labels = in_memory.load_split(digits, "test")
   assert images.shape == (359, 8, 8, 1) and images.dtype == np.uint8
-  assert sorted(np.bincount(labels)) == sorted(np.bincount(labels))  # 10 classes present
-  assert len(np.unique(labels)) == 10
+  # The fixed split is stratified: each class's share of the test split is
+  # within one image of its share of the 1797 digits.
+  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+  every = np.bincount(load_digits().target)
+  assert np.all(np.abs(np.bincount(labels, minlength=10) - every * 359 / 1797) < 1)
   monkeypatch.setattr(in_memory, "_read_tfds", lambda *a: pytest.fail("cache not used"))
   cached_images, cached_labels = in_memory.load_split(digits, "test")
   np.testing.assert_array_equal(cached_images, images)
@@ -96,6 +101,23 @@ def test_split_is_read_once_then_cached(digits, monkeypatch):
   monkeypatch.undo()
   head, _ = in_memory.load_split(digits, "train[:80%]")
   assert len(head) == 1150
+
+
+def test_a_cache_write_that_fails_leaves_no_partial_file(tmp_path, monkeypatch):
+  """A full disk while caching: the split is still returned, no cache and no
+  partial copy are left (CIFAR-100's is 150 MB)."""
+  import errno  # pylint: disable=import-outside-toplevel
+  builder = builders.load_builder("rldjax_digits", str(tmp_path))
+
+  def full_disk(path, **arrays):
+    with open(path, "wb") as f:
+      f.write(b"PK partial")
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(in_memory.np, "savez", full_disk)
+  images, labels = in_memory.load_split(builder, "test")
+  assert images.shape == (359, 8, 8, 1) and labels.shape == (359,)
+  cache_dir = os.path.dirname(in_memory._cache_path(builder, "test"))  # pylint: disable=protected-access
+  assert os.listdir(cache_dir) == []
 
 
 def test_runs_starting_together_prepare_the_dataset_once(tmp_path, monkeypatch):

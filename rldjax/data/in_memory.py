@@ -57,13 +57,15 @@ def load_split(builder, split: str, use_cache: bool = True) -> tuple[np.ndarray,
                       path, err)
   images, labels = _read_tfds(builder, split)
   if path:
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp.npz"  # one per writer
     try:
       os.makedirs(os.path.dirname(path), exist_ok=True)
-      tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp.npz"  # one per writer
       np.savez(tmp, images=images, labels=labels)
       os.replace(tmp, path)
-    except OSError as err:  # a read-only dataset directory: no cache, still correct
+    except OSError as err:  # a read-only or full dataset directory: no cache, still correct
       logging.info("not caching %s: %s", path, err)
+      if os.path.exists(tmp):  # a full disk: leave no partial copy behind
+        os.remove(tmp)
   return images, labels
 
 
