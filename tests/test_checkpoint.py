@@ -103,3 +103,55 @@ def test_runs_in_threads_save_and_restore_side_by_side(tmp_path):
   for i, ((state, history), saved) in restored.items():
     assert int(state.step) == 8 and history == [{"epoch": 8}]
     _leaves_equal(state, saved)
+
+
+def test_checksums_change_with_any_one_word_and_match_numpy():
+  rng = np.random.default_rng(3)
+  packed = {"float32": jnp.asarray(rng.standard_normal(1001), jnp.float32),
+            "int32": jnp.asarray(rng.integers(-9, 9, 7), jnp.int32),
+            "bfloat16": jnp.asarray(rng.standard_normal(5), jnp.bfloat16),
+            "bool": jnp.asarray([True, False, True])}
+  sums = {k: int(v) for k, v in checkpoint._checksums(packed).items()}  # pylint: disable=protected-access
+  words = np.asarray(packed["float32"]).view(np.uint32).astype(np.uint64)
+  odd = 2 * np.arange(words.size, dtype=np.uint64) + 1
+  assert sums["float32"] == int(np.sum(words * odd) % 2**32)
+  for i in (0, 500, 1000):
+    for bit in (0, 17, 31):
+      flipped = np.asarray(packed["float32"]).view(np.uint32).copy()
+      flipped[i] ^= np.uint32(1 << bit)
+      changed = checkpoint._checksums({"float32": jnp.asarray(flipped.view(np.float32))})  # pylint: disable=protected-access
+      assert int(changed["float32"]) != sums["float32"]
+  bf = np.asarray(packed["bfloat16"]).view(np.uint16).copy()
+  bf[2] ^= np.uint16(1)
+  assert int(checkpoint._checksums({"x": jnp.asarray(bf).view(jnp.bfloat16)})["x"]) != sums[  # pylint: disable=protected-access
+      "bfloat16"]
+
+
+@pytest.mark.parametrize("damage", ["data", "history"])
+def test_a_checkpoint_whose_bytes_changed_is_moved_aside(tmp_path, caplog, damage):
+  """Orbax reads a data file with one flipped bit, or a history with another
+  number, without an error; the checksums make it a corrupt checkpoint, and
+  the older one is used."""
+  directory = tmp_path / "checkpoints"
+  manager = checkpoint.create_manager(str(directory))
+  older = _state(seed=1, width=64).replace(step=jnp.asarray(6, jnp.int32))
+  checkpoint.save(manager, older, [{"epoch": 1, "top1": 40.0}], force=True)
+  checkpoint.save(manager, _state(width=64),
+                  [{"epoch": 1, "top1": 40.0}, {"epoch": 2, "top1": 50.0}], force=True)
+  manager.wait_until_finished()
+  if damage == "data":  # the process's data file: the arrays' chunks (~5 kB)
+    data = max((p for p in (directory / "7" / "packed" / "ocdbt.process_0").rglob("*")
+                if p.is_file()), key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x04
+    data.write_bytes(bytes(raw))
+  else:
+    history = directory / "7" / "history" / "metadata"
+    history.write_text(history.read_text().replace("50.0", "55.0"))
+  restored, history = checkpoint.restore_latest(manager, checkpoint.abstract(older))
+  manager.close()
+  _leaves_equal(restored, older)
+  assert history == [{"epoch": 1, "top1": 40.0}]
+  expected = "packed float32" if damage == "data" else "history"
+  assert "corrupt" in caplog.text and f"checksum mismatch in {expected}:" in caplog.text
+  assert [p.name.split(".")[0] for p in (tmp_path / "checkpoints_corrupt").iterdir()] == ["7"]
