@@ -44,3 +44,26 @@ def test_traced_call_gives_nan_for_that_example(name, bad):
   # The batch objective a train step minimises is NaN: its finite check stops the run.
   mean = jax.jit(lambda a, b, c: jnp.mean(losses.get(name)(a, b, c)))(s, t, jnp.asarray(y))
   assert np.isnan(float(mean))
+
+
+@pytest.mark.parametrize("name", ["dkd", "rld", "swap_kd", "rc"])
+def test_padding_tokens_masked_out_give_the_loss_and_gradient_of_the_rest(name):
+  """Token-level distillation: padding positions labelled -100 (traced) and
+  masked with ``jnp.where`` leave the sum and its gradient those of the kept
+  tokens alone, finite, with zero gradient at the padding."""
+  rng = np.random.default_rng(1)
+  s = jnp.asarray(rng.standard_normal((2, 6, C)), jnp.float32)
+  t = jnp.asarray(rng.standard_normal((2, 6, C)), jnp.float32)
+  y = rng.integers(0, C, (2, 6)).astype(np.int32)
+  y[:, 4:] = -100
+  fn = losses.get(name)
+
+  def masked(s, y):
+    return jnp.sum(jnp.where(y >= 0, fn(s, t, y), 0.0))
+  value, grad = jax.jit(jax.value_and_grad(masked))(s, jnp.asarray(y))
+  kept_value, kept_grad = jax.value_and_grad(
+      lambda k: jnp.sum(fn(k, t[:, :4], jnp.asarray(y[:, :4]))))(s[:, :4])
+  assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
+  np.testing.assert_allclose(float(value), float(kept_value), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(grad[:, :4]), np.asarray(kept_grad), rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(np.asarray(grad[:, 4:]), 0.0)
