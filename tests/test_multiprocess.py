@@ -76,15 +76,21 @@ def launch_pair(base, workdir, data_dir, *extra, max_file_bytes=None):
                  max_file_bytes=max_file_bytes) for i in (0, 1)]
 
 
-def finish(procs, timeout=240):
+def logs_when_done(procs, timeout=240):
+  """Each process's log, once it has ended."""
   logs = []
   for p in procs:
     p.wait(timeout=timeout)
     p.log.seek(0)
-    log = p.log.read()
+    logs.append(p.log.read())
     p.log.close()
+  return logs
+
+
+def finish(procs, timeout=240):
+  logs = logs_when_done(procs, timeout)
+  for p, log in zip(procs, logs):
     assert p.returncode == 0, log[-4000:]
-    logs.append(log)
   return logs
 
 
@@ -155,12 +161,7 @@ def test_a_storage_failure_on_one_process_ends_both(base):
   t0 = time.time()
   procs = launch_pair(base, workdir, data_dir, "--compilation_cache=none",
                       max_file_bytes=100_000)
-  logs = []
-  for p in procs:
-    p.wait(timeout=240)
-    p.log.seek(0)
-    logs.append(p.log.read())
-    p.log.close()
+  logs = logs_when_done(procs)
   assert procs[0].returncode == 4, logs[0][-4000:]
   assert f"error: storage failed in {workdir}: " in logs[0] and "File too large" in logs[0]
   assert procs[1].returncode not in (0, None), logs[1][-4000:]
@@ -180,12 +181,7 @@ def test_processes_launched_with_different_configs_stop_before_training(base):
   pair = ["--num_processes=2", f"--coordinator_address={address}"]
   procs = [launch(base, workdir, data_dir, *pair, "--process_id=0"),
            launch(base, workdir, data_dir, *pair, "--process_id=1", "--config.seed=1")]
-  logs = []
-  for p in procs:
-    p.wait(timeout=120)
-    p.log.seek(0)
-    logs.append(p.log.read())
-    p.log.close()
+  logs = logs_when_done(procs, timeout=120)
   assert [p.returncode for p in procs] == [2, 2], [log[-2000:] for log in logs]
   assert "failed on process 1: config.seed: 0 on process 0, 1 here" in logs[1]
   assert "failed on process 1: see that process log" in logs[0]
