@@ -10,11 +10,16 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PARITY_DIR = pathlib.Path(os.environ.get("RLDJAX_PARITY_DIR", REPO_ROOT.parent / "shared" / "parity"))
 
 
+def absent_reason(path: pathlib.Path) -> str:
+  """Why the tests reading the parity file ``path`` are skipped."""
+  return (f"parity fixture {path} is absent: these tests need the published PyTorch numbers "
+          "in ../shared/parity (or RLDJAX_PARITY_DIR)")
+
+
 def parity_file(name: str) -> pathlib.Path:
   path = PARITY_DIR / name
   if not path.exists():
-    pytest.skip(f"parity fixture {path} is absent: these tests need the published "
-                "PyTorch numbers in ../shared/parity (or RLDJAX_PARITY_DIR)")
+    pytest.skip(absent_reason(path))
   return path
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rldjax import losses
-from tests.conftest import PARITY_DIR
+from tests.conftest import PARITY_DIR, absent_reason
 
 ATOL, RTOL = 1e-5, 1e-4
 
@@ -45,7 +45,7 @@ def _index():
   path = PARITY_DIR / "losses.npz"
   if not path.exists():
     return [pytest.param(None, marks=pytest.mark.skip(
-        reason=f"{path} is absent: parity tests need ../shared/parity"))]
+        reason=absent_reason(path)))]
   entries = json.loads(str(np.load(path)["index_json"]))
   return [pytest.param(e, id=e["key"]) for e in entries]
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rldjax import convert, models
-from tests.conftest import PARITY_DIR, parity_file
+from tests.conftest import PARITY_DIR, absent_reason, parity_file
 
 REL_TOL = 1e-4  # of the largest absolute logit (ARCHITECTURES.md §14)
 
@@ -46,7 +46,7 @@ def _tags():
   path = PARITY_DIR / "models_seed11.json"
   if not path.exists():
     return [pytest.param(None, marks=pytest.mark.skip(
-        reason=f"{path} is absent: parity tests need ../shared/parity"))]
+        reason=absent_reason(path)))]
   tags = json.loads(path.read_text())["models"]
   return [pytest.param(t, id=t, marks=[pytest.mark.slow] if t.startswith("imagenet/")
                        or t in ("cifar/ResNet50", "cifar/vgg19") else []) for t in tags]
