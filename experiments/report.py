@@ -12,6 +12,8 @@ Finds every results.json under the given directories and writes
 * Cells: test top-1 mean ± std over seeds with the seed count (a single run
   shows its value and ``n=1``), at the last epoch and at the best epoch (the
   papers' convention; the best epoch is picked on the evaluation split).
+* A method with runs of several configs in one row gets a column per
+  config, ``method [n]``, and a legend naming the fields that differ.
 * Paired gains over ``vanilla``: per seed (same seed = same initialisation and
   data order), method minus vanilla at the last epoch; mean and a 95% interval
   (Student t, n - 1 degrees of freedom), and whether that interval includes 0.
@@ -119,6 +121,23 @@ def _add_runs(cell, members):
     cell["seeds"][r["seed"]] = r["last_top1"]
 
 
+def _variant_legend(columns) -> list:
+  """Lines naming, for each ``method [n]`` column, the config fields in
+  which its runs differ from the row's other configs of that method."""
+  lines = []
+  rank = lambda m: ORDER.index(m) if m in ORDER else len(ORDER)
+  for (row, method), parts in sorted(columns.items(), key=lambda kv: (kv[0][0], rank(kv[0][1]))):
+    if len(parts) < 2:
+      continue
+    configs = [_flat(json.loads(p)) for p in sorted(parts)]
+    keys = sorted({k for c in configs for k in c if len({json.dumps(d.get(k)) for d in configs}) > 1})
+    name = f"{row[0]} → {row[1]}, {row[3]} → {row[4]}"
+    for i, c in enumerate(configs, start=1):
+      lines.append(f"- {name}: {method} [{i}]: "
+                   + ", ".join(f"{k} = {c.get(k, '—')}" for k in keys))
+  return lines
+
+
 def build_table(runs):
   """Returns (markdown, cells, gains).
 
@@ -224,6 +243,12 @@ def build_table(runs):
         v = cells.get((row, m), {}).get(which)
         line.append(mean_std(v) if v else "—")
       lines.append("| " + " | ".join(line) + " |")
+    lines.append("")
+  legend = _variant_legend(columns)
+  if legend:
+    lines.append("Columns `method [n]`: a row holds runs of that method with several configs; "
+                 "what differs between them, per row:\n")
+    lines.extend(legend)
     lines.append("")
   if any(g is not None for g in gains.values()):
     others = [m for m in methods if m != "vanilla"]

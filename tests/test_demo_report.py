@@ -122,6 +122,9 @@ def test_report_groups_by_config_and_states_the_noise(tmp_path):
   assert "Unfinished" in text
   assert (tmp_path / "out" / "accuracy.png").read_bytes().startswith(b"\x89PNG")
   assert re.search(r"rld \[\d\]", table)  # two rld configs, two columns
+  # ... and a legend saying which is which.
+  assert ("- cifar/resnet32x4 → cifar/resnet8x4, train → test: rld [1]: distill_weight = 0.25\n"
+          "- cifar/resnet32x4 → cifar/resnet8x4, train → test: rld [2]: distill_weight = 1.0") in table
 
 
 @pytest.mark.parametrize("arguments, message", [
