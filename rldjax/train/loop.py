@@ -7,7 +7,10 @@ alone:
   checkpoint and ends bit-identical to an uninterrupted run: the batches are a
   pure function of (seed, epoch, step), and the checkpoint holds the train
   state, this epoch's running training-metric sums, the best model so far and
-  the history. A corrupt checkpoint is reported, moved aside and skipped.
+  the history. A corrupt checkpoint (unreadable, of another layout, or whose
+  checksums no longer match) is reported, moved aside and skipped. A damaged
+  results.json is set aside and rewritten; a damaged config.json stops the
+  run (the experiment cannot be compared).
 * **Stops loudly.** The first step whose loss or gradient is not finite stops
   the run (``DivergedError``, exit status 3) naming the step, epoch and value;
   the last good checkpoint is kept, nothing is exported, and results.json says
@@ -35,6 +38,8 @@ alone:
 Multi-process: every process runs this function; process 0 writes every file
 (lock, config, results, history, events, exports), and every process enters
 every collective (Orbax checkpoint saves and restores) and every barrier.
+First of all, each process compares its config with process 0's: a process
+launched with another config stops every process (``RunError``, exit status 2).
 """
 from __future__ import annotations
 
