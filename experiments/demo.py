@@ -107,6 +107,10 @@ def scaled_config(method, seed, epochs, scale, teacher, data_dir, val):
   return config
 
 
+def _count(n: int, noun: str) -> str:
+  return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def default_parallel_runs() -> int:
   """Runs side by side by default: one per CPU core the process may use when
   JAX computes on the CPU (a demo run keeps about one core busy), else 1."""
@@ -317,11 +321,13 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
 
   lines = ["Teacher `digits/resnet14` (vanilla, last epoch) and students `digits/resnet8` on "
            "`rldjax_digits` (1438 training / 359 test images, 10 classes). Students train "
-           f"{student_epochs} epochs, the teacher {teacher_epochs}; {seeds} seeds per method.", "",
+           f"{student_epochs} epochs, the teacher {teacher_epochs}; {_count(seeds, 'seed')} per "
+           "method.", "",
            "**How the distillation weights were chosen** (never on the test split): each "
            "method's recipe weights times a factor, trained on `train[:80%]` and scored on "
-           f"`train[80%:]` (top-1 over the last {SELECTION_EPOCHS} epochs, mean of "
-           f"{selection_seeds} seed(s)); "
+           f"`train[80%:]` (top-1 over the last "
+           f"{_count(min(SELECTION_EPOCHS, student_epochs), 'epoch')}, mean of "
+           f"{_count(selection_seeds, 'seed')}); "
            "the best factor was kept for the final runs:", "",
            "| method | " + " | ".join(f"×{s:g}" for s in scales) + " | chosen |",
            "|---|" + "---|" * (len(scales) + 1)]

@@ -250,6 +250,10 @@ def build_table(runs):
                  "what differs between them, per row:\n")
     lines.extend(legend)
     lines.append("")
+  if gains and all(g is None for g in gains.values()):
+    lines.append("No paired gain over vanilla: it needs at least 2 seeds run by both a method "
+                 "and vanilla, and these runs share fewer. Without an interval, no difference "
+                 "above is shown to exceed the noise between seeds.\n")
   if any(g is not None for g in gains.values()):
     others = [m for m in methods if m != "vanilla"]
     lines.append("### Paired gain over vanilla (last epoch, same seeds): mean [95% interval]\n")

@@ -52,6 +52,8 @@ def test_demo_writes_report_from_results(tmp_path):
   assert runs["rld_seed0"]["eval_split"] == "test"
   assert abs(runs["rld_seed0"]["config"]["distill_weight"] - chosen) < 1e-12
   assert "How the distillation weights were chosen" in md and "never on the test split" in md
+  # What the score read: 2 epochs (the runs are shorter than the 5 it reads otherwise).
+  assert "(top-1 over the last 2 epochs, mean of 1 seed)" in md and "2 seeds per method" in md
   # Every number in the last-epoch table comes from a results.json.
   row = next(line for line in md.splitlines() if line.startswith("| digits/resnet14 → digits/resnet8"))
   header = md.splitlines()[md.splitlines().index(row) - 2]
@@ -226,6 +228,16 @@ def test_vanilla_runs_without_a_distillation_run_get_their_own_rows(tmp_path):
       "| cifar/resnet32x4 → cifar/resnet8x4 | cifar100 train → test | 79.00 (n=1) "
       "| 71.00 ± 1.41 (n=2) | 72.50 (n=1) |")
   assert "— → cifar/resnet32x4" not in table
+
+
+def test_a_report_without_two_shared_seeds_says_there_is_no_interval(tmp_path):
+  _write(tmp_path, "v0", "vanilla", 0, 70.5, 70.0)
+  _write(tmp_path, "r0", "rld", 0, 71.5, 71.0)
+  _write(tmp_path, "r1", "rld", 1, 72.5, 72.0)  # a seed vanilla has not run
+  table, _, gains, _ = report.write_report([str(tmp_path)], str(tmp_path / "out"))
+  assert list(gains.values()) == [None]
+  assert "No paired gain over vanilla: it needs at least 2 seeds run by both" in table
+  assert "Paired gain over vanilla (last epoch" not in table
 
 
 def test_a_report_of_unfinished_runs_only_says_so(tmp_path):
