@@ -131,7 +131,8 @@ def _variant_legend(columns) -> list:
       continue
     configs = [_flat(json.loads(p)) for p in sorted(parts)]
     keys = sorted({k for c in configs for k in c if len({json.dumps(d.get(k)) for d in configs}) > 1})
-    name = f"{row[0]} → {row[1]}, {row[3]} → {row[4]}"
+    name = f"{row[0]} → {row[1]}" + (f" ({row[5]})" if len(row) > 5 else "") + (
+        f", {row[3]} → {row[4]}")
     for i, c in enumerate(configs, start=1):
       lines.append(f"- {name}: {method} [{i}]: "
                    + ", ".join(f"{k} = {c.get(k, '—')}" for k in keys))
