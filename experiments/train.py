@@ -19,12 +19,14 @@ errors, 2 a run that cannot start (config, data, teacher, workdir), 3 diverged,
 143 stopped by SIGTERM after saving a checkpoint (rerun to resume).
 """
 import os
+import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import configs
+from rldjax.errors import ConfigError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiment config file[:args]",
@@ -68,12 +70,39 @@ def _unknown_override(argv):
   return None
 
 
+def _config_string_error(err) -> str | None:
+  """``--config=SPEC: <message>`` when ``err`` is ml_collections' report of a
+  config file that raised an rldjax error (a bad config-string argument): its
+  message without the traceback ml_collections embeds in it."""
+  text = str(err)
+  last = (text.strip().splitlines() or [""])[-1]
+  prefix = f"{ConfigError.__module__}."
+  if "Error whilst parsing config file" not in text or not last.startswith(prefix):
+    return None
+  flag = re.match(r"flag (--\S+?): Error whilst parsing", text)
+  return f"{flag.group(1) if flag else '--config'}: {last.split(': ', 1)[-1]}"
+
+
+def _unreadable_config_file() -> str | None:
+  """The error of a ``--config`` file that could not be loaded (ml_collections
+  defers it to the config's first use, as a traceback), or None."""
+  spec = config_flags.get_config_filename(FLAGS["config"])
+  path = spec.split(":", 1)[0]  # without the config string
+  if os.path.isfile(path) and os.access(path, os.R_OK):
+    return None
+  return f"--config={spec}: no readable config file {path!r}"
+
+
 def parse_flags(argv):
   """absl's flag parsing, with a clear error for a --config.<path> that names no field."""
   try:
-    return FLAGS(argv)
+    remaining = FLAGS(argv)
+    missing = _unreadable_config_file()
+    if missing is None:
+      return remaining
+    sys.stderr.write(f"FATAL Flags parsing error: {missing}\n")
   except flags.Error as err:
-    sys.stderr.write(f"FATAL Flags parsing error: {err}\n")
+    sys.stderr.write(f"FATAL Flags parsing error: {_config_string_error(err) or err}\n")
   except AttributeError as err:
     unknown = _unknown_override(argv)
     message = f"{unknown[0]}: {unknown[1]}" if unknown else str(err)

@@ -116,6 +116,24 @@ def test_command_line_errors_name_the_field_before_any_work(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+def test_config_file_and_config_string_errors_are_one_line(tmp_path):
+  """A bad config-string argument or a missing config file: status 1 (a flag
+  error) and one line naming the flag, not ml_collections' traceback."""
+  configs = f"{ROOT}/experiments/configs"
+  for flag, message in [
+      (f"--config={configs}/digits.py:epochs=x", "config string epochs='x': expected an int"),
+      (f"--config={configs}/digits.py:method=foo", "config.method: unknown method 'foo'"),
+      (f"--config={configs}/cifar100_teacher.py:arch=resnet99",
+       "config string arch='resnet99': one of resnet8"),
+      (f"--config={configs}/nope.py:method=rld",
+       f"no readable config file '{configs}/nope.py'")]:
+    done = _launch(flag, f"--workdir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"FATAL Flags parsing error: {flag}: {message}"), done.stderr
+  assert not (tmp_path / "run").exists()
+
+
 def _batch(num_classes=100, seed=0):
   rng = np.random.default_rng(seed)
   s = jnp.asarray(rng.standard_normal((8, num_classes)) * 3, jnp.float32)

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import time
 
 import jax
 import jax.numpy as jnp
@@ -341,6 +342,53 @@ def test_divergence_stops_with_the_step_keeps_the_last_good_checkpoint(tmp_path,
   read_json(workdir / "history.json")
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert 5 <= max(steps) < results["diverged"]["step"]  # only good steps were saved
+
+
+def test_a_launch_that_trained_nothing_leaves_the_workdir_to_the_corrected_command(
+    tmp_path, data_dir):
+  """A launch that stops before its first checkpoint (a bad split, a divergence
+  at the first steps) records its config, yet holds no experiment: the
+  corrected command takes the workdir over, and the earlier records move to
+  superseded/. Once something is trained, another config is refused."""
+  config = small_config(data_dir, "", method="vanilla", epochs=1)
+  workdir = tmp_path / "run"
+  config.dataset.eval_split = "tset"
+  with pytest.raises(errors.DataError, match=r"config.dataset.eval_split: 'tset' is not a split"):
+    loop.train_and_evaluate(config, str(workdir))
+  config.dataset.eval_split = "test"
+  config.optimizer.lr = 1e6  # diverges in epoch 1, before the first checkpoint (its end)
+  config.checkpoint.every_steps = 1000
+  with pytest.raises(errors.DivergedError, match=r"\(epoch 1\).*No checkpoint was saved"):
+    loop.train_and_evaluate(config, str(workdir))
+  diverged = read_json(workdir / "results.json")
+  assert diverged["status"] == "diverged"
+  config.optimizer.lr = 0.05
+  start = time.time()
+  result = loop.train_and_evaluate(config, str(workdir))
+  elapsed = time.time() - start
+  assert result["finished"] and result["config"]["optimizer"]["lr"] == 0.05
+  assert "diverged" not in result
+  assert read_json(workdir / "config.json")["optimizer"]["lr"] == 0.05
+  assert read_json(workdir / "superseded" / "results.json") == diverged
+  assert result["wall_time_s"] <= elapsed  # its own time, not the diverged launch's too
+  assert len(list(workdir.glob("events.out.tfevents*"))) == 1
+  config.optimizer.lr = 0.1
+  with pytest.raises(errors.WorkdirError, match=r"config.optimizer.lr: 0.05 -> 0.1"):
+    loop.train_and_evaluate(config, str(workdir))
+
+
+def test_splits_are_checked_before_training(data_dir):
+  builder = builders.load_builder("rldjax_digits", data_dir)
+  builders.check_split(builder, "train[:80%]", "config.dataset.train_split")
+  builders.check_split(builder, "train[:10]+test", "config.dataset.eval_split")
+  with pytest.raises(errors.DataError, match=r"config.dataset.train_split: 'trian' is not a "
+                     r"split of dataset 'rldjax_digits': Unknown split 'trian'"):
+    builders.check_split(builder, "trian", "config.dataset.train_split")
+  with pytest.raises(errors.DataError, match=r"eval_split: 'test\[:200%\]' is not a split.*"
+                     r"Its splits: test, train\."):
+    builders.check_split(builder, "test[:200%]", "config.dataset.eval_split")
+  with pytest.raises(errors.DataError, match=r"eval_split: 'test\[5:3\]' selects no example"):
+    builders.check_split(builder, "test[5:3]", "config.dataset.eval_split")
 
 
 def test_diverged_teacher_export_is_refused(tmp_path, data_dir):

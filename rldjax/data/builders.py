@@ -17,7 +17,7 @@ import os
 from absl import logging
 
 from rldjax import distributed
-from rldjax.errors import DatasetNotFoundError
+from rldjax.errors import DataError, DatasetNotFoundError
 
 IMAGE_FOLDER_PREFIX = "image_folder:"
 
@@ -117,6 +117,30 @@ def num_examples(builder, split: str) -> int | None:
     return builder.info.splits[split].num_examples
   except (KeyError, ValueError):
     return None
+
+
+def check_split(builder, split: str, field: str) -> None:
+  """Raises :class:`DataError` naming ``field`` (``config.dataset.train_split``,
+  ``config.dataset.eval_split``) when ``split`` is not a split of ``builder``
+  (TFDS syntax: ``train``, ``train[:80%]``, ``train[:10]+test``) or selects no
+  example. Builders without split metadata (``tfds.testing.mock_data``) pass."""
+  try:
+    count = builder.info.splits[split].num_examples
+  except KeyError:  # no split metadata to check against
+    return
+  except ValueError as err:
+    reason = _first_sentence(err)
+    if "Should be one of" not in reason:
+      reason += f" Its splits: {', '.join(sorted(builder.info.splits.keys()))}."
+    raise DataError(f"{field}: {split!r} is not a split of dataset {builder.name!r}: "
+                    f"{reason}") from None
+  if count <= 0:
+    raise DataError(f"{field}: {split!r} selects no example of dataset {builder.name!r}")
+
+
+def _first_sentence(err: Exception) -> str:
+  text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+  return text if text.endswith(".") else text + "."
 
 
 def declared_num_classes(builder) -> int | None:

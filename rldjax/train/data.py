@@ -48,6 +48,8 @@ def load(config, mesh) -> RunData:
     raise DataError(f"dataset {ds.name!r} split {ds.train_split!r}: its labels take {declared} "
                     f"values (0..{declared - 1}) but config.dataset.num_classes is "
                     f"{ds.num_classes}")
+  builders.check_split(builder, ds.train_split, "config.dataset.train_split")
+  builders.check_split(builder, ds.eval_split, "config.dataset.eval_split")
   if ds.kind == "imagenet":
     from rldjax.data import input_pipeline  # pylint: disable=import-outside-toplevel
     spe = input_pipeline.steps_per_epoch(builder, ds.train_split, config.batch_size)

@@ -524,11 +524,17 @@ class _Run:
     results = self.write_results(history, "diverged", {"diverged": {
         "step": step, "epoch": epoch, "loss": loss}})
     del results
+    if workdir_lib.holds_training(self.workdir):
+      advice = (f"The last good checkpoint in {self.workdir}/checkpoints is kept; nothing was "
+                "exported. Lower --config.optimizer.lr or check the data and the teacher, then "
+                "start in a new --workdir (or rerun here to retry from that checkpoint).")
+    else:
+      advice = ("No checkpoint was saved before it; nothing was exported. Lower "
+                "--config.optimizer.lr or check the data and the teacher, then rerun (this "
+                "--workdir holds nothing trained, so it takes the new config).")
     raise errors.DivergedError(
         f"diverged: the loss or a gradient is not finite at step {step} (epoch {epoch}): loss = "
-        f"{loss}. The last good checkpoint in {self.workdir}/checkpoints is kept; nothing was "
-        "exported. Lower --config.optimizer.lr or check the data and the teacher, then start "
-        "in a new --workdir (or rerun here to retry from that checkpoint).")
+        f"{loss}. {advice}")
 
   def _preempted(self, state, history, manager, step):
     self._check_finite(history)  # never save a state that is not finite

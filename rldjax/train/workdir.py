@@ -8,7 +8,10 @@
 * :func:`check_config`: ``<workdir>/config.json`` records the config a run was
   started with. A rerun whose config differs in a field that changes the
   experiment fails before training, naming every such field
-  (``config.method: kd -> dkd``); logging, checkpoint and evaluation cadence
+  (``config.method: kd -> dkd``), once the workdir holds something trained
+  (a checkpoint or an export; before that, as after a launch that stopped on
+  a data or teacher error, the new config is recorded instead and the earlier
+  launch's records move to ``superseded/``); logging, checkpoint and evaluation cadence
   (which epochs are evaluated: the training is the same), the data
   location, the data path (in memory or not: same batches) and a larger
   ``num_epochs`` (continue training) may change.
@@ -38,6 +41,13 @@ LOCK_NAME = "run.lock"
 # this long was left by a process that stopped in between.
 UNREADABLE_LOCK_SECONDS = 10.0
 CONFIG_NAME = "config.json"
+# What a run keeps of its training: a workdir with none of these holds no experiment yet.
+TRAINED_DIRS = ("checkpoints", "checkpoints_corrupt", "export")
+# A launch's records besides its checkpoints and exports, and where they go when
+# a launch with another config takes over a workdir in which nothing was trained.
+RECORD_NAMES = ("results.json", "history.json")
+EVENTS_PREFIX = "events.out.tfevents"
+SUPERSEDED_DIR = "superseded"
 UNREADABLE_SUFFIX = ".unreadable"  # a damaged record, kept aside (set_aside_unreadable)
 # Fields that may differ between the runs of one workdir.
 MAY_CHANGE = ("checkpoint", "log_every_steps", "steps_per_call", "eval_batch_size",
@@ -209,6 +219,29 @@ def _may_change(field: str) -> bool:
   return any(field == m or field.startswith(m + ".") for m in MAY_CHANGE)
 
 
+def holds_training(workdir: str) -> bool:
+  """Whether ``workdir`` keeps anything trained: a checkpoint (usable or set
+  aside as corrupt) or an exported model. A run that stopped before its first
+  checkpoint (a data or teacher error at the start) leaves none."""
+  return any(os.path.isdir(d) and os.listdir(d)
+             for d in (os.path.join(workdir, name) for name in TRAINED_DIRS))
+
+
+def _supersede_records(workdir: str) -> list[str]:
+  """Moves the records of a launch that trained nothing (results.json,
+  history.json, its TensorBoard events) to ``<workdir>/superseded/``, so that
+  the run recorded next starts its own (its times, its curves); returns the
+  names moved."""
+  names = [n for n in sorted(os.listdir(workdir))
+           if n in RECORD_NAMES or n.startswith(EVENTS_PREFIX)]
+  if names:
+    target = os.path.join(workdir, SUPERSEDED_DIR)
+    os.makedirs(target, exist_ok=True)
+    for name in names:
+      os.replace(os.path.join(workdir, name), os.path.join(target, name))
+  return names
+
+
 def check_config(workdir: str, config: dict, epochs_done_fn=None) -> None:
   """Records ``config`` (a plain dict) in a new workdir, or compares it with
   the recorded one; raises WorkdirError naming each field that changes the
@@ -233,6 +266,15 @@ def check_config(workdir: str, config: dict, epochs_done_fn=None) -> None:
   changed = [f"config.{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
              for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k) and not _may_change(k)]
+  if changed and not holds_training(workdir):
+    moved = _supersede_records(workdir)
+    logging.warning("workdir %s: %s records another config, but nothing was trained here (no "
+                    "checkpoint, no export): recording this run's config instead%s:\n  %s",
+                    workdir, CONFIG_NAME,
+                    f" (the earlier launch's records are in {SUPERSEDED_DIR}/)" if moved else "",
+                    "\n  ".join(changed))
+    write_json(path, config)
+    return
   if changed:
     raise WorkdirError(
         f"workdir {workdir} holds a run of another experiment; these fields differ from its "
