@@ -322,15 +322,18 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
   lines = ["Teacher `digits/resnet14` (vanilla, last epoch) and students `digits/resnet8` on "
            "`rldjax_digits` (1438 training / 359 test images, 10 classes). Students train "
            f"{student_epochs} epochs, the teacher {teacher_epochs}; {_count(seeds, 'seed')} per "
-           "method.", "",
-           "**How the distillation weights were chosen** (never on the test split): each "
-           "method's recipe weights times a factor, trained on `train[:80%]` and scored on "
-           f"`train[80%:]` (top-1 over the last "
-           f"{_count(min(SELECTION_EPOCHS, student_epochs), 'epoch')}, mean of "
-           f"{_count(selection_seeds, 'seed')}); "
-           "the best factor was kept for the final runs:", "",
-           "| method | " + " | ".join(f"×{s:g}" for s in scales) + " | chosen |",
-           "|---|" + "---|" * (len(scales) + 1)]
+           "method.", ""]
+  if selection:
+    lines += ["**How the distillation weights were chosen** (never on the test split): each "
+              "method's recipe weights times a factor, trained on `train[:80%]` and scored on "
+              f"`train[80%:]` (top-1 over the last "
+              f"{_count(min(SELECTION_EPOCHS, student_epochs), 'epoch')}, mean of "
+              f"{_count(selection_seeds, 'seed')}); "
+              "the best factor was kept for the final runs:", "",
+              "| method | " + " | ".join(f"×{s:g}" for s in scales) + " | chosen |",
+              "|---|" + "---|" * (len(scales) + 1)]
+  else:
+    lines.append("No distillation method was run (`--methods`), so no weights were chosen.")
   for method, sel in selection.items():
     lines.append(f"| {method} | " + " | ".join(f"{sel['scores'][f'{s:g}']:.2f}" for s in scales)
                  + f" | ×{sel['chosen']:g} |")

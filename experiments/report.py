@@ -251,6 +251,11 @@ def build_table(runs):
                  "what differs between them, per row:\n")
     lines.extend(legend)
     lines.append("")
+  distilled = [m for m in methods if m != "vanilla"]
+  if distilled and not gains:
+    lines.append("No paired gain over vanilla: no vanilla student was run with the same "
+                 "teacher, student, data and schedule as these methods (run one with the same "
+                 "seeds to get it). Without it, the table shows no gain from distillation.\n")
   if gains and all(g is None for g in gains.values()):
     lines.append("No paired gain over vanilla: it needs at least 2 seeds run by both a method "
                  "and vanilla, and these runs share fewer. Without an interval, no difference "

@@ -148,8 +148,14 @@ def test_demo_refuses_arguments_it_cannot_run_with(tmp_path, arguments, message)
   assert not (tmp_path / "demo").exists()  # refused before any work
 
 
-def test_vanilla_alone_needs_no_weight_factors():
+def test_vanilla_alone_needs_no_weight_factors(tmp_path):
   demo.check_arguments(1, 1, 1, ["vanilla"], [], 1, 1)  # nothing to choose: accepted
+  demo.run_demo(str(tmp_path / "demo"), seeds=1, teacher_epochs=1, student_epochs=1,
+                methods=["vanilla"], scales=[], selection_seeds=1, parallel_runs=1)
+  md = (tmp_path / "demo" / "report.md").read_text()
+  assert "No distillation method was run (`--methods`), so no weights were chosen." in md
+  assert "| method |" not in md and "How the distillation weights were chosen" not in md
+  assert "| — → digits/resnet8 | rldjax_digits train → test | — |" in md
 
 
 def test_demo_flag_errors_exit_1_naming_the_flag(tmp_path):
@@ -238,6 +244,19 @@ def test_a_report_without_two_shared_seeds_says_there_is_no_interval(tmp_path):
   assert list(gains.values()) == [None]
   assert "No paired gain over vanilla: it needs at least 2 seeds run by both" in table
   assert "Paired gain over vanilla (last epoch" not in table
+
+
+def test_a_report_without_vanilla_says_there_is_no_gain_to_show(tmp_path):
+  for seed in (0, 1):
+    _write(tmp_path, f"r{seed}", "rld", seed, 71.5, 71.0 + seed)
+  table, _, gains, _ = report.write_report([str(tmp_path)], str(tmp_path / "out"))
+  assert not gains
+  assert "No paired gain over vanilla: no vanilla student was run with the same" in table
+  # With vanilla runs of the same setup, the gain is there and the note is not.
+  for seed in (0, 1):
+    _write(tmp_path, f"v{seed}", "vanilla", seed, 70.5, 70.0)
+  table, _, gains, _ = report.write_report([str(tmp_path)], str(tmp_path / "out"))
+  assert len(gains) == 1 and "no vanilla student was run" not in table
 
 
 def test_a_report_of_unfinished_runs_only_says_so(tmp_path):
