@@ -19,7 +19,9 @@ Finds every results.json under the given directories and writes
   (Student t, n - 1 degrees of freedom), and whether that interval includes 0.
 * Vanilla runs with no distillation run beside them (teachers reported
   alone) get rows of their own, teacher "—".
-* Unfinished runs are listed and left out.
+* Unfinished runs, and results.json files that cannot be read, are listed
+  and left out; the records in a workdir's ``superseded/`` (a launch that
+  trained nothing before its config was corrected) are not runs.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ import os
 
 import numpy as np
 
+# rldjax.train.workdir.SUPERSEDED_DIR (not imported: the report runs without JAX).
+SUPERSEDED_DIR = "superseded"
 ORDER = ["vanilla", "kd", "dkd", "rld", "ldrld", "swap_kd", "rc", "label_revision"]
 # Config fields that do not change what a run computes.
 _IGNORED = ("seed", "checkpoint", "log_every_steps", "steps_per_call", "eval_batch_size",
@@ -43,14 +47,25 @@ _METHOD_FIELDS = ("method", "ce_weight", "distill_weight", "kd_weight", "warmup_
 
 
 def collect(run_dirs):
+  """Every run's results.json under ``run_dirs`` (``_path`` added). The records
+  of launches a workdir's next config superseded (``superseded/``) are not
+  runs; a results.json that cannot be read is kept as
+  ``{"_path": ..., "_unreadable": reason}`` (listed, never tabulated)."""
   runs = []
   for d in run_dirs:
     paths = [os.path.join(d, "results.json")] if os.path.isfile(
         os.path.join(d, "results.json")) else sorted(
             glob.glob(os.path.join(d, "**", "results.json"), recursive=True))
     for path in paths:
-      with open(path) as f:
-        r = json.load(f)
+      if SUPERSEDED_DIR in os.path.relpath(path, d).split(os.sep)[:-1]:
+        continue
+      try:
+        with open(path) as f:
+          r = json.load(f)
+        if not isinstance(r, dict):
+          raise ValueError(f"a JSON {type(r).__name__}, not an object")
+      except (OSError, ValueError) as err:
+        r = {"_unreadable": f"{type(err).__name__}: {err}"}
       r["_path"] = path
       runs.append(r)
   return runs
@@ -329,7 +344,8 @@ def write_report(run_dirs, out_dir, preamble: str = "", plot_runs=None):
   if not runs:
     raise SystemExit(f"no results.json under {', '.join(run_dirs)}")
   table, cells, gains = build_table(runs)
-  unfinished = [r["_path"] for r in runs if not r.get("finished")]
+  unfinished = [r["_path"] + (f" (unreadable: {r['_unreadable']})" if "_unreadable" in r else "")
+                for r in runs if not r.get("finished")]
   lines = ["# Results\n"]
   if preamble:
     lines += [preamble, ""]

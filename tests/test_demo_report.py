@@ -18,6 +18,7 @@ from scipy import stats
 from experiments import demo, report
 from rldjax import errors
 from rldjax.train import loop
+from rldjax.train import workdir as workdir_lib
 
 
 def _dead_pid() -> int:
@@ -257,6 +258,20 @@ def test_a_report_without_vanilla_says_there_is_no_gain_to_show(tmp_path):
     _write(tmp_path, f"v{seed}", "vanilla", seed, 70.5, 70.0)
   table, _, gains, _ = report.write_report([str(tmp_path)], str(tmp_path / "out"))
   assert len(gains) == 1 and "no vanilla student was run" not in table
+
+
+def test_unreadable_and_superseded_records_are_not_tabulated(tmp_path):
+  _write(tmp_path, "v0", "vanilla", 0, 70.5, 70.0)
+  (tmp_path / "damaged").mkdir()
+  (tmp_path / "damaged" / "results.json").write_text('{"status": "fin')
+  # What a launch that trained nothing left, once the corrected command took over.
+  _write(tmp_path / "v0" / report.SUPERSEDED_DIR, ".", "vanilla", 0, 1.0, 1.0, finished=False)
+  assert report.SUPERSEDED_DIR == workdir_lib.SUPERSEDED_DIR
+  table, cells, _, unfinished = report.write_report([str(tmp_path)], str(tmp_path / "out"))
+  assert unfinished == [f"{tmp_path}/damaged/results.json (unreadable: JSONDecodeError: "
+                        "Unterminated string starting at: line 1 column 12 (char 11))"]
+  assert [c["last"] for c in cells.values()] == [[70.0]]
+  assert "damaged/results.json (unreadable" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_a_report_of_unfinished_runs_only_says_so(tmp_path):
