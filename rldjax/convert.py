@@ -215,9 +215,13 @@ def teachers_in_tar(path: str) -> dict[str, tuple[str, int]]:
   return found
 
 
-def convert_teacher_tar(path: str, out_root: str, num_classes: int | None = None) -> dict[str, str]:
+def convert_teacher_tar(path: str, out_root: str,
+                        num_classes: int | None = None) -> dict[str, tuple[str, bool]]:
   """Converts every teacher of a ``cifar_teachers.tar`` into
-  ``<out_root>/<arch>/export``; returns {arch: export directory}."""
+  ``<out_root>/<arch>/export``; returns {arch: (export directory, written)}.
+  Teachers already converted there are left as they are (``written`` False;
+  :func:`save_converted`), so a conversion that stopped part-way can be run
+  again."""
   from rldjax import export  # pylint: disable=import-outside-toplevel
   torch = _import_torch()
   written = {}
@@ -229,9 +233,38 @@ def convert_teacher_tar(path: str, out_root: str, num_classes: int | None = None
       tag = f"cifar/{arch}"
       variables = from_torch_state_dict(tag, state, num_classes)
       target = os.path.join(out_root, arch, "export")
-      export.save_model(target, tag, variables)
-      written[arch] = target
+      written[arch] = (target, save_converted(target, tag, variables))
   return written
+
+
+def save_converted(directory: str, tag: str, variables) -> bool:
+  """Exports ``variables`` of ``tag`` to ``directory``; True when written.
+
+  A directory that already holds this very model (the same tag and every
+  array equal: a conversion run again, say after an interrupted one) is left
+  as it is (False). One that holds another model, or that is not empty and
+  holds no export, raises FileExistsError naming it: nothing is overwritten.
+  """
+  from rldjax import export  # pylint: disable=import-outside-toplevel
+  if os.path.exists(os.path.join(directory, "model.json")):
+    tag_there, _, there = export.load_model(directory)
+    same = tag_there == tag and _same_arrays(there, variables)
+    if not same:
+      raise FileExistsError(f"{directory} already holds another exported model ({tag_there}); "
+                            "remove it, or choose another output directory")
+    return False
+  if os.path.isdir(directory) and os.listdir(directory):
+    raise FileExistsError(f"{directory} is not empty and holds no exported model; choose an "
+                          "empty or new output directory")
+  export.save_model(directory, tag, variables)
+  return True
+
+
+def _same_arrays(a, b) -> bool:
+  flat_a = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(a)}
+  flat_b = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(b)}
+  return flat_a.keys() == flat_b.keys() and all(
+      np.array_equal(np.asarray(flat_a[k]), np.asarray(flat_b[k])) for k in flat_a)
 
 
 def _to_numpy(value):
@@ -288,8 +321,11 @@ def main(argv=None):
       written = convert_teacher_tar(args.checkpoint, args.out, args.num_classes)
     except unreadable as err:
       parser.error(f"cannot convert {args.checkpoint}: {_first_line(err)}")
-    for arch, target in written.items():
-      print(f"wrote cifar/{arch} to {target}")
+    except OSError as err:
+      parser.error(f"cannot write under {args.out}: {_first_line(err)}")
+    for arch, (target, new) in written.items():
+      print(f"wrote cifar/{arch} to {target}" if new else
+            f"{target} already holds this cifar/{arch}: left as it is")
     return
   if args.checkpoint.endswith(".tar"):
     parser.error(f"{args.checkpoint} is not a readable tar archive")
@@ -303,8 +339,13 @@ def main(argv=None):
                                       args.num_classes)
   except unreadable as err:
     parser.error(f"cannot convert {args.checkpoint} as {tag}: {_first_line(err)}")
-  export.save_model(args.out, tag, variables)
-  print(f"wrote {tag} ({_num_classes_of(tag, variables['params'])} classes) to {args.out}")
+  try:
+    written = save_converted(args.out, tag, variables)
+  except OSError as err:
+    parser.error(f"cannot write {args.out}: {_first_line(err)}")
+  count = _num_classes_of(tag, variables['params'])
+  print(f"wrote {tag} ({count} classes) to {args.out}" if written else
+        f"{args.out} already holds this {tag} ({count} classes): left as it is")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ command writes an export the trainer can load, and models behave as documented
 import collections
 import functools
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -174,10 +176,58 @@ def test_teacher_tar_converts_every_teacher(tmp_path):
     tag, num_classes, restored = export.load_model(str(out / arch / "export"))
     assert (tag, num_classes) == (f"cifar/{arch}", 100)
     jax.tree_util.tree_map(np.testing.assert_array_equal, restored, variables)
-  # A second conversion refuses to overwrite.
+  # Run again after stopping part-way: what is there is kept, the rest converted.
+  files = {p: p.read_bytes() for p in (out / "resnet8" / "export").iterdir()}
+  shutil.rmtree(out / "resnet14")
   again = subprocess.run([sys.executable, "-m", "rldjax.convert", str(tar_path), str(out)],
                          capture_output=True, text=True)
-  assert again.returncode != 0 and "already holds" in again.stderr
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert again.stdout.splitlines() == [
+      f"wrote cifar/resnet14 to {out / 'resnet14' / 'export'}",
+      f"{out / 'resnet8' / 'export'} already holds this cifar/resnet8: left as it is"]
+  assert {p: p.read_bytes() for p in (out / "resnet8" / "export").iterdir()} == files
+  _, _, restored = export.load_model(str(out / "resnet14" / "export"))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored, expected["resnet14"])
+  # Another model where a teacher goes is never overwritten: status 2, one message.
+  other = tmp_path / "other"
+  export.save_model(str(other / "resnet8" / "export"), "cifar/resnet8",
+                    init_variables("cifar/resnet8", seed=7, num_classes=100)[1])
+  refused = subprocess.run([sys.executable, "-m", "rldjax.convert", str(tar_path), str(other)],
+                           capture_output=True, text=True)
+  assert refused.returncode == 2 and "Traceback" not in refused.stderr
+  assert refused.stderr.splitlines()[-1].endswith(
+      f"already holds another exported model (cifar/resnet8); remove it, or choose another "
+      "output directory")
+
+
+def test_the_command_writes_only_into_a_new_an_empty_or_the_same_export(tmp_path, capsys):
+  torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+  _, variables = init_variables(num_classes=100)
+  path = tmp_path / "teacher.pth"
+  torch.save(_torch_tensors(torch, convert.to_torch_state_dict(TAG, variables)), path)
+  (tmp_path / "empty").mkdir()
+  convert.main(["--arch", "resnet8", str(path), str(tmp_path / "empty")])
+  convert.main(["--arch", "resnet8", str(path), str(tmp_path / "empty")])  # the same: kept
+  assert capsys.readouterr().out.splitlines()[-1] == (
+      f"{tmp_path / 'empty'} already holds this {TAG} (100 classes): left as it is")
+  (tmp_path / "workdir").mkdir()
+  (tmp_path / "workdir" / "config.json").write_text("{}")
+  (tmp_path / "a_file").write_text("x")
+  other = tmp_path / "other.pth"
+  torch.save(_torch_tensors(torch, convert.to_torch_state_dict(TAG, init_variables(
+      num_classes=100, seed=5)[1])), other)
+  for source, out, message in [
+      (path, "workdir", "is not empty and holds no exported model"),
+      (path, "a_file", "cannot write .*a_file: "),
+      (other, "empty", r"already holds another exported model \(cifar/resnet8\)")]:
+    with pytest.raises(SystemExit) as stop:
+      convert.main(["--arch", "resnet8", str(source), str(tmp_path / out)])
+    assert stop.value.code == 2
+    assert re.search(message, capsys.readouterr().err.splitlines()[-1]), out
+  assert os.listdir(tmp_path / "workdir") == ["config.json"]
+  _, _, kept = export.load_model(str(tmp_path / "empty"))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, kept,
+                         jax.tree_util.tree_map(np.asarray, dict(variables)))
 
 
 def test_torchvision_style_bare_state_dict(tmp_path):
