@@ -523,28 +523,59 @@ def test_schedules():
   assert float(learning_rate(c, 31)) == pytest.approx(0.01)    # after the decay: exactly base·0.1
 
 
-def test_image_folder_streams_through_tf_data(tmp_path):
-  """An ImageFolder (ROOT/<split>/<class>/<file>) trains on the streaming path."""
+def _image_folder(root, counts):
   import tensorflow as tf
   rng = np.random.default_rng(0)
-  for split, count in (("train", 6), ("test", 3)):
+  for split, count in counts:
     for label in ("cat", "dog"):
-      folder = tmp_path / "imgs" / split / label
+      folder = root / split / label
       folder.mkdir(parents=True)
       for i in range(count):
         image = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
         (folder / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+  return root
+
+
+def _image_folder_config(root, epochs):
   config = config_lib.base_config()
   config_lib.apply_method(config, "vanilla")
   config.student.tag = "cifar/resnet8"
-  config.dataset.update(name=f"image_folder:{tmp_path / 'imgs'}", kind="imagenet", image_size=32,
+  config.dataset.update(name=f"image_folder:{root}", kind="imagenet", image_size=32,
                         num_classes=2, in_memory=False, shuffle_buffer=16)
   config.batch_size = 4
-  config.num_epochs = 1
-  result = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  config.num_epochs = epochs
+  return config
+
+
+def test_image_folder_streams_through_tf_data(tmp_path):
+  """An ImageFolder (ROOT/<split>/<class>/<file>) trains on the streaming path."""
+  root = _image_folder(tmp_path / "imgs", (("train", 6), ("test", 3)))
+  result = loop.train_and_evaluate(_image_folder_config(root, 1), str(tmp_path / "run"))
   assert result["finished"] and result["history"][0]["step"] == 3  # 12 // 4
   with pytest.raises(errors.DatasetNotFoundError, match="image_folder"):
     builders.load_builder(f"image_folder:{tmp_path / 'missing'}")
+
+
+def test_streaming_run_resumed_mid_epoch_equals_uninterrupted_run(tmp_path):
+  """The streaming path's batches are a function of (seed, epoch, step) too: a
+  run resumed from a checkpoint in the middle of an epoch ends bit-identical
+  to one that was not stopped."""
+  root = _image_folder(tmp_path / "imgs", (("train", 8), ("test", 3)))  # 4 steps an epoch
+  config = _image_folder_config(root, 2)
+  config.checkpoint.every_steps = 3
+  straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
+  first = loop.train_and_evaluate(config, str(tmp_path / "resumed"), stop_after_epochs=1)
+  assert first["epochs_completed"] == 1
+  steps = sorted(int(p.name) for p in (tmp_path / "resumed" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert steps == [3, 4]
+  shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")  # resume from step 3 of epoch 1
+  resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert straight["finished"] and resumed["finished"]
+  assert straight["history"] == resumed["history"]
+  for name in ("last", "best"):
+    assert_same_export(tmp_path / "straight" / "export" / name,
+                       tmp_path / "resumed" / "export" / name)
 
 
 def test_several_steps_per_call_train_the_same_and_stop_on_divergence(tmp_path, data_dir,
