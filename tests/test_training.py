@@ -6,6 +6,9 @@ import errno
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import time
 
 import jax
@@ -477,6 +480,36 @@ def test_an_unreadable_lock_is_taken_over_only_once_it_is_old(tmp_path, caplog):
     assert json.loads(lock_path.read_text())["pid"] == os.getpid()
   assert "taking over the stale lock" in caplog.text and "unreadable" in caplog.text
   assert not lock_path.exists()
+
+
+def test_a_lock_whose_pid_is_reused_is_taken_over(tmp_path, caplog):
+  """A container restarted after a crash runs its launcher with the pid the
+  lock names; another process may have been given that pid since. Neither
+  holds the lock. A live process that started before the lock was written,
+  or another thread of this process holding it, does."""
+  lock_path = tmp_path / workdir_lib.LOCK_NAME
+  me = {"host": socket.gethostname(), "pid": os.getpid(), "started": "earlier"}
+  lock_path.write_text(json.dumps(me))  # this pid, but this process holds no lock
+  with workdir_lib.WorkdirLock(str(tmp_path)):
+    assert "this process's pid, not its lock" in caplog.text
+    with pytest.raises(errors.WorkdirError, match=f"in use by process {os.getpid()}"):
+      workdir_lib.WorkdirLock(str(tmp_path)).acquire()  # held by this process: refused
+  assert not lock_path.exists()
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    time.sleep(1.5)
+    holder = {"host": socket.gethostname(), "pid": sleeper.pid, "started": "now"}
+    lock_path.write_text(json.dumps(holder))  # written after the process started: its lock
+    with pytest.raises(errors.WorkdirError, match=f"in use by process {sleeper.pid}"):
+      workdir_lib.WorkdirLock(str(tmp_path)).acquire()
+    hour_ago = time.time() - 3600  # written before the process started: a reused pid
+    os.utime(lock_path, (hour_ago, hour_ago))
+    with workdir_lib.WorkdirLock(str(tmp_path)):
+      assert json.loads(lock_path.read_text())["pid"] == os.getpid()
+    assert "now belongs to a process started after the lock was written" in caplog.text
+  finally:
+    sleeper.kill()
+    sleeper.wait()
 
 
 def test_mock_cifar100_train_and_evaluate(tmp_path):

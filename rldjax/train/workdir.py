@@ -2,9 +2,12 @@
 
 * :class:`WorkdirLock`: ``<workdir>/run.lock`` holds the host and pid of the
   process running there. A second process fails at once naming the workdir
-  and the holder; a lock left by a dead process on the same host, or an
-  unreadable one older than ``UNREADABLE_LOCK_SECONDS``, is taken over with
-  a warning. In multi-process runs process 0 holds it for all.
+  and the holder; a lock left by a dead process on the same host (its pid no
+  longer runs, is this very process's pid without its lock, as in a
+  container restarted after a crash, or belongs to a process started after
+  the lock was written), or an unreadable one older than
+  ``UNREADABLE_LOCK_SECONDS``, is taken over with a warning. In
+  multi-process runs process 0 holds it for all.
 * :func:`check_config`: ``<workdir>/config.json`` records the config a run was
   started with. A rerun whose config differs in a field that changes the
   experiment fails before training, naming every such field
@@ -30,6 +33,7 @@ import json
 import math
 import os
 import socket
+import threading
 import time
 
 from absl import logging
@@ -135,6 +139,48 @@ def _alive(pid: int) -> bool:
   return True
 
 
+def _start_time(pid: int) -> float | None:
+  """When process ``pid`` started (seconds since the epoch), from Linux's
+  /proc; None where that cannot be read."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+    with open("/proc/stat") as f:
+      boot = next(float(line.split()[1]) for line in f if line.startswith("btime "))
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+  except (OSError, ValueError, IndexError, StopIteration):
+    return None
+
+
+# The locks this process holds (absolute paths): a lock naming this process's
+# pid is another thread's if listed here, and a dead incarnation's otherwise.
+_HELD: set[str] = set()
+_HELD_LOCK = threading.Lock()
+
+
+def _gone(holder: dict, lock_path: str, lock_written: float) -> str | None:
+  """Why the process ``holder`` names no longer holds the lock (None: it may).
+
+  Only a holder on this host can be checked: its pid no longer runs; or it
+  is this process's pid and this process holds no such lock (a container
+  restarted after a crash starts its processes with the same pids); or the
+  pid now belongs to a process started after the lock was written (the pid
+  was reused)."""
+  pid, host = holder.get("pid"), holder.get("host")
+  if host != socket.gethostname() or not isinstance(pid, int):
+    return None
+  if pid == os.getpid():
+    with _HELD_LOCK:
+      held_here = os.path.abspath(lock_path) in _HELD
+    return None if held_here else f"process {pid} on {host}: this process's pid, not its lock"
+  if not _alive(pid):
+    return f"process {pid} on {host}, no longer running"
+  started = _start_time(pid)
+  if started is not None and started > lock_written + 1.0:
+    return f"pid {pid} on {host} now belongs to a process started after the lock was written"
+  return None
+
+
 class WorkdirLock:
   """``with WorkdirLock(workdir):`` — exclusive use of ``workdir`` by this process."""
 
@@ -167,11 +213,10 @@ class WorkdirLock:
           time.sleep(0.2)
           holder = self._holder()
         pid, host = holder.get("pid"), holder.get("host")
-        dead = host == me["host"] and isinstance(pid, int) and not _alive(pid)
-        if dead or (not holder and self._age() > UNREADABLE_LOCK_SECONDS):
+        gone = _gone(holder, self.path, time.time() - self._age()) if holder else None
+        if gone or (not holder and self._age() > UNREADABLE_LOCK_SECONDS):
           logging.warning("taking over the stale lock %s (%s)", self.path,
-                          f"process {pid} on {host}, no longer running" if dead else
-                          "unreadable: its writer stopped while taking it")
+                          gone or "unreadable: its writer stopped while taking it")
           try:
             os.remove(self.path)
           except FileNotFoundError:
@@ -184,6 +229,8 @@ class WorkdirLock:
       with os.fdopen(fd, "w") as f:
         json.dump(me, f)
       self.held = True
+      with _HELD_LOCK:
+        _HELD.add(os.path.abspath(self.path))
       return
     raise WorkdirError(f"could not take the lock {self.path}")
 
@@ -194,6 +241,8 @@ class WorkdirLock:
       except FileNotFoundError:
         pass
       self.held = False
+      with _HELD_LOCK:
+        _HELD.discard(os.path.abspath(self.path))
 
   def __enter__(self):
     self.acquire()
