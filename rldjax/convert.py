@@ -247,7 +247,12 @@ def save_converted(directory: str, tag: str, variables) -> bool:
   """
   from rldjax import export  # pylint: disable=import-outside-toplevel
   if os.path.exists(os.path.join(directory, "model.json")):
-    tag_there, _, there = export.load_model(directory)
+    try:
+      tag_there, _, there = export.load_model(directory)
+    except (ValueError, KeyError) as err:  # TeacherError, a damaged model.json
+      raise FileExistsError(f"{directory} holds an export that cannot be read "
+                            f"({_first_line(err)}); remove it, or choose another output "
+                            "directory") from None
     same = tag_there == tag and _same_arrays(there, variables)
     if not same:
       raise FileExistsError(f"{directory} already holds another exported model ({tag_there}); "

@@ -224,6 +224,13 @@ def test_the_command_writes_only_into_a_new_an_empty_or_the_same_export(tmp_path
       convert.main(["--arch", "resnet8", str(source), str(tmp_path / out)])
     assert stop.value.code == 2
     assert re.search(message, capsys.readouterr().err.splitlines()[-1]), out
+  (tmp_path / "damaged").mkdir()
+  (tmp_path / "damaged" / "model.json").write_text('{"tag": "cifar/resnet8", "num_classes": 100}')
+  (tmp_path / "damaged" / export.VARIABLES_FILE).write_bytes(b"PK\x03\x04 truncated")
+  with pytest.raises(SystemExit) as stop:
+    convert.main(["--arch", "resnet8", str(path), str(tmp_path / "damaged")])
+  assert stop.value.code == 2
+  assert "holds an export that cannot be read" in capsys.readouterr().err.splitlines()[-1]
   assert os.listdir(tmp_path / "workdir") == ["config.json"]
   _, _, kept = export.load_model(str(tmp_path / "empty"))
   jax.tree_util.tree_map(np.testing.assert_array_equal, kept,
