@@ -174,7 +174,7 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
   the lock of a demo that was killed is taken over.
   """
   from rldjax.train import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-  workdir = os.path.abspath(workdir)
+  workdir = workdir_lib.local_path(workdir)
   workers = default_parallel_runs() if parallel_runs is None else int(parallel_runs)
   check_arguments(seeds, teacher_epochs, student_epochs, methods, scales, selection_seeds,
                   workers)

@@ -10,6 +10,8 @@ already stopped.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 
 import jax
 import numpy as np
@@ -101,6 +103,42 @@ def check_same_as_primary(what: str, values: dict) -> None:
   differences = [f"{k}: {primary.get(k, '<absent>')!r} on process 0, {mine.get(k, '<absent>')!r} "
                  "here" for k in sorted(set(primary) | set(mine)) if primary.get(k) != mine.get(k)]
   raise_if_any_failed("; ".join(differences) or None, what)
+
+
+def check_shared_directory(path: str, flag: str) -> None:
+  """Raises on every process unless every process sees ``path`` as the same
+  directory as process 0 (the same shared storage, not each host's local
+  disk or another path): process 0 writes a file with a fresh token there and
+  every process reads it back. Without this, Orbax's first multi-process save
+  waits for files that never appear (a ``TimeoutError`` after minutes). A
+  no-op with one process. ``flag`` names the setting in messages."""
+  if jax.process_count() == 1:
+    return
+  def write():
+    name = f".rldjax_shared_check.{os.getpid()}.{secrets.token_hex(8)}"
+    with open(os.path.join(path, name), "w") as f:
+      f.write(name)
+    return os.path.abspath(path), name
+
+  where, name = on_primary(write)  # process 0's path and token, on every process
+  failure = None
+  try:
+    with open(os.path.join(path, name)) as f:
+      seen = f.read() == name
+  except OSError:
+    seen = False
+  if not seen:
+    failure = (f"{flag} is {os.path.abspath(path)} here, and the file process 0 wrote in its "
+               f"{flag} ({where}) is not there: every process must see one shared directory "
+               "(the same path on storage all hosts mount)")
+  try:
+    raise_if_any_failed(failure, f"checking that every process sees the same {flag}")
+  finally:
+    if is_primary():
+      try:
+        os.remove(os.path.join(path, name))
+      except OSError:
+        pass
 
 
 def raise_if_any_failed(failure: str | None, what: str) -> None:

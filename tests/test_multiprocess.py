@@ -186,3 +186,22 @@ def test_processes_launched_with_different_configs_stop_before_training(base):
   assert "failed on process 1: config.seed: 0 on process 0, 1 here" in logs[1]
   assert "failed on process 1: see that process log" in logs[0]
   assert not workdir.exists()
+
+
+def test_processes_that_see_different_workdirs_stop_before_training(base):
+  """Each host given its own local path: Orbax's first save would wait minutes
+  for files that never appear and then report a TimeoutError as a storage
+  failure. Process 0 writes a token in its workdir and every process reads
+  it back: here both stop at once with status 2, process 1 naming both paths."""
+  data_dir = base / "data_split_workdirs"
+  builders.load_builder("rldjax_digits", str(data_dir))
+  address = f"127.0.0.1:{free_port()}"
+  pair = ["--num_processes=2", f"--coordinator_address={address}"]
+  procs = [launch(base, base / "here", data_dir, *pair, "--process_id=0"),
+           launch(base, base / "there", data_dir, *pair, "--process_id=1")]
+  logs = logs_when_done(procs, timeout=120)
+  assert [p.returncode for p in procs] == [2, 2], [log[-2000:] for log in logs]
+  assert (f"--workdir is {base / 'there'} here, and the file process 0 wrote in its --workdir "
+          f"({base / 'here'}) is not there") in logs[1]
+  assert "failed on process 1: see that process log" in logs[0]
+  assert not (base / "there").exists() and os.listdir(base / "here") == []

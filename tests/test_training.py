@@ -482,6 +482,15 @@ def test_an_unreadable_lock_is_taken_over_only_once_it_is_old(tmp_path, caplog):
   assert not lock_path.exists()
 
 
+def test_a_storage_url_as_workdir_is_refused(tmp_path, data_dir, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = small_config(data_dir, "", method="vanilla", epochs=1)
+  with pytest.raises(errors.WorkdirError, match="gs://bucket/run: storage URLs are not supported"):
+    loop.train_and_evaluate(config, "gs://bucket/run")
+  assert os.listdir(tmp_path) == []  # no local folder named gs:
+  assert workdir_lib.local_path("runs/a") == str(tmp_path / "runs" / "a")
+
+
 def test_a_lock_whose_pid_is_reused_is_taken_over(tmp_path, caplog):
   """A container restarted after a crash runs its launcher with the pid the
   lock names; another process may have been given that pid since. Neither

@@ -40,6 +40,9 @@ Multi-process: every process runs this function; process 0 writes every file
 every collective (Orbax checkpoint saves and restores) and every barrier.
 First of all, each process compares its config with process 0's: a process
 launched with another config stops every process (``RunError``, exit status 2).
+Then every process reads back a file process 0 wrote in the workdir: a
+process that does not see process 0's workdir (another path, a local disk)
+stops every process the same way, before Orbax's first save would wait for it.
 """
 from __future__ import annotations
 
@@ -198,7 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   content. ``stop_after_epochs`` stops early as a preemption would (tests)."""
   config_lib.validate(config)
   config = _resolved(config)
-  workdir = os.path.abspath(workdir)  # Orbax needs absolute paths
+  workdir = workdir_lib.local_path(workdir)
   try:
     return _run_locked(config, workdir, stop_after_epochs)
   except Exception as err:  # pylint: disable=broad-except
@@ -219,7 +222,8 @@ def _run_locked(config, workdir, stop_after_epochs):
       "command; only config.dataset.data_dir and config.teacher.checkpoint may differ)",
       {f"config.{k}": v for k, v in workdir_lib.flatten_config(config.to_dict()).items()
        if k not in PER_PROCESS_FIELDS})
-  workdir_lib.ensure_workdir(workdir, create=distributed.is_primary())
+  distributed.on_primary(workdir_lib.ensure_workdir, workdir)
+  distributed.check_shared_directory(workdir, "--workdir")
   lock = workdir_lib.WorkdirLock(workdir)
   distributed.on_primary(lock.acquire)
   try:

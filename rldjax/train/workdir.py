@@ -122,13 +122,22 @@ def storage_failure(err: BaseException) -> str | None:
   return None
 
 
-def ensure_workdir(workdir: str, create: bool = True) -> None:
-  """Creates ``workdir`` (when ``create``), refusing a path that is a file."""
+def local_path(workdir: str) -> str:
+  """``workdir`` as an absolute path (Orbax needs them); refuses a storage URL
+  (``gs://...``), which the run's files, written with ``open``, would turn
+  into a local folder named ``gs:``."""
+  if "://" in str(workdir):
+    raise WorkdirError(f"workdir {workdir}: storage URLs are not supported; mount the bucket "
+                       "(e.g. gcsfuse) on every host and pass the mounted path as --workdir")
+  return os.path.abspath(workdir)
+
+
+def ensure_workdir(workdir: str) -> None:
+  """Creates ``workdir``, refusing a path that is a file."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"workdir {workdir} exists and is not a directory: pass a directory "
                        "(new or of this experiment) as --workdir")
-  if create:
-    os.makedirs(workdir, exist_ok=True)
+  os.makedirs(workdir, exist_ok=True)
 
 
 def _alive(pid: int) -> bool:
