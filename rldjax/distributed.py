@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import zlib
 
 import jax
 import numpy as np
@@ -139,6 +140,27 @@ def check_shared_directory(path: str, flag: str) -> None:
         os.remove(os.path.join(path, name))
       except OSError:
         pass
+
+
+def fingerprint(tree) -> str:
+  """CRC-32 (hex) of every array of ``tree`` (shapes, dtypes and bytes, in
+  tree order): equal on two processes when they hold the same values."""
+  crc = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    host = np.ascontiguousarray(np.asarray(leaf))
+    crc = zlib.crc32(f"{jax.tree_util.keystr(path)}{host.shape}{host.dtype}".encode(), crc)
+    crc = zlib.crc32(host.view(np.uint8).reshape(-1), crc)
+  return f"{crc:08x}"
+
+
+def stop_if_any(error: errors.RunError | None, what: str) -> None:
+  """Collective: raises on every process if ``error`` (this process's, or
+  None) is set on any. One process: raises ``error`` itself."""
+  if jax.process_count() == 1:
+    if error is not None:
+      raise error
+    return
+  raise_if_any_failed(str(error) if error is not None else None, what)
 
 
 def raise_if_any_failed(failure: str | None, what: str) -> None:

@@ -55,8 +55,8 @@ def environment(base, devices=1):
   return env
 
 
-def launch(base, workdir, data_dir, *extra, devices=1, max_file_bytes=None):
-  cmd = [sys.executable, "-m", "experiments.train", CONFIG, f"--workdir={workdir}",
+def launch(base, workdir, data_dir, *extra, devices=1, max_file_bytes=None, config=CONFIG):
+  cmd = [sys.executable, "-m", "experiments.train", config, f"--workdir={workdir}",
          f"--config.dataset.data_dir={data_dir}", "--config.checkpoint.every_steps=5", *extra]
   if max_file_bytes:  # writes of larger files fail (EFBIG), as writes to a full disk do
     cmd = [sys.executable, "-c", "import os, resource, sys; resource.setrlimit("
@@ -205,3 +205,44 @@ def test_processes_that_see_different_workdirs_stop_before_training(base):
           f"({base / 'here'}) is not there") in logs[1]
   assert "failed on process 1: see that process log" in logs[0]
   assert not (base / "there").exists() and os.listdir(base / "here") == []
+
+
+def test_what_one_process_cannot_read_stops_both(base):
+  """config.dataset.data_dir and config.teacher.checkpoint may name another
+  path on each process. A process whose copy is missing, or holds another
+  teacher, stops both at once with status 2, naming what it found (a process
+  missing its dataset left its peer waiting until JAX's 5-minute shutdown
+  barrier)."""
+  from rldjax import models  # pylint: disable=import-outside-toplevel
+  data_dir = base / "data_teachers"
+  builders.load_builder("rldjax_digits", str(data_dir))
+  module = models.create("digits/resnet14")
+  for seed in (0, 1):
+    variables = jax.jit(lambda k: module.init(k, np.zeros((1, 8, 8, 3), np.float32),
+                                              train=False))(jax.random.key(seed, impl="rbg"))
+    export.save_model(str(base / f"teacher{seed}"), "digits/resnet14", jax.device_get(variables))
+  kd = f"--config={ROOT}/experiments/configs/digits.py:method=kd,epochs=1"
+  cases = [
+      (CONFIG, [f"--config.dataset.data_dir={base / 'data_empty'}"],
+       f"TFDS dataset 'rldjax_digits' is not prepared in {base / 'data_empty'}"),
+      (kd, [f"--config.teacher.checkpoint={base / 'no_teacher'}"],
+       f"config.teacher.checkpoint: no exported model at {base / 'no_teacher'}"),
+      (kd, [f"--config.teacher.checkpoint={base / 'teacher1'}"],
+       "config.teacher.checkpoint weights (CRC-32): '"),
+  ]
+  for i, (config, process_1, message) in enumerate(cases):
+    address = f"127.0.0.1:{free_port()}"
+    pair = ["--num_processes=2", f"--coordinator_address={address}"]
+    workdir = base / f"one_cannot_read_{i}"
+    t0 = time.time()
+    procs = [launch(base, workdir, data_dir, *pair, "--process_id=0",
+                    f"--config.teacher.checkpoint={base / 'teacher0'}", config=config),
+             launch(base, workdir, data_dir, *pair, "--process_id=1",
+                    f"--config.teacher.checkpoint={base / 'teacher0'}", *process_1,
+                    config=config)]
+    logs = logs_when_done(procs, timeout=120)
+    assert [p.returncode for p in procs] == [2, 2], [log[-3000:] for log in logs]
+    assert message in logs[1].splitlines()[-1], logs[1][-3000:]
+    assert "failed on process 1: see that process log" in logs[0].splitlines()[-1]
+    assert time.time() - t0 < 100
+    assert not (workdir / "checkpoints").exists()

@@ -17,7 +17,7 @@ import os
 from absl import logging
 
 from rldjax import distributed
-from rldjax.errors import DataError, DatasetNotFoundError
+from rldjax.errors import DataError, DatasetNotFoundError, RunError
 
 IMAGE_FOLDER_PREFIX = "image_folder:"
 
@@ -82,7 +82,40 @@ def load_builder(name: str, data_dir: str | None = None, download: bool = False)
   ``image_folder:ROOT`` for a ``tfds.folder_dataset.ImageFolder`` laid out as
   ``ROOT/<split>/<class>/<image>`` (Tiny-ImageNet, users' own data); labels are
   the class folders in sorted order.
+
+  In a multi-process run every process takes the same collectives whatever
+  it finds (process 0 prepares an offline dataset; each process may have its
+  own ``data_dir``): a process that cannot open the dataset stops every
+  process, naming itself, instead of leaving the others waiting.
   """
+  builder, error, ready = None, None, False
+  try:
+    builder = _open_local(name, data_dir)
+    ready = _is_prepared(builder)
+  except DatasetNotFoundError as err:
+    error = err
+  if (error is None and not ready and distributed.is_primary()
+      and (download or getattr(builder, "OFFLINE", False))):
+    try:
+      with _preparing(builder):
+        builder = _open(name, data_dir)  # another run may have prepared it meanwhile
+        if not builder.is_prepared():
+          _prepare(builder, download)
+      ready = True
+    except Exception as err:  # pylint: disable=broad-except
+      error = RunError(f"preparing dataset {name!r} failed: {type(err).__name__}: {err}")
+  distributed.stop_if_any(error, f"opening dataset {name!r}")
+  if not ready:  # the other processes re-open it to see what process 0 wrote
+    builder = _open(name, data_dir)
+    if not builder.is_prepared():
+      error = _missing(name, data_dir)
+  distributed.stop_if_any(error, f"opening dataset {name!r}")
+  return builder
+
+
+def _open_local(name: str, data_dir: str | None):
+  """The builder of ``name`` as this process finds it, prepared or not (an
+  image folder always is)."""
   if name.startswith(IMAGE_FOLDER_PREFIX):
     root = name[len(IMAGE_FOLDER_PREFIX):]
     if not os.path.isdir(root):
@@ -91,23 +124,15 @@ def load_builder(name: str, data_dir: str | None = None, download: bool = False)
           f"and set --config.dataset.name=image_folder:ROOT")
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     return tfds.ImageFolder(root)
-  builder = _open(name, data_dir)
-  if builder.is_prepared():
-    return builder
-  if not (download or getattr(builder, "OFFLINE", False)):
-    raise _missing(name, data_dir)
-  failure = None
-  if distributed.is_primary():
-    try:
-      with _preparing(builder):
-        builder = _open(name, data_dir)  # another run may have prepared it meanwhile
-        if not builder.is_prepared():
-          _prepare(builder, download)
-    except Exception as err:  # pylint: disable=broad-except
-      failure = f"{type(err).__name__}: {err}"
-  distributed.raise_if_any_failed(failure, f"preparing dataset {name!r}")
-  # The other processes re-open the builder to see the files process 0 wrote.
-  return builder if distributed.is_primary() else _open(name, data_dir)
+  return _open(name, data_dir)
+
+
+def _is_prepared(builder) -> bool:
+  if builder is None:
+    return False
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  # An image folder is read as it is (its is_prepared() says False).
+  return isinstance(builder, tfds.ImageFolder) or builder.is_prepared()
 
 
 def num_examples(builder, split: str) -> int | None:

@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rldjax import distributed
 from rldjax.data import augment, builders, in_memory, order, synthetic
-from rldjax.errors import ConfigError, DataError
+from rldjax.errors import ConfigError, DataError, RunError
 
 
 @dataclasses.dataclass
@@ -43,6 +43,35 @@ def load(config, mesh) -> RunData:
     return _in_memory(config, mesh, *synthetic.splits(ds.name, ds.kind, ds.image_size,
                                                         ds.num_classes))
   builder = builders.load_builder(ds.name, ds.data_dir or None, ds.download)
+  # Each process reads its own copy (config.dataset.data_dir may differ): what
+  # one process finds wrong stops every process, and in-memory copies must
+  # hold the same examples (each process gathers its rows of every batch
+  # from its own copy).
+  read, error = None, None
+  try:
+    read = _read(config, builder)
+  except RunError as err:
+    error = err
+  distributed.stop_if_any(error, f"reading dataset {ds.name!r}")
+  if isinstance(read, RunData):  # streaming
+    distributed.check_same_as_primary(
+        f"comparing this process's copy of dataset {ds.name!r} with process 0's",
+        {"examples (train, eval)": [read.num_train, read.num_eval]})
+    return read
+  train, evaluation = read
+  if jax.process_count() > 1:
+    distributed.check_same_as_primary(
+        f"comparing this process's copy of dataset {ds.name!r} with process 0's (with "
+        "config.dataset.data_dir different on each, every copy must hold the same examples)",
+        {f"{which} split {split!r} (CRC-32)": distributed.fingerprint(arrays) for which, split,
+         arrays in (("train", ds.train_split, train), ("eval", ds.eval_split, evaluation))})
+  return _in_memory(config, mesh, train, evaluation, builder)
+
+
+def _read(config, builder) -> RunData | tuple:
+  """What this process reads of ``builder``: the streaming path's RunData, or
+  the in-memory splits as host arrays ``(train, eval)``, each (images, labels)."""
+  ds = config.dataset
   declared = builders.declared_num_classes(builder)
   if declared is not None and declared > ds.num_classes:
     raise DataError(f"dataset {ds.name!r} split {ds.train_split!r}: its labels take {declared} "
@@ -61,7 +90,7 @@ def load(config, mesh) -> RunData:
   for name in (ds.train_split, ds.eval_split):
     images, labels = in_memory.load_split(builder, name)
     splits[name] = (images, in_memory.check_labels(labels, ds.num_classes, ds.name, name))
-  return _in_memory(config, mesh, splits[ds.train_split], splits[ds.eval_split], builder)
+  return splits[ds.train_split], splits[ds.eval_split]
 
 
 def _in_memory(config, mesh, train, evaluation, builder=None) -> RunData:

@@ -94,6 +94,24 @@ def _load_teacher(config):
   return variables
 
 
+def _load_teacher_everywhere(config):
+  """:func:`_load_teacher` on every process, each from its own
+  ``config.teacher.checkpoint``: a process that cannot load it stops every
+  process, and the processes' teachers must hold the same weights."""
+  variables, error = None, None
+  try:
+    variables = _load_teacher(config)
+  except errors.RunError as err:
+    error = err
+  distributed.stop_if_any(error, "loading the teacher")
+  if variables is not None and jax.process_count() > 1:
+    distributed.check_same_as_primary(
+        "comparing this process's teacher with process 0's (config.teacher.checkpoint may be "
+        "another path on each process, but must hold the same model)",
+        {"config.teacher.checkpoint weights (CRC-32)": distributed.fingerprint(variables)})
+  return variables
+
+
 # Config fields that may differ between the processes of one run: where each
 # process finds the same files.
 PER_PROCESS_FIELDS = ("dataset.data_dir", "teacher.checkpoint")
@@ -330,7 +348,7 @@ class _Run:
   def run(self, stop_after_epochs):
     config, workdir = self.config, self.workdir
     ckpt_lib.quiet_orbax_logs()
-    teacher_vars = _load_teacher(config)
+    teacher_vars = _load_teacher_everywhere(config)
     devices = jax.devices()
     for field in ("batch_size", "eval_batch_size"):
       if config[field] % len(devices):
