@@ -188,6 +188,13 @@ def _torch_load(torch, source, where: str):
   except pickle.UnpicklingError as err:
     raise ValueError(f"{where} is not a PyTorch checkpoint of tensors: torch.load(weights_only="
                      "True) refused it (rldjax never unpickles arbitrary objects)") from err
+  except (OSError, MemoryError):
+    raise
+  except Exception as err:  # pylint: disable=broad-except
+    # A damaged file makes the unpickler fail in any way (KeyError from its
+    # memo, IndexError, struct.error, UnicodeDecodeError, ...).
+    raise ValueError(f"{where} cannot be read as a PyTorch checkpoint: torch.load failed with "
+                     f"{type(err).__name__}: {_first_line(err)}") from err
 
 
 # mdistiller's cifar_teachers.tar: <root>/<arch>_vanilla/ckpt_epoch_<N>.pth.
