@@ -34,6 +34,8 @@ import os
 
 import numpy as np
 
+from rldjax.records import read_json_object
+
 # rldjax.train.workdir.SUPERSEDED_DIR (not imported: the report runs without JAX).
 SUPERSEDED_DIR = "superseded"
 ORDER = ["vanilla", "kd", "dkd", "rld", "ldrld", "swap_kd", "rc", "label_revision"]
@@ -60,10 +62,7 @@ def collect(run_dirs):
       if SUPERSEDED_DIR in os.path.relpath(path, d).split(os.sep)[:-1]:
         continue
       try:
-        with open(path) as f:
-          r = json.load(f)
-        if not isinstance(r, dict):
-          raise ValueError(f"a JSON {type(r).__name__}, not an object")
+        r = read_json_object(path)
       except (OSError, ValueError) as err:
         r = {"_unreadable": f"{type(err).__name__}: {err}"}
       r["_path"] = path

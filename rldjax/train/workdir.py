@@ -21,8 +21,8 @@
 * :func:`set_aside_unreadable`: a damaged record (results.json) is kept
   aside and rewritten; a damaged config.json stops the run instead (the
   experiment cannot be compared).
-* :func:`write_json`: atomic, strict JSON (a non-finite float is written as
-  ``null``), readable by any parser.
+* :func:`write_json` (from :mod:`rldjax.records`): atomic, strict JSON (a
+  non-finite float is written as ``null``), readable by any parser.
 * :func:`storage_failure`: whether an exception is the storage failing (a
   full disk, a missing permission) rather than a bug.
 """
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import socket
 import threading
@@ -39,6 +38,7 @@ import time
 from absl import logging
 
 from rldjax.errors import RunError, WorkdirError
+from rldjax.records import read_json_object, write_json
 
 LOCK_NAME = "run.lock"
 # A lock file is written as soon as it is created; one still unreadable after
@@ -68,38 +68,13 @@ STORAGE_STATUSES = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAVAILABLE", "D
 OS_ERROR_MARK = "[os_error_code="
 
 
-def _finite(obj):
-  if isinstance(obj, float):
-    return obj if math.isfinite(obj) else None
-  if isinstance(obj, dict):
-    return {str(k): _finite(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_finite(v) for v in obj]
-  return obj
-
-
-def write_json(path: str, obj) -> None:
-  """Atomically writes ``obj`` as strict JSON (non-finite floats -> null); a
-  failed write (a full disk) leaves ``path`` as it was and no temporary file."""
-  tmp = f"{path}.{os.getpid()}.tmp"
-  try:
-    with open(tmp, "w") as f:
-      json.dump(_finite(obj), f, indent=1, default=str, allow_nan=False)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def set_aside_unreadable(path: str) -> str | None:
   """Moves the JSON record ``path`` to ``<path>.unreadable`` (replacing an
   older one) when it exists and cannot be read as a JSON object; returns the
   new path, or None when there was nothing to set aside."""
   try:
-    with open(path) as f:
-      if isinstance(json.load(f), dict):
-        return None
+    read_json_object(path)
+    return None
   except FileNotFoundError:
     return None
   except ValueError:
@@ -310,10 +285,7 @@ def check_config(workdir: str, config: dict, epochs_done_fn=None) -> None:
     write_json(path, config)
     return
   try:
-    with open(path) as f:
-      recorded = json.load(f)
-    if not isinstance(recorded, dict):
-      raise ValueError(f"a JSON {type(recorded).__name__}, not an object")
+    recorded = read_json_object(path)
   except ValueError as err:
     raise WorkdirError(
         f"workdir {workdir}: {CONFIG_NAME} cannot be read ({err}), so the experiment it holds "
