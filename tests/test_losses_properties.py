@@ -252,3 +252,54 @@ def test_traced_temperature_is_allowed():
   s, t, y = sample(13)
   out = jax.jit(lambda T: losses.kd(s, t, temperature=T))(2.0)
   np.testing.assert_allclose(out, losses.kd(s, t, temperature=2.0), rtol=1e-6)
+
+
+def pad_with_minus_inf(arrays, labels, num_padded, seed):
+  """Inserts ``num_padded`` classes of logit -inf at random positions of each
+  row (the same positions in every array, never the label's class).
+
+  Returns the padded arrays and the labels' new positions.
+  """
+  rng = np.random.default_rng(seed)
+  rows, classes = arrays[0].shape
+  width = classes + num_padded
+  padded = [np.full((rows, width), -np.inf, a.dtype) for a in arrays]
+  new_labels = np.empty_like(labels)
+  for i in range(rows):
+    kept = np.sort(rng.choice(width, classes, replace=False))
+    for out, a in zip(padded, arrays):
+      out[i, kept] = a[i]
+    new_labels[i] = kept[labels[i]]
+  return padded, new_labels
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16])
+@pytest.mark.parametrize("name", PER_EXAMPLE)
+def test_classes_whose_logits_are_minus_inf_in_both_are_absent(name, dtype, standardize):
+  """A padded vocabulary: -inf at the same classes of the student and the
+  teacher gives the loss and gradients of the logits without those classes
+  (was NaN: 0 * (-inf - -inf) in every KL)."""
+  s, t, y = sample(11, shape=(B, C))
+  s, t = s.astype(dtype), t.astype(dtype)
+  (s_pad, t_pad), y_pad = pad_with_minus_inf([s, t], y, num_padded=5, seed=12)
+  absent = np.isneginf(np.asarray(s_pad, np.float32))
+  fn = losses.get(name)
+  hp = dict(standardize=standardize)
+  out = call(name, s_pad, t_pad, y_pad, **hp)
+  unpadded = call(name, s, t, y, **hp)
+  assert np.isfinite(out).all()
+  np.testing.assert_allclose(out, unpadded, rtol=1e-5, atol=1e-6)
+  # An independent float64 reference on the unpadded logits.
+  s64, t64 = np.asarray(s, np.float64), np.asarray(t, np.float64)
+  if standardize:
+    s64, t64 = R.standardize(s64), R.standardize(t64)
+  np.testing.assert_allclose(out, reference(name, s64, t64, y), rtol=1e-4, atol=1e-5)
+  for wrt in (0, 1):  # student, teacher
+    grad = jax.jit(jax.grad(lambda a, b: jnp.sum(fn(a, b, y_pad, **hp)), argnums=wrt))
+    grad_pad = np.asarray(grad(jnp.asarray(s_pad), jnp.asarray(t_pad)), np.float32)
+    grad_un = jax.jit(jax.grad(lambda a, b: jnp.sum(fn(a, b, y, **hp)), argnums=wrt))
+    expected = np.asarray(grad_un(jnp.asarray(s), jnp.asarray(t)), np.float32)
+    assert (grad_pad[absent] == 0).all()
+    np.testing.assert_allclose(grad_pad[~absent].reshape(B, C), expected,
+                               rtol=1e-4, atol=1e-5)

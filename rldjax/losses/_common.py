@@ -150,10 +150,18 @@ def per_example(fn: Callable, student_logits, teacher_logits, labels, axis: int,
 
 def standardize_logits(z, axis: int = -1):
   """Logit standardisation (Sun et al., CVPR 2024): (z - mean) / (1e-7 + std),
-  std unbiased (ddof=1), as in the published code."""
-  mean = jnp.mean(z, axis=axis, keepdims=True)
-  std = jnp.std(z, axis=axis, keepdims=True, ddof=1)
-  return (z - mean) / (1e-7 + std)
+  std unbiased (ddof=1), as in the published code.
+
+  Classes whose logit is -inf (absent, as padded vocabulary entries) stay
+  -inf and are left out of the mean and std, so standardising logits padded
+  with -inf gives the standardised unpadded logits, padded with -inf.
+  """
+  absent = z == -jnp.inf
+  count = jnp.sum(~absent, axis=axis, keepdims=True).astype(z.dtype)
+  mean = jnp.sum(jnp.where(absent, 0.0, z), axis=axis, keepdims=True) / count
+  centered = jnp.where(absent, 0.0, z - mean)
+  std = jnp.sqrt(jnp.sum(centered * centered, axis=axis, keepdims=True) / (count - 1.0))
+  return jnp.where(absent, -jnp.inf, centered / (1e-7 + std))
 
 
 def masked_logsumexp(z, mask):
@@ -180,15 +188,28 @@ def masked_kl(teacher_scaled, student_scaled, mask=None):
   if mask is None:
     log_pt = jax.nn.log_softmax(teacher_scaled, axis=-1)
     log_ps = jax.nn.log_softmax(student_scaled, axis=-1)
-    return jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1)
+    return jnp.sum(teacher_weighted(jnp.exp(log_pt), log_pt - log_ps), axis=-1)
   any_kept = jnp.any(mask, axis=-1)
   lse_t = masked_logsumexp(teacher_scaled, mask)
   lse_s = masked_logsumexp(student_scaled, mask)
   finite = lambda v: jnp.where(any_kept, v, 0.0)[..., None]
   log_pt = teacher_scaled - finite(lse_t)
   log_ps = student_scaled - finite(lse_s)
-  terms = jnp.where(mask, jnp.exp(jnp.where(mask, log_pt, 0.0)) * (log_pt - log_ps), 0.0)
+  terms = teacher_weighted(jnp.exp(jnp.where(mask, log_pt, -jnp.inf)), log_pt - log_ps)
   return jnp.sum(terms, axis=-1)
+
+
+def teacher_weighted(weight, value):
+  """``weight * value`` where the teacher's weight is > 0, exactly 0 where it is 0.
+
+  A class of teacher probability 0 (a logit of -inf, or an excluded class)
+  adds nothing to a KL whatever the student's value there, which may be
+  undefined (``-inf - (-inf)`` where both logits are -inf, as for padded
+  vocabulary entries). Where the weight is positive this is the product
+  itself, so finite inputs give the same bits, and the ``where`` keeps the
+  gradient free of ``0 * nan``.
+  """
+  return weight * jnp.where(weight > 0, value, 0.0)
 
 
 def binary_kl_from_logit_gaps(teacher_gap, student_gap):
@@ -277,7 +298,11 @@ def kl_and_student_grad(teacher, student, teacher_kept, student_kept, temperatur
   inv = 1.0 / temperature
   m_t, e_t, z_t, nonempty = shifted_exp(teacher_kept, inv)
   m_s, e_s, z_s, _ = shifted_exp(student_kept, inv)
-  cross = jnp.sum(e_t * (teacher - student), axis=-1, keepdims=True) * inv / z_t
+  # A class the teacher excludes (-inf in teacher_kept: outside K, or a logit
+  # of -inf) has e_t = 0 and adds nothing, whatever teacher - student is there
+  # (-inf - -inf at classes padded with -inf in both).
+  diff = jnp.where(teacher_kept > -jnp.inf, teacher - student, 0.0)
+  cross = jnp.sum(e_t * diff, axis=-1, keepdims=True) * inv / z_t
   kl = cross - jnp.log(z_t) + jnp.log(z_s) + (m_s - m_t) * inv
   loss = jnp.where(nonempty, kl, 0.0)[:, 0] * temperature**2
   grad = (e_s / z_s - e_t / z_t) * temperature
