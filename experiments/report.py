@@ -364,6 +364,11 @@ def main(argv=None):
   parser.add_argument("run_dirs", nargs="+")
   parser.add_argument("--out", default=None, help="output directory (default: the first RUN_DIR)")
   args = parser.parse_args(argv)
+  # A misspelt directory beside others would otherwise leave its runs out of
+  # the tables without a word.
+  missing = [d for d in args.run_dirs if not os.path.isdir(d)]
+  if missing:
+    parser.error("not a directory: " + ", ".join(missing))
   table, _, _, unfinished = write_report(args.run_dirs, args.out or args.run_dirs[0])
   print(table)
   for p in unfinished:

@@ -278,3 +278,14 @@ def test_a_report_of_unfinished_runs_only_says_so(tmp_path):
   _write(tmp_path, "u", "rld", 0, 1.0, 1.0, finished=False)
   table, _, _, unfinished = report.write_report([str(tmp_path)], str(tmp_path / "out"))
   assert table.startswith("No finished runs") and len(unfinished) == 1
+
+
+def test_the_report_command_refuses_a_directory_that_does_not_exist(tmp_path, capsys):
+  _write(tmp_path, "v0", "vanilla", 0, 70.5, 70.0)
+  with pytest.raises(SystemExit) as stopped:
+    report.main([str(tmp_path), str(tmp_path / "typo")])
+  assert stopped.value.code == 2
+  assert f"not a directory: {tmp_path}/typo" in capsys.readouterr().err
+  assert not (tmp_path / "report.md").exists()
+  report.main([str(tmp_path)])
+  assert "vanilla" in (tmp_path / "report.md").read_text()
