@@ -303,3 +303,31 @@ def test_classes_whose_logits_are_minus_inf_in_both_are_absent(name, dtype, stan
     assert (grad_pad[absent] == 0).all()
     np.testing.assert_allclose(grad_pad[~absent].reshape(B, C), expected,
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", PER_EXAMPLE)
+def test_standardize_on_a_constant_student_row_has_pytorchs_gradient(name):
+  """All-equal student logits (a zero-initialised head) have std 0, where the
+  square root has no derivative. PyTorch's std backward gives 0 there, so the
+  published code's gradient is (g - mean(g)) / 1e-7 with g the gradient with
+  respect to the standardised logits (all 0); here it was NaN."""
+  _, t, y = sample(13)
+  s = np.zeros_like(t)
+  s[1] = 2.5  # another constant row
+  fn = losses.get(name)
+  grad = np.asarray(jax.jit(jax.grad(
+      lambda a: jnp.sum(fn(a, t, y, standardize=True))))(jnp.asarray(s)), np.float64)
+  assert np.isfinite(grad).all()
+  # Reference: the gradient at the standardised logits (a zero row, and the
+  # teacher standardised in float64), projected and divided by 1e-7.
+  t_std = jnp.asarray(R.standardize(t), jnp.float32)
+  g = np.asarray(jax.grad(lambda a: jnp.sum(fn(a, t_std, y)))(jnp.zeros_like(t_std)),
+                 np.float64)
+  expected = (g - g.mean(-1, keepdims=True)) / 1e-7
+  np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+  # PyTorch: the published normalize(), back-propagating the same g.
+  torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+  z = torch.tensor(s, dtype=torch.float64, requires_grad=True)
+  standardized = (z - z.mean(-1, keepdim=True)) / (1e-7 + z.std(-1, keepdim=True))
+  (torch_grad,) = torch.autograd.grad((standardized * torch.tensor(g)).sum(), z)
+  np.testing.assert_allclose(torch_grad.numpy(), expected, rtol=1e-12, atol=1e-6)

@@ -155,12 +155,20 @@ def standardize_logits(z, axis: int = -1):
   Classes whose logit is -inf (absent, as padded vocabulary entries) stay
   -inf and are left out of the mean and std, so standardising logits padded
   with -inf gives the standardised unpadded logits, padded with -inf.
+
+  A row whose logits are all equal (a zero-initialised classifier head) has
+  std 0, where the square root has no derivative. As PyTorch's ``std``
+  backward does there, the std contributes no gradient, so the row's gradient
+  is ``(g - mean(g)) / 1e-7`` for an upstream gradient ``g``: finite (large),
+  not NaN.
   """
   absent = z == -jnp.inf
   count = jnp.sum(~absent, axis=axis, keepdims=True).astype(z.dtype)
   mean = jnp.sum(jnp.where(absent, 0.0, z), axis=axis, keepdims=True) / count
   centered = jnp.where(absent, 0.0, z - mean)
-  std = jnp.sqrt(jnp.sum(centered * centered, axis=axis, keepdims=True) / (count - 1.0))
+  var = jnp.sum(centered * centered, axis=axis, keepdims=True) / (count - 1.0)
+  spread = var > 0
+  std = jnp.where(spread, jnp.sqrt(jnp.where(spread, var, 1.0)), 0.0)
   return jnp.where(absent, -jnp.inf, centered / (1e-7 + std))
 
 
