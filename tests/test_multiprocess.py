@@ -103,6 +103,28 @@ def weights(workdir, name="last"):
       export.load_model(str(workdir / "export" / name))[2])]
 
 
+def kill_after_a_checkpoint(procs, workdir, first, end):
+  """SIGKILLs every process once a checkpoint of a step in [first, end)
+  exists; returns their logs and the checkpointed steps at the kill."""
+  deadline = time.time() + 180
+  ckpts = workdir / "checkpoints"
+  while time.time() < deadline:
+    steps = [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
+    if any(first <= s < end for s in steps):
+      break
+    time.sleep(0.1)
+  logs = []
+  for p in procs:
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    p.log.seek(0)
+    logs.append(p.log.read())
+    p.log.close()
+  assert any(first <= s < end for s in steps), (
+      f"no checkpoint in steps {first}..{end - 1} before the kill: {steps}")
+  return logs, steps
+
+
 def test_two_processes_killed_and_relaunched_match_one_process(base):
   """One process driving 2 devices, uninterrupted, against two processes
   (from a data directory nobody has prepared yet) killed mid-run and
@@ -111,22 +133,8 @@ def test_two_processes_killed_and_relaunched_match_one_process(base):
   needed for the equality, so one interrupted pair tests both."""
   # Kill both mid-run, after a checkpoint, then relaunch both.
   workdir = base / "killed"
-  procs = launch_pair(base, workdir, base / "data_fresh")
-  deadline = time.time() + 180
-  ckpts = workdir / "checkpoints"
-  while time.time() < deadline:
-    steps = [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
-    if any(5 <= s < 22 for s in steps):
-      break
-    time.sleep(0.2)
-  logs = []
-  for p in procs:
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    p.log.seek(0)
-    logs.append(p.log.read())
-    p.log.close()
-  assert any(5 <= s < 22 for s in steps), f"no checkpoint in steps 5..21 before the kill: {steps}"
+  logs, _ = kill_after_a_checkpoint(launch_pair(base, workdir, base / "data_fresh"),
+                                    workdir, 5, 22)
   assert not (workdir / "export").exists()
   # The offline dataset was prepared quietly (no "Downloading ..." lines).
   for log in logs + finish(launch_pair(base, workdir, base / "data_fresh")):
@@ -246,3 +254,38 @@ def test_what_one_process_cannot_read_stops_both(base):
     assert "failed on process 1: see that process log" in logs[0].splitlines()[-1]
     assert time.time() - t0 < 100
     assert not (workdir / "checkpoints").exists()
+
+
+def test_a_streaming_pair_killed_mid_epoch_resumes_bit_identical(base):
+  """The streaming (tf.data) path with two processes, each reading its own
+  share of an image folder: both killed after a checkpoint in the middle of
+  the second epoch and relaunched, the pair ends with the history and weights
+  of a pair that was not stopped, and evaluation counts every test image
+  once."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  root = base / "image_folder"
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 40), ("test", 11)):
+    for k, label in enumerate(("cat", "dog")):
+      (root / split / label).mkdir(parents=True)
+      for i in range(count):
+        image = rng.integers(0, 200, (40, 48, 3), dtype=np.uint8)
+        image[..., k] += 55  # something to learn
+        (root / split / label / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+  streaming = [f"--config.dataset.name=image_folder:{root}", "--config.dataset.kind=imagenet",
+               "--config.dataset.image_size=32", "--config.dataset.num_classes=2",
+               "--config.dataset.in_memory=False", "--config.dataset.shuffle_buffer=16",
+               "--config.batch_size=8", "--config.student.tag=cifar/resnet8"]  # 10 steps an epoch
+  finish(launch_pair(base, base / "stream_straight", base / "unused", *streaming))
+  workdir = base / "stream_killed"
+  _, steps = kill_after_a_checkpoint(
+      launch_pair(base, workdir, base / "unused", *streaming), workdir, 11, 20)
+  logs = finish(launch_pair(base, workdir, base / "unused", *streaming))
+  # Step 15 (mid-epoch) unless the kill came late.
+  assert f"resumed from step {max(steps)} " in logs[0]
+  straight, resumed = results(base / "stream_straight"), results(workdir)
+  assert straight["finished"] and straight["epochs_completed"] == 2
+  assert resumed["history"] == straight["history"]
+  for a, b in zip(weights(base / "stream_straight"), weights(workdir)):
+    np.testing.assert_array_equal(a, b)
+  assert "top-1" in logs[0] and "22 examples)" in logs[0]
