@@ -331,3 +331,43 @@ def test_standardize_on_a_constant_student_row_has_pytorchs_gradient(name):
   standardized = (z - z.mean(-1, keepdim=True)) / (1e-7 + z.std(-1, keepdim=True))
   (torch_grad,) = torch.autograd.grad((standardized * torch.tensor(g)).sum(), z)
   np.testing.assert_allclose(torch_grad.numpy(), expected, rtol=1e-12, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("name, which", [
+    (name, which) for name in PER_EXAMPLE + ["label_revision"]
+    for which in ("student", "teacher")
+    if (name, which) != ("rc", "teacher")])  # rc does not read the teacher's logits
+def test_a_nan_or_inf_logit_never_gives_a_finite_loss(name, which, value):
+  """Row i holds the bad value at class i, so every position is tried: the
+  label, the teacher's top-1, LDRLD's top-k and the rest. RLD with such a
+  student logit and LDRLD with such a teacher logit gave finite losses for
+  some rows: a row maximum of NaN or +inf was taken for an empty row."""
+  side = 0 if which == "student" else 1
+  if name == "label_revision":  # a batch scalar: one bad entry at a time
+    for i in (0, 5, 11):
+      logits = list(sample(14, shape=(C, C)))
+      logits[side][i, i] = value
+      assert not np.isfinite(call(name, *logits))
+    return
+  logits = list(sample(14, shape=(C, C)))
+  for i in range(C):
+    logits[side][i, i] = value
+  out = call(name, *logits)
+  assert not np.isfinite(out).any(), out
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd", "rld", "ldrld", "swap_kd"])
+def test_a_class_of_minus_inf_in_the_student_alone(name):
+  """The teacher gives the class probability, the student none: the KL is
+  +inf, and where the method drops the class (RLD's masked-correlation term),
+  the loss stays finite; both as the float64 NumPy reference."""
+  s, t, y = sample(15, shape=(C, C))
+  s[np.arange(C), (np.arange(C) + 3) % C] = -np.inf
+  out = call(name, s, t, y)
+  with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+    expected = reference(name, s, t, y)
+  assert np.isposinf(expected).any()
+  np.testing.assert_array_equal(np.isposinf(out), np.isposinf(expected))
+  finite = np.isfinite(expected)
+  np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-4, atol=1e-5)
