@@ -289,3 +289,17 @@ def test_the_report_command_refuses_a_directory_that_does_not_exist(tmp_path, ca
   assert not (tmp_path / "report.md").exists()
   report.main([str(tmp_path)])
   assert "vanilla" in (tmp_path / "report.md").read_text()
+
+
+def test_weight_factors_that_tie_but_for_float_rounding_go_to_the_first_listed():
+  scales = [1.0, 0.25, 4.0]
+  # What a demo got: the same accuracies in another summation order.
+  tied = {1.0: 98.19444444444444, 0.25: 96.59722222222223, 4.0: 98.19444444444446}
+  assert demo.best_factor(scales, tied) == 1.0
+  accuracies = [100 * k / 288 for k in (288, 281, 287, 281, 275, 279, 283, 282, 281, 287)]
+  forward, backward = sum(accuracies) / 10, sum(accuracies[::-1]) / 10
+  assert forward != backward  # the rounding this guards against
+  assert demo.best_factor(scales, {1.0: backward, 0.25: 90.0, 4.0: forward}) == 1.0
+  assert demo.best_factor([4.0, 1.0, 0.25], {1.0: backward, 0.25: 90.0, 4.0: forward}) == 4.0
+  # One validation image over 10 scores is 0.035 points: that is a difference.
+  assert demo.best_factor(scales, {1.0: 98.19, 0.25: 96.6, 4.0: 98.19 + 100 / 2880}) == 4.0
