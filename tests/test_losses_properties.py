@@ -371,3 +371,16 @@ def test_a_class_of_minus_inf_in_the_student_alone(name):
   np.testing.assert_array_equal(np.isposinf(out), np.isposinf(expected))
   finite = np.isfinite(expected)
   np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-4, atol=1e-5)
+
+
+def test_standardize_logits_of_a_bf16_vocabulary_is_computed_in_float32():
+  """bf16 cannot count 151936 classes (nor sum their logits): the mean and
+  std are taken in float32 and the result returned in bf16."""
+  rng = np.random.default_rng(16)
+  z = jnp.asarray(rng.standard_normal((4, 151936)) + 100.0, jnp.bfloat16)
+  out = losses.standardize_logits(z)
+  assert out.dtype == jnp.bfloat16
+  z64 = np.asarray(z, np.float64)
+  expected = (z64 - z64.mean(-1, keepdims=True)) / (1e-7 + z64.std(-1, ddof=1, keepdims=True))
+  # bf16 resolution of values up to ~5: 2**-5.
+  np.testing.assert_allclose(np.asarray(out, np.float64), expected, atol=2**-5)

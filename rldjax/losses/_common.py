@@ -162,6 +162,8 @@ def standardize_logits(z, axis: int = -1):
   is ``(g - mean(g)) / 1e-7`` for an upstream gradient ``g``: finite (large),
   not NaN.
   """
+  out_dtype = z.dtype
+  z = z.astype(compute_dtype(z))  # bf16 counts and sums would round
   absent = z == -jnp.inf
   count = jnp.sum(~absent, axis=axis, keepdims=True).astype(z.dtype)
   mean = jnp.sum(jnp.where(absent, 0.0, z), axis=axis, keepdims=True) / count
@@ -169,7 +171,7 @@ def standardize_logits(z, axis: int = -1):
   var = jnp.sum(centered * centered, axis=axis, keepdims=True) / (count - 1.0)
   spread = var > 0
   std = jnp.where(spread, jnp.sqrt(jnp.where(spread, var, 1.0)), 0.0)
-  return jnp.where(absent, -jnp.inf, centered / (1e-7 + std))
+  return jnp.where(absent, -jnp.inf, centered / (1e-7 + std)).astype(out_dtype)
 
 
 def masked_logsumexp(z, mask):
