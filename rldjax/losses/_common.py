@@ -216,7 +216,7 @@ def teacher_weighted(weight, value):
   adds nothing to a KL whatever the student's value there, which may be
   undefined (``-inf - (-inf)`` where both logits are -inf, as for padded
   vocabulary entries). Where the weight is positive this is the product
-  itself, so finite inputs give the same bits, and the ``where`` keeps the
+  itself, so finite inputs give the same values, and the ``where`` keeps the
   gradient free of ``0 * nan``.
   """
   return weight * jnp.where(weight > 0, value, 0.0)
