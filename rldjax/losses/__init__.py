@@ -5,7 +5,7 @@ default), compute in at least float32, and return one value per example
 (``label_revision``, a batch scalar in its published form, is the exception).
 A class whose logit is -inf in both the student and the teacher (a padded
 vocabulary) is absent: the per-example losses equal those of the logits without
-it, value and gradients, ``standardize=True`` included.
+it (to float rounding), value and gradients, ``standardize=True`` included.
 """
 from rldjax.losses._common import standardize_logits
 from rldjax.losses.dkd import dkd
