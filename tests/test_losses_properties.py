@@ -384,3 +384,24 @@ def test_standardize_logits_of_a_bf16_vocabulary_is_computed_in_float32():
   expected = (z64 - z64.mean(-1, keepdims=True)) / (1e-7 + z64.std(-1, ddof=1, keepdims=True))
   # bf16 resolution of values up to ~5: 2**-5.
   np.testing.assert_allclose(np.asarray(out, np.float64), expected, atol=2**-5)
+
+
+@pytest.mark.parametrize("fill", [-1e9, float(np.finfo(np.float32).min)])
+@pytest.mark.parametrize("masked_with_minus_inf", ["student", "teacher"])
+@pytest.mark.parametrize("name", PER_EXAMPLE)
+def test_padding_masked_with_minus_inf_on_one_side_and_a_large_negative_on_the_other(
+    name, masked_with_minus_inf, fill):
+  """Models from different code mask padding differently (-inf, or
+  finfo.min as much code does): either way the padded classes have
+  probability 0 on both sides and the loss is the unpadded one. RLD and LDRLD
+  gave +inf when the student's padding was -inf and the teacher's finite.
+  (A finite logit is a present class: where the teacher ranks the true class
+  below every real class, RLD's masked-correlation set would hold only the
+  padding; the labels here avoid that.)"""
+  s, t, _ = sample(17, shape=(B, C))
+  y = np.argsort(t, axis=-1)[:, C // 2].astype(np.int32)  # the teacher's middle class
+  (s_pad, t_pad), y_pad = pad_with_minus_inf([s, t], y, num_padded=5, seed=18)
+  finite_side = t_pad if masked_with_minus_inf == "student" else s_pad
+  finite_side[np.isneginf(finite_side)] = fill
+  np.testing.assert_allclose(call(name, s_pad, t_pad, y_pad), call(name, s, t, y),
+                             rtol=1e-5, atol=1e-6)

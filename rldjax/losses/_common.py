@@ -319,9 +319,11 @@ def kl_and_student_grad(teacher, student, teacher_kept, student_kept, temperatur
   cross = jnp.sum(e_t * diff, axis=-1, keepdims=True) * inv / z_t
   kl = cross - jnp.log(z_t) + jnp.log(z_s) + (m_s - m_t) * inv
   # A class in K of teacher probability > 0 where the student's logit is -inf:
-  # the KL is +inf (the clamp alone would give a large finite number).
-  unreachable = jnp.any((student_kept == -jnp.inf) & (teacher_kept > -jnp.inf), axis=-1,
-                        keepdims=True)
+  # the KL is +inf (the clamp alone would give a large finite number). The
+  # probability as computed: a teacher masked with a large finite negative
+  # (finfo.min, as much code masks) and a student masked with -inf match,
+  # as they do in kd and dkd.
+  unreachable = jnp.any((student_kept == -jnp.inf) & (e_t > 0), axis=-1, keepdims=True)
   kl = jnp.where(unreachable, jnp.inf, kl)
   loss = jnp.where(nonempty, kl, 0.0)[:, 0] * temperature**2
   grad = (e_s / z_s - e_t / z_t) * temperature
