@@ -18,9 +18,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments.configs import digits as digits_config
-from rldjax import errors, export, models
+from rldjax import distributed, errors, export, models
 from rldjax.data import augment, builders
-from rldjax.train import checkpoint as ckpt_lib
+from rldjax.train import checkpoint as ckpt_lib, data as data_lib
 from rldjax.train import config as config_lib, loop, optim, programs, step as step_lib
 from rldjax.train import workdir as workdir_lib
 from rldjax.train.recipe import Recipe
@@ -441,6 +441,50 @@ def test_other_experiment_in_the_same_workdir_is_refused(tmp_path, data_dir, tea
   with pytest.raises(errors.WorkdirError, match="a_file exists and is not a directory"):
     loop.train_and_evaluate(more, str(tmp_path / "a_file"))
   assert (tmp_path / "a_file").read_text() == "not a workdir"
+
+
+def test_a_run_is_resumed_only_on_the_teacher_and_data_it_was_trained_on(
+    tmp_path, data_dir, teacher_export, straight_run, monkeypatch, caplog):
+  source, done = straight_run("kd", 1)
+  run = copy_run(source, tmp_path / "run")
+  recorded = read_json(run / "inputs.json")
+  assert recorded[workdir_lib.TEACHER_WEIGHTS] == distributed.fingerprint(
+      export.load_model(teacher_export)[2])
+  # The teacher moved (same weights, another path): the run continues.
+  moved = shutil.copytree(teacher_export, tmp_path / "moved_teacher")
+  result = loop.train_and_evaluate(small_config(data_dir, str(moved), "kd", 2), str(run))
+  assert result["finished"] and result["epochs_completed"] == 2
+  assert result["history"][0] == done["history"][0]
+  # Another teacher exported at that path (trained on, say): refused, nothing trained.
+  shutil.rmtree(moved)
+  export.save_model(str(moved), "digits/resnet14", digits_teacher_variables(4))
+  before = {name: (run / name).read_bytes() for name in ("results.json", "history.json")}
+  checkpoints = sorted(os.listdir(run / "checkpoints"))
+  with pytest.raises(errors.WorkdirError, match=(
+      r"trained on other inputs than this launch reads:\n  config.teacher.checkpoint weights "
+      rf"\(CRC-32\): '{recorded[workdir_lib.TEACHER_WEIGHTS]}' when this workdir was trained, '")):
+    loop.train_and_evaluate(small_config(data_dir, str(moved), "kd", 3), str(run))
+  assert {name: (run / name).read_bytes() for name in before} == before
+  assert sorted(os.listdir(run / "checkpoints")) == checkpoints
+  # The dataset prepared again with one pixel changed: refused, naming the split.
+  load_split = data_lib.in_memory.load_split
+
+  def changed_pixel(builder, split):
+    images, labels = load_split(builder, split)
+    if split == "train":
+      images = images.copy()
+      images[7, 1, 2, 0] ^= 1
+    return images, labels
+  monkeypatch.setattr(data_lib.in_memory, "load_split", changed_pixel)
+  with pytest.raises(errors.WorkdirError, match=r"\n  train split 'train' \(CRC-32\): '"):
+    loop.train_and_evaluate(small_config(data_dir, teacher_export, "kd", 3), str(run))
+  monkeypatch.undo()
+  # A workdir from before inputs.json: recorded from this launch, with a warning.
+  (run / "inputs.json").unlink()
+  result = loop.train_and_evaluate(small_config(data_dir, teacher_export, "kd", 3), str(run))
+  assert result["finished"] and result["epochs_completed"] == 3
+  assert "those of its earlier sessions cannot be checked" in caplog.text
+  assert read_json(run / "inputs.json") == recorded
 
 
 def test_a_damaged_results_json_is_set_aside_and_a_damaged_config_json_stops_the_run(

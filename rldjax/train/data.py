@@ -34,14 +34,18 @@ class RunData:
   eval: tuple | None = None
   device_train: tuple | None = None   # replicated device arrays
   device_eval: tuple | None = None
+  # What identifies the examples (recorded in the workdir, compared between
+  # processes): each split's example count, and on the in-memory paths the
+  # CRC-32 of its arrays.
+  inputs: dict = dataclasses.field(default_factory=dict)
 
 
 def load(config, mesh) -> RunData:
   """Opens the dataset (process 0 prepares it) and loads what the path needs."""
   ds = config.dataset
   if synthetic.is_synthetic(ds.name):
-    return _in_memory(config, mesh, *synthetic.splits(ds.name, ds.kind, ds.image_size,
-                                                        ds.num_classes))
+    train, evaluation = synthetic.splits(ds.name, ds.kind, ds.image_size, ds.num_classes)
+    return _in_memory(config, mesh, train, evaluation, _split_checksums(ds, train, evaluation))
   builder = builders.load_builder(ds.name, ds.data_dir or None, ds.download)
   # Each process reads its own copy (config.dataset.data_dir may differ): what
   # one process finds wrong stops every process, and in-memory copies must
@@ -54,18 +58,30 @@ def load(config, mesh) -> RunData:
     error = err
   distributed.stop_if_any(error, f"reading dataset {ds.name!r}")
   if isinstance(read, RunData):  # streaming
+    read.inputs = _split_counts(ds, read.num_train, read.num_eval)
     distributed.check_same_as_primary(
         f"comparing this process's copy of dataset {ds.name!r} with process 0's",
-        {"examples (train, eval)": [read.num_train, read.num_eval]})
+        read.inputs)
     return read
   train, evaluation = read
-  if jax.process_count() > 1:
-    distributed.check_same_as_primary(
-        f"comparing this process's copy of dataset {ds.name!r} with process 0's (with "
-        "config.dataset.data_dir different on each, every copy must hold the same examples)",
-        {f"{which} split {split!r} (CRC-32)": distributed.fingerprint(arrays) for which, split,
-         arrays in (("train", ds.train_split, train), ("eval", ds.eval_split, evaluation))})
-  return _in_memory(config, mesh, train, evaluation, builder)
+  checksums = _split_checksums(ds, train, evaluation)
+  distributed.check_same_as_primary(
+      f"comparing this process's copy of dataset {ds.name!r} with process 0's (with "
+      "config.dataset.data_dir different on each, every copy must hold the same examples)",
+      checksums)
+  return _in_memory(config, mesh, train, evaluation, checksums, builder)
+
+
+def _split_counts(ds, num_train: int, num_eval: int) -> dict:
+  return {f"train split {ds.train_split!r} (examples)": num_train,
+          f"eval split {ds.eval_split!r} (examples)": num_eval}
+
+
+def _split_checksums(ds, train, evaluation) -> dict:
+  """The example counts and CRC-32 of the two in-memory splits (host arrays)."""
+  return {**_split_counts(ds, len(train[1]), len(evaluation[1])),
+          f"train split {ds.train_split!r} (CRC-32)": distributed.fingerprint(train),
+          f"eval split {ds.eval_split!r} (CRC-32)": distributed.fingerprint(evaluation)}
 
 
 def _read(config, builder) -> RunData | tuple:
@@ -93,12 +109,12 @@ def _read(config, builder) -> RunData | tuple:
   return splits[ds.train_split], splits[ds.eval_split]
 
 
-def _in_memory(config, mesh, train, evaluation, builder=None) -> RunData:
+def _in_memory(config, mesh, train, evaluation, inputs, builder=None) -> RunData:
   """The ``device`` or ``host`` path's data of the two splits (host arrays)."""
   ds = config.dataset
   spe = order.steps_per_epoch(len(train[1]), config.batch_size)
   data = RunData("device" if ds.in_memory else "host", spe, len(train[1]), len(evaluation[1]),
-                 builder=builder, train=train, eval=evaluation)
+                 builder=builder, train=train, eval=evaluation, inputs=inputs)
   if ds.in_memory:
     data.device_train = distributed.replicate(mesh, train)
     data.device_eval = distributed.replicate(mesh, evaluation)

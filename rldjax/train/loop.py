@@ -97,19 +97,22 @@ def _load_teacher(config):
 def _load_teacher_everywhere(config):
   """:func:`_load_teacher` on every process, each from its own
   ``config.teacher.checkpoint``: a process that cannot load it stops every
-  process, and the processes' teachers must hold the same weights."""
+  process, and the processes' teachers must hold the same weights. Returns
+  the variables (None for vanilla) and what identifies them (``{}`` for
+  vanilla; recorded in the workdir)."""
   variables, error = None, None
   try:
     variables = _load_teacher(config)
   except errors.RunError as err:
     error = err
   distributed.stop_if_any(error, "loading the teacher")
-  if variables is not None and jax.process_count() > 1:
-    distributed.check_same_as_primary(
-        "comparing this process's teacher with process 0's (config.teacher.checkpoint may be "
-        "another path on each process, but must hold the same model)",
-        {"config.teacher.checkpoint weights (CRC-32)": distributed.fingerprint(variables)})
-  return variables
+  if variables is None:
+    return None, {}
+  identity = {workdir_lib.TEACHER_WEIGHTS: distributed.fingerprint(variables)}
+  distributed.check_same_as_primary(
+      "comparing this process's teacher with process 0's (config.teacher.checkpoint may be "
+      "another path on each process, but must hold the same model)", identity)
+  return variables, identity
 
 
 # Config fields that may differ between the processes of one run: where each
@@ -348,7 +351,7 @@ class _Run:
   def run(self, stop_after_epochs):
     config, workdir = self.config, self.workdir
     ckpt_lib.quiet_orbax_logs()
-    teacher_vars = _load_teacher_everywhere(config)
+    teacher_vars, teacher_identity = _load_teacher_everywhere(config)
     devices = jax.devices()
     for field in ("batch_size", "eval_batch_size"):
       if config[field] % len(devices):
@@ -356,6 +359,7 @@ class _Run:
                                  f"{len(devices)} devices")
     mesh = step_lib.data_mesh(devices)
     data = data_lib.load(config, mesh)
+    distributed.on_primary(workdir_lib.check_inputs, workdir, {**data.inputs, **teacher_identity})
     spe = data.steps_per_epoch
     if spe < 1:
       raise errors.ConfigError(f"config.batch_size: {config.batch_size} exceeds the training "

@@ -18,6 +18,14 @@
   (which epochs are evaluated: the training is the same), the data
   location, the data path (in memory or not: same batches) and a larger
   ``num_epochs`` (continue training) may change.
+* :func:`check_inputs`: ``<workdir>/inputs.json`` records what identifies
+  the files a run reads (CRC-32 of the teacher's weights and of the in-memory
+  splits, the splits' example counts). Once the workdir holds something
+  trained, a launch whose files differ (a teacher retrained into the same
+  export directory, a dataset rebuilt) fails before training, naming each
+  difference, instead of resuming on other inputs. Since the teacher is
+  checked by its weights, ``teacher.checkpoint`` may then name another path
+  (a moved copy), as the data location may.
 * :func:`set_aside_unreadable`: a damaged record (results.json) is kept
   aside and rewritten; a damaged config.json stops the run instead (the
   experiment cannot be compared).
@@ -45,6 +53,11 @@ LOCK_NAME = "run.lock"
 # this long was left by a process that stopped in between.
 UNREADABLE_LOCK_SECONDS = 10.0
 CONFIG_NAME = "config.json"
+INPUTS_NAME = "inputs.json"
+# The inputs.json key of the teacher's weights, and the config field it makes
+# free to change (the weights are compared instead of the path).
+TEACHER_WEIGHTS = "config.teacher.checkpoint weights (CRC-32)"
+CHECKED_BY_CONTENT = {"teacher.checkpoint": TEACHER_WEIGHTS}
 # What a run keeps of its training: a workdir with none of these holds no experiment yet.
 TRAINED_DIRS = ("checkpoints", "checkpoints_corrupt", "export")
 # A launch's records besides its checkpoints and exports, and where they go when
@@ -275,6 +288,58 @@ def _supersede_records(workdir: str) -> list[str]:
   return names
 
 
+def _recorded_inputs(workdir: str) -> dict | None:
+  """inputs.json's record, None when there is none; WorkdirError when it is damaged."""
+  path = os.path.join(workdir, INPUTS_NAME)
+  if not os.path.exists(path):
+    return None
+  try:
+    return read_json_object(path)
+  except ValueError as err:
+    raise WorkdirError(
+        f"workdir {workdir}: {INPUTS_NAME} cannot be read ({err}), so the files this launch "
+        f"reads cannot be compared with those the run was trained with. Restore it, or delete "
+        f"it to resume without that check.") from None
+
+
+def _content_checked_fields(workdir: str) -> set[str]:
+  """Config fields (paths) whose files :func:`check_inputs` compares by content in
+  this workdir, so that the path itself may change."""
+  try:
+    recorded = _recorded_inputs(workdir) or {}
+  except WorkdirError:
+    return set()  # check_inputs reports it
+  return {field for field, key in CHECKED_BY_CONTENT.items() if key in recorded}
+
+
+def check_inputs(workdir: str, inputs: dict) -> None:
+  """Records ``inputs`` (a flat dict of JSON values identifying the files the
+  run reads) in ``<workdir>/inputs.json``, or compares them with the record;
+  raises WorkdirError naming each difference once the workdir holds something
+  trained. Keys present on one side only (the in-memory path records
+  checksums that the streaming path does not) are not compared; the record
+  keeps the union."""
+  recorded = _recorded_inputs(workdir)
+  trained = holds_training(workdir)
+  if recorded is not None and trained:
+    changed = [f"{k}: {recorded[k]!r} when this workdir was trained, {inputs[k]!r} now"
+               for k in sorted(set(recorded) & set(inputs)) if recorded[k] != inputs[k]]
+    if changed:
+      raise WorkdirError(
+          f"workdir {workdir} was trained on other inputs than this launch reads:\n  "
+          + "\n  ".join(changed) + "\nThe files at config.teacher.checkpoint or "
+          "config.dataset.data_dir changed since (a teacher trained on into the same export "
+          "directory, a dataset prepared again). Restore the ones it was trained with to "
+          "resume, or use a new --workdir for a run on these.")
+  elif recorded is None and trained:
+    logging.warning("workdir %s has no %s (made by an earlier version): recording the inputs of "
+                    "this launch; those of its earlier sessions cannot be checked",
+                    workdir, INPUTS_NAME)
+  merged = {**recorded, **inputs} if (recorded is not None and trained) else dict(inputs)
+  if merged != recorded:
+    write_json(os.path.join(workdir, INPUTS_NAME), merged)
+
+
 def check_config(workdir: str, config: dict, epochs_done_fn=None) -> None:
   """Records ``config`` (a plain dict) in a new workdir, or compares it with
   the recorded one; raises WorkdirError naming each field that changes the
@@ -293,9 +358,10 @@ def check_config(workdir: str, config: dict, epochs_done_fn=None) -> None:
         f"under \"config\"), or use a new --workdir.") from None
   old, new = flatten_config(recorded), flatten_config(json.loads(json.dumps(config, default=str)))
   old = {**{k: v for k, v in ADDED_DEFAULTS.items() if k in new}, **old}
+  content_checked = _content_checked_fields(workdir)
   changed = [f"config.{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
              for k in sorted(set(old) | set(new))
-             if old.get(k) != new.get(k) and not _may_change(k)]
+             if old.get(k) != new.get(k) and not _may_change(k) and k not in content_checked]
   if changed and not holds_training(workdir):
     moved = _supersede_records(workdir)
     logging.warning("workdir %s: %s records another config, but nothing was trained here (no "
