@@ -1,9 +1,12 @@
 """A PyTorch reference for timing only: the CIFAR ResNets of the published zoo
 (../shared/parity/ARCHITECTURES.md §4) and a published-form distillation step
-(SGD momentum 0.9, weight decay on every parameter, CE + KD / DKD / RLD).
+(SGD momentum 0.9, weight decay on every parameter, CE + KD / DKD / RLD /
+LDRLD).
 
 Used by benchmarks/train_step.py to time the same step in PyTorch on the same
-machine; never imported by the package or the tests. Needs the ``torch`` extra.
+machine; never imported by the package. ``tests/test_torch_reference.py``
+checks that its networks and losses compute what rldjax's do. Needs the
+``torch`` extra.
 """
 from __future__ import annotations
 
@@ -107,6 +110,28 @@ def rld_loss(s, t, y, alpha, beta, temperature):
   return alpha * scd + beta * mcd
 
 
+def ldrld_loss(s, t, alpha, beta, temperature, k=7, irw_offset=1.5, erd_scale=2.0,
+               erd_rate=0.05):
+  """LDRLD (Xu et al., ICCV 2025), ranked by the student: every pair (i < j) of
+  the top-k classes as a 2-class KL weighted ``erd_scale / (irw_offset + j - i)
+  * exp(-erd_rate * (i + j + 2))`` (ranks from 0), plus the KL over the top-k
+  set, averaged over the ``k(k-1)/2 + 1`` terms; and the KL over the remaining
+  classes (the top-k pushed down by 1000, as the published code masks)."""
+  top = s.topk(k, dim=1).indices
+  ss, tt = s.gather(1, top) / temperature, t.gather(1, top) / temperature
+  i, j = torch.triu_indices(k, k, 1, device=s.device)
+  weight = erd_scale / (irw_offset + (j - i)) * torch.exp(-erd_rate * (i + j + 2.0))
+  pair_s, pair_t = torch.stack([ss[:, i], ss[:, j]], -1), torch.stack([tt[:, i], tt[:, j]], -1)
+  pairs = F.kl_div(F.log_softmax(pair_s, -1), F.softmax(pair_t, -1), reduction="none").sum(-1)
+  whole = F.kl_div(F.log_softmax(ss, 1), F.softmax(tt, 1), reduction="none").sum(1)
+  local = ((pairs * weight).sum(1) + whole) / (len(weight) + 1) * temperature ** 2
+  drop = torch.zeros_like(s).scatter_(1, top, 1.0)
+  rest = F.kl_div(F.log_softmax(s / temperature - 1000.0 * drop, dim=1),
+                  F.softmax(t / temperature - 1000.0 * drop, dim=1),
+                  reduction="none").sum(1) * temperature ** 2
+  return (alpha * local + beta * rest).mean()
+
+
 def make_step(student: nn.Module, teacher: nn.Module | None, method: str, lr: float = 0.05):
   """A published-form step ``step(images_nchw, labels) -> loss``: teacher in
   inference mode without gradients, CE + distillation, SGD with momentum 0.9
@@ -129,8 +154,11 @@ def make_step(student: nn.Module, teacher: nn.Module | None, method: str, lr: fl
         loss = F.cross_entropy(logits, y) + dkd_loss(logits, t, y, 1.0, 8.0, 4.0)
       elif method == "rld":
         loss = F.cross_entropy(logits, y) + rld_loss(logits, t, y, 1.0, 8.0, 4.0)
+      elif method == "ldrld":
+        loss = F.cross_entropy(logits, y) + ldrld_loss(logits, t, 10.5, 7.0, 4.0)
       else:
-        raise KeyError(f"no PyTorch reference step for method {method!r}: vanilla, kd, dkd, rld")
+        raise KeyError(f"no PyTorch reference step for method {method!r}: vanilla, kd, dkd, rld, "
+                       "ldrld")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -2,7 +2,7 @@
 speed ratio of ``benchmarks/train_step.py`` compares the same work: every
 CIFAR ResNet of the reference, loaded with the same weights (through
 ``rldjax.convert``), gives the zoo model's logits in inference and training
-mode, and the reference's KD / DKD / RLD losses equal ``rldjax.losses`` (batch
+mode, and the reference's KD / DKD / RLD / LDRLD losses equal ``rldjax.losses`` (batch
 means) on the same logits. Skipped without the ``torch`` extra."""
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +59,8 @@ def test_losses_equal_rldjax():
        losses.dkd(s, t, y, alpha=1.0, beta=8.0, temperature=4.0)),
       (torch_reference.rld_loss(ts, tt, ty, 1.0, 8.0, 4.0),
        losses.rld(s, t, y, alpha=1.0, beta=8.0, temperature=4.0)),
+      (torch_reference.ldrld_loss(ts, tt, 10.5, 7.0, 4.0),
+       losses.ldrld(s, t, alpha=10.5, beta=7.0, k=7, temperature=4.0)),
   ]
   for ref, ours in pairs:
     np.testing.assert_allclose(float(jnp.mean(ours)), float(ref), rtol=1e-5)
