@@ -1,7 +1,9 @@
 """The in-memory data path: the training order, the on-device augmentation
 against a NumPy reference, process-count invariance, the host-fed path's
-batches, the array cache, label checks."""
+batches, the array cache (damaged caches, damaged prepared files), label checks,
+and the streaming path naming image files that do not decode."""
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -118,6 +120,64 @@ def test_a_cache_write_that_fails_leaves_no_partial_file(tmp_path, monkeypatch):
   assert images.shape == (359, 8, 8, 1) and labels.shape == (359,)
   cache_dir = os.path.dirname(in_memory._cache_path(builder, "test"))  # pylint: disable=protected-access
   assert os.listdir(cache_dir) == []
+
+
+def _flip_byte(path, fraction=0.5):
+  data = bytearray(open(path, "rb").read())
+  data[int(len(data) * fraction)] ^= 0x01
+  open(path, "wb").write(bytes(data))
+
+
+def test_a_damaged_array_cache_is_read_again_and_damaged_prepared_files_are_named(
+    tmp_path, caplog):
+  builder = builders.load_builder("rldjax_digits", str(tmp_path))
+  images, labels = in_memory.load_split(builder, "train")
+  cache = in_memory._cache_path(builder, "train")  # pylint: disable=protected-access
+  original = open(cache, "rb").read()
+  # One flipped bit in the cached images (np.load raised zipfile.BadZipFile,
+  # a traceback), then a truncated cache: each is read again from TFDS and
+  # cached again.
+  for damage in (_flip_byte, lambda path: open(path, "r+b").truncate(1000)):
+    damage(cache)
+    again_images, again_labels = in_memory.load_split(builder, "train")
+    np.testing.assert_array_equal(again_images, images)
+    np.testing.assert_array_equal(again_labels, labels)
+    assert "ignoring unreadable array cache" in caplog.text
+    assert open(cache, "rb").read() == original
+    caplog.clear()
+  # One flipped bit in the prepared TFRecord file: a DataError naming the
+  # dataset, split and directory, not TensorFlow's DataLossError traceback.
+  os.remove(cache)
+  (record,) = [n for n in os.listdir(builder.data_dir) if "train.tfrecord" in n]
+  _flip_byte(os.path.join(builder.data_dir, record))
+  with pytest.raises(errors.DataError, match=(
+      r"^dataset 'rldjax_digits' split 'train': an example cannot be read or decoded \(corrupted "
+      rf"record at \d+\)\. Its prepared files in {re.escape(str(builder.data_dir))} may be damaged")):
+    in_memory.load_split(builder, "train")
+
+
+def test_an_image_file_that_does_not_decode_is_named(tmp_path):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from rldjax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  for name in ("a", "b"):
+    (tmp_path / "train" / name).mkdir(parents=True)
+    for i in range(3):
+      image = rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)
+      (tmp_path / "train" / name / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+  builder = builders.load_builder(f"image_folder:{tmp_path}")
+  assert input_pipeline.undecodable_images(builder, "train") == ([], 6, True)
+  victim = tmp_path / "train" / "b" / "1.png"
+  victim.write_bytes(victim.read_bytes()[:40])
+  assert input_pipeline.undecodable_images(builder, "train") == ([str(victim)], 6, True)
+  assert input_pipeline.undecodable_images(builder, "train", budget_s=-1.0) == ([], 0, False)
+  with pytest.raises(errors.DataError, match=(
+      r"^dataset 'image_folder' split 'train': 1 image file\(s\) cannot be decoded \(Invalid PNG"
+      rf"[^)]*\): {re.escape(str(victim))}\. Replace them")):
+    list(input_pipeline.train_batches(builder, "train", global_batch=2, epoch=0, seed=0,
+                                      image_size=8, shuffle_buffer=6))
+  with pytest.raises(errors.DataError, match=re.escape(str(victim))):
+    list(input_pipeline.eval_batches(builder, "train", global_batch=2, image_size=8))
 
 
 def test_runs_starting_together_prepare_the_dataset_once(tmp_path, monkeypatch):

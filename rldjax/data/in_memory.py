@@ -3,7 +3,11 @@
 A split is read once from TFDS into a uint8 image array and an int32 label
 array. The first read goes through TensorFlow; the arrays are then cached as
 ``<builder data dir>/rldjax_arrays/<split>.npz`` (written atomically, when the
-directory is writable), so later runs start without importing TensorFlow.
+directory is writable), so later runs start without importing TensorFlow. A
+cache that cannot be read back (a damaged file: the zip members' CRC-32 no
+longer match) is ignored with a warning and written again from TFDS; prepared
+TFDS files that cannot be read stop the run with a DataError naming the
+dataset and split.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import hashlib
 import os
 import re
 import threading
+import zipfile
 
 import numpy as np
 from absl import logging
@@ -31,12 +36,12 @@ def _cache_path(builder, split: str) -> str | None:
 
 
 def _read_tfds(builder, split: str):
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from rldjax.data.input_pipeline import keep_tensorflow_on_host  # pylint: disable=import-outside-toplevel
+  from rldjax.data.input_pipeline import (  # pylint: disable=import-outside-toplevel
+      keep_tensorflow_on_host, numpy_batches)
   keep_tensorflow_on_host()
   ds = builder.as_dataset(split=split, shuffle_files=False).batch(4096)
   images, labels = [], []
-  for batch in tfds.as_numpy(ds):
+  for batch in numpy_batches(ds, builder, split):
     images.append(np.asarray(batch["image"], np.uint8))
     labels.append(np.asarray(batch["label"], np.int64))
   images, labels = np.concatenate(images), np.concatenate(labels)
@@ -52,7 +57,7 @@ def load_split(builder, split: str, use_cache: bool = True) -> tuple[np.ndarray,
     try:
       with np.load(path) as cached:
         return cached["images"], cached["labels"]
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
       logging.warning("ignoring unreadable array cache %s (%s); reading the split again",
                       path, err)
   images, labels = _read_tfds(builder, split)

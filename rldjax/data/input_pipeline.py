@@ -10,6 +10,11 @@ fit in memory, decoded and augmented on the host.
 * Evaluation: each process reads its share without dropping anything, batches
   are padded to the same count on every host, and ``mask`` marks the real
   examples, so every example is counted exactly once.
+* An example that cannot be read or decoded (a truncated image file) stops
+  the run with a :class:`~rldjax.errors.DataError` naming the dataset and
+  split and, for an image folder, the files that do not decode (found by
+  decoding the split's files one by one after the failure, for at most
+  ``UNDECODABLE_SCAN_SECONDS``): tf.data's own error names neither.
 
 Datasets that fit in memory (CIFAR, the digits) take the in-memory path
 instead (``rldjax.data.in_memory``, ``rldjax.data.order``,
@@ -18,6 +23,8 @@ instead (``rldjax.data.in_memory``, ``rldjax.data.order``,
 from __future__ import annotations
 
 import math
+import re
+import time
 from typing import Iterator
 
 import jax
@@ -27,6 +34,10 @@ import tensorflow_datasets as tfds
 
 from rldjax.data import builders
 from rldjax.data.preprocessing import make_preprocess
+from rldjax.errors import DataError
+
+# How long a failed read may spend looking for the image files that do not decode.
+UNDECODABLE_SCAN_SECONDS = 120.0
 
 
 def keep_tensorflow_on_host() -> None:
@@ -99,7 +110,7 @@ def train_batches(builder, split: str, *, global_batch: int, epoch: int, seed: i
 
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch, drop_remainder=True).skip(start_step).prefetch(2)
-  yield from ds.as_numpy_iterator()
+  yield from numpy_batches(ds, builder, split)
 
 
 def eval_batches(builder, split: str, *, global_batch: int, image_size: int) -> Iterator[dict]:
@@ -117,7 +128,7 @@ def eval_batches(builder, split: str, *, global_batch: int, image_size: int) -> 
   ds = ds.batch(local_batch).prefetch(2)
   template = None
   count = 0
-  for batch in ds.as_numpy_iterator():
+  for batch in numpy_batches(ds, builder, split):
     template = batch
     yield pad_batch(batch, local_batch)
     count += 1
@@ -126,6 +137,57 @@ def eval_batches(builder, split: str, *, global_batch: int, image_size: int) -> 
                      f"{jax.process_index()}")
   for _ in range(steps - count):
     yield pad_batch({k: v[:0] for k, v in template.items()}, local_batch)
+
+
+def numpy_batches(ds: tf.data.Dataset, builder, split: str) -> Iterator[dict]:
+  """``ds`` (read from ``split`` of ``builder``) as numpy batches; an example
+  that cannot be read or decoded raises DataError (see
+  :func:`unreadable_message`)."""
+  try:
+    yield from ds.as_numpy_iterator()
+  except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+    raise DataError(unreadable_message(builder, split, err)) from err
+
+
+def undecodable_images(builder, split: str,
+                       budget_s: float = UNDECODABLE_SCAN_SECONDS) -> tuple[list[str], int, bool]:
+  """The files of an image folder's ``split`` that its image feature cannot
+  decode, found by decoding them one by one: ``(paths, files scanned, whether
+  the scan covered the split)``; it stops after ``budget_s`` seconds."""
+  feature = builder.info.features["image"]
+  raw = builder.as_dataset(split=split, shuffle_files=False,
+                           decoders={"image": tfds.decode.SkipDecoding()})
+  bad, scanned, start = [], 0, time.monotonic()
+  for example in raw.as_numpy_iterator():
+    if time.monotonic() - start > budget_s:
+      return bad, scanned, False
+    try:
+      feature.decode_example(tf.constant(example["image"]))
+    except tf.errors.InvalidArgumentError:
+      bad.append(example["image/filename"].decode())
+    scanned += 1
+  return bad, scanned, True
+
+
+def unreadable_message(builder, split: str, err: Exception) -> str:
+  """What to tell the user when tf.data fails on an example of ``split``."""
+  cause = (str(getattr(err, "message", err)).strip().splitlines() or [""])[0]
+  cause = re.sub(r"\s*\[Op:.*$", "", re.sub(r"\{\{.*?\}\}\s*", "", cause)).split(": ")[-1]
+  where = f"dataset {builder.name!r} split {split!r}"
+  if not isinstance(builder, tfds.ImageFolder):
+    return (f"{where}: an example cannot be read or decoded ({cause}). Its prepared files in "
+            f"{builder.data_dir} may be damaged: delete that directory and prepare the dataset "
+            "again (TFDS's download_and_prepare, or --config.dataset.download=True).")
+  bad, scanned, complete = undecodable_images(builder, split)
+  if bad:
+    listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    scope = "" if complete else f" (the first {scanned} files scanned; there may be more)"
+    return (f"{where}: {len(bad)} image file(s) cannot be decoded ({cause}){scope}: {listed}. "
+            "Replace them with readable images, or remove them (a split with other examples "
+            "is another experiment: use a new --workdir).")
+  scope = "any of its files" if complete else f"the first {scanned} of its files"
+  return (f"{where}: an example cannot be read or decoded ({cause}); decoding {scope} one by "
+          "one found none that fails.")
 
 
 def pad_batch(batch, size):
