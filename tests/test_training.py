@@ -479,7 +479,11 @@ def test_a_run_is_resumed_only_on_the_teacher_and_data_it_was_trained_on(
   with pytest.raises(errors.WorkdirError, match=r"\n  train split 'train' \(CRC-32\): '"):
     loop.train_and_evaluate(small_config(data_dir, teacher_export, "kd", 3), str(run))
   monkeypatch.undo()
-  # A workdir from before inputs.json: recorded from this launch, with a warning.
+  # A damaged record stops the run; a workdir from before inputs.json (or
+  # whose record was deleted) gets one from this launch, with a warning.
+  (run / "inputs.json").write_text('{"train split')
+  with pytest.raises(errors.WorkdirError, match=r"inputs.json cannot be read \(.*delete it to "):
+    loop.train_and_evaluate(small_config(data_dir, teacher_export, "kd", 3), str(run))
   (run / "inputs.json").unlink()
   result = loop.train_and_evaluate(small_config(data_dir, teacher_export, "kd", 3), str(run))
   assert result["finished"] and result["epochs_completed"] == 3

@@ -319,9 +319,9 @@ def check_inputs(workdir: str, inputs: dict) -> None:
   trained. Keys present on one side only (the in-memory path records
   checksums that the streaming path does not) are not compared; the record
   keeps the union."""
-  recorded = _recorded_inputs(workdir)
   trained = holds_training(workdir)
-  if recorded is not None and trained:
+  recorded = _recorded_inputs(workdir) if trained else None  # else: nothing to compare with
+  if recorded is not None:
     changed = [f"{k}: {recorded[k]!r} when this workdir was trained, {inputs[k]!r} now"
                for k in sorted(set(recorded) & set(inputs)) if recorded[k] != inputs[k]]
     if changed:
@@ -335,7 +335,7 @@ def check_inputs(workdir: str, inputs: dict) -> None:
     logging.warning("workdir %s has no %s (made by an earlier version): recording the inputs of "
                     "this launch; those of its earlier sessions cannot be checked",
                     workdir, INPUTS_NAME)
-  merged = {**recorded, **inputs} if (recorded is not None and trained) else dict(inputs)
+  merged = {**recorded, **inputs} if recorded is not None else dict(inputs)
   if merged != recorded:
     write_json(os.path.join(workdir, INPUTS_NAME), merged)
 
