@@ -642,6 +642,10 @@ def test_image_folder_streams_through_tf_data(tmp_path):
   root = _image_folder(tmp_path / "imgs", (("train", 6), ("test", 3)))
   result = loop.train_and_evaluate(_image_folder_config(root, 1), str(tmp_path / "run"))
   assert result["finished"] and result["history"][0]["step"] == 3  # 12 // 4
+  # What identifies the streamed data (not checksummed): the version and the counts.
+  assert read_json(tmp_path / "run" / "inputs.json") == {
+      "dataset (TFDS name/version)": "image_folder/1.0.0",
+      "train split 'train' (examples)": 12, "eval split 'test' (examples)": 6}
   with pytest.raises(errors.DatasetNotFoundError, match="image_folder"):
     builders.load_builder(f"image_folder:{tmp_path / 'missing'}")
 

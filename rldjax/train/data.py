@@ -36,7 +36,7 @@ class RunData:
   device_eval: tuple | None = None
   # What identifies the examples (recorded in the workdir, compared between
   # processes): each split's example count, and on the in-memory paths the
-  # CRC-32 of its arrays.
+  # CRC-32 of its arrays (streaming: the dataset's TFDS name and version).
   inputs: dict = dataclasses.field(default_factory=dict)
 
 
@@ -58,7 +58,9 @@ def load(config, mesh) -> RunData:
     error = err
   distributed.stop_if_any(error, f"reading dataset {ds.name!r}")
   if isinstance(read, RunData):  # streaming
-    read.inputs = _split_counts(ds, read.num_train, read.num_eval)
+    # Its content is not checksummed (too large): the prepared version counts too.
+    read.inputs = {"dataset (TFDS name/version)": builder.info.full_name,
+                   **_split_counts(ds, read.num_train, read.num_eval)}
     distributed.check_same_as_primary(
         f"comparing this process's copy of dataset {ds.name!r} with process 0's",
         read.inputs)

@@ -20,7 +20,8 @@
   ``num_epochs`` (continue training) may change.
 * :func:`check_inputs`: ``<workdir>/inputs.json`` records what identifies
   the files a run reads (CRC-32 of the teacher's weights and of the in-memory
-  splits, the splits' example counts). Once the workdir holds something
+  splits, the splits' example counts; streaming: the counts and the TFDS
+  version). Once the workdir holds something
   trained, a launch whose files differ (a teacher retrained into the same
   export directory, a dataset rebuilt) fails before training, naming each
   difference, instead of resuming on other inputs. Since the teacher is
