@@ -31,6 +31,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from rldjax.data import builders
 from rldjax.data.preprocessing import make_preprocess
@@ -146,6 +147,7 @@ def numpy_batches(ds: tf.data.Dataset, builder, split: str) -> Iterator[dict]:
   try:
     yield from ds.as_numpy_iterator()
   except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+    logging.error("tf.data failed reading split %r of %s: %s", split, builder.name, err)
     raise DataError(unreadable_message(builder, split, err)) from err
 
 
