@@ -19,6 +19,10 @@ Finds every results.json under the given directories and writes
   (Student t, n - 1 degrees of freedom), and whether that interval includes 0.
 * Vanilla runs with no distillation run beside them (teachers reported
   alone) get rows of their own, teacher "—".
+* Runs that share a cell but read different files (their workdirs'
+  ``inputs.json``: the teacher's weights, the splits' checksums, counts or
+  dataset version differ) are listed under the tables, naming what differs:
+  such a cell mixes teachers or data.
 * Unfinished runs, and results.json files that cannot be read, are listed
   and left out; the records in a workdir's ``superseded/`` (a launch that
   trained nothing before its config was corrected) are not runs.
@@ -36,8 +40,10 @@ import numpy as np
 
 from rldjax.records import read_json_object
 
-# rldjax.train.workdir.SUPERSEDED_DIR (not imported: the report runs without JAX).
+# rldjax.train.workdir.SUPERSEDED_DIR and INPUTS_NAME (not imported: the
+# report runs without JAX).
 SUPERSEDED_DIR = "superseded"
+INPUTS_NAME = "inputs.json"
 ORDER = ["vanilla", "kd", "dkd", "rld", "ldrld", "swap_kd", "rc", "label_revision"]
 # Config fields that do not change what a run computes.
 _IGNORED = ("seed", "checkpoint", "log_every_steps", "steps_per_call", "eval_batch_size",
@@ -66,8 +72,35 @@ def collect(run_dirs):
       except (OSError, ValueError) as err:
         r = {"_unreadable": f"{type(err).__name__}: {err}"}
       r["_path"] = path
+      try:  # what identifies the files the run read (absent before that record)
+        r["_inputs"] = read_json_object(os.path.join(os.path.dirname(path), INPUTS_NAME))
+      except (OSError, ValueError):
+        pass
       runs.append(r)
   return runs
+
+
+def mixed_inputs(runs) -> list[str]:
+  """Lines naming each group of finished runs of one experiment (one cell)
+  whose recorded inputs differ: the inputs.json keys recorded by all of its
+  runs that hold more than one value, with the runs of each value."""
+  groups = collections.defaultdict(list)
+  for r in runs:
+    if r.get("finished") and "_inputs" in r:
+      groups[experiment_key(r)].append(r)
+  lines = []
+  for members in groups.values():
+    shared = set.intersection(*(set(r["_inputs"]) for r in members))
+    for key in sorted(shared):
+      by_value = collections.defaultdict(list)
+      for r in members:
+        by_value[json.dumps(r["_inputs"][key])].append(os.path.dirname(r["_path"]))
+      if len(by_value) > 1:
+        r = members[0]
+        name = (f"{r.get('teacher') or '—'} → {r['student']}, {r['method']}")
+        lines.append(f"- {name}: {key} differs between its runs: " + "; ".join(
+            f"{value} in {', '.join(sorted(dirs))}" for value, dirs in sorted(by_value.items())))
+  return sorted(lines)
 
 
 def _flat(d, prefix=""):
@@ -349,6 +382,10 @@ def write_report(run_dirs, out_dir, preamble: str = "", plot_runs=None):
   if preamble:
     lines += [preamble, ""]
   lines += [table, ""]
+  mixed = mixed_inputs(runs)
+  if mixed:
+    lines.append("## Runs tabulated together that read different files\n")
+    lines += mixed + [""]
   if unfinished:
     lines.append("## Unfinished runs (not in the tables)\n")
     lines += [f"- {p}" for p in unfinished]
@@ -371,6 +408,8 @@ def main(argv=None):
     parser.error("not a directory: " + ", ".join(missing))
   table, _, _, unfinished = write_report(args.run_dirs, args.out or args.run_dirs[0])
   print(table)
+  for line in mixed_inputs(collect(args.run_dirs)):
+    print(f"different files in one cell: {line[2:]}")
   for p in unfinished:
     print(f"unfinished: {p}")
 

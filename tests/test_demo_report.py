@@ -274,6 +274,35 @@ def test_unreadable_and_superseded_records_are_not_tabulated(tmp_path):
   assert "damaged/results.json (unreadable" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_runs_of_one_cell_that_read_different_files_are_named(tmp_path, capsys):
+  """A cell's runs whose inputs.json differ (another teacher's weights on one
+  seed) are listed under the tables with what differs; keys that only some
+  runs recorded (a run from before the record) are not compared."""
+  teacher = workdir_lib.TEACHER_WEIGHTS
+  assert report.INPUTS_NAME == workdir_lib.INPUTS_NAME
+  for seed, crc in enumerate(["aaaa0001", "aaaa0001", "bbbb0002"]):
+    _write(tmp_path, f"kd{seed}", "kd", seed, 71.5, 71.0)
+    (tmp_path / f"kd{seed}" / "inputs.json").write_text(json.dumps(
+        {teacher: crc, "train split 'train' (examples)": 50000}))
+  _write(tmp_path, "kd3", "kd", 3, 71.5, 71.0)  # no record: nothing to compare
+  for seed in range(2):
+    _write(tmp_path, f"v{seed}", "vanilla", seed, 70.5, 70.0)
+    (tmp_path / f"v{seed}" / "inputs.json").write_text(json.dumps(
+        {"train split 'train' (examples)": 50000}))
+  report.main([str(tmp_path)])
+  expected = (f"- cifar/resnet32x4 → cifar/resnet8x4, kd: {teacher} differs between its runs: "
+              f"\"aaaa0001\" in {tmp_path}/kd0, {tmp_path}/kd1; \"bbbb0002\" in {tmp_path}/kd2")
+  assert report.mixed_inputs(report.collect([str(tmp_path)])) == [expected]
+  text = (tmp_path / "report.md").read_text()
+  assert "## Runs tabulated together that read different files\n\n" + expected in text
+  assert f"different files in one cell: {expected[2:]}" in capsys.readouterr().out
+  # Runs that agree: no such section.
+  (tmp_path / "kd2" / "inputs.json").write_text(json.dumps(
+      {teacher: "aaaa0001", "train split 'train' (examples)": 50000}))
+  report.main([str(tmp_path)])
+  assert "read different files" not in (tmp_path / "report.md").read_text()
+
+
 def test_a_report_of_unfinished_runs_only_says_so(tmp_path):
   _write(tmp_path, "u", "rld", 0, 1.0, 1.0, finished=False)
   table, _, _, unfinished = report.write_report([str(tmp_path)], str(tmp_path / "out"))
