@@ -13,6 +13,7 @@ import pytest
 from rldjax import errors
 from rldjax.data import augment, builders, in_memory, order
 from rldjax.train import data as data_lib
+from tests.image_folder import write_image_folder
 from tests.side_by_side import run_in_threads
 
 
@@ -157,14 +158,8 @@ def test_a_damaged_array_cache_is_read_again_and_damaged_prepared_files_are_name
 
 
 def test_an_image_file_that_does_not_decode_is_named(tmp_path):
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from rldjax.data import input_pipeline  # pylint: disable=import-outside-toplevel
-  rng = np.random.default_rng(0)
-  for name in ("a", "b"):
-    (tmp_path / "train" / name).mkdir(parents=True)
-    for i in range(3):
-      image = rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)
-      (tmp_path / "train" / name / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+  write_image_folder(tmp_path, (("train", 3),), labels=("a", "b"), shape=(12, 10, 3))
   builder = builders.load_builder(f"image_folder:{tmp_path}")
   assert input_pipeline.undecodable_images(builder, "train") == ([], 6, True)
   victim = tmp_path / "train" / "b" / "1.png"
@@ -178,6 +173,55 @@ def test_an_image_file_that_does_not_decode_is_named(tmp_path):
                                       image_size=8, shuffle_buffer=6))
   with pytest.raises(errors.DataError, match=re.escape(str(victim))):
     list(input_pipeline.eval_batches(builder, "train", global_batch=2, image_size=8))
+
+
+def test_an_image_folder_is_read_in_tfds_slices_and_identified_by_its_listing(tmp_path):
+  """tfds.ImageFolder reads whole splits only (``train[:90%]`` raised
+  ValueError from tf.data): the streaming path reads its slices itself, the
+  same examples as the whole split read by TFDS, in the same order; a split's
+  listing (recorded in inputs.json) names its files and labels, not where the
+  folder is or what the files hold."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  from rldjax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+  root = write_image_folder(tmp_path / "imgs", (("train", 4), ("test", 2)), shape=(6, 5, 3))
+  builder = builders.load_builder(f"image_folder:{root}")
+
+  def read(dataset):
+    return [(ex["image/filename"].decode(), int(ex["label"]), ex["image"].tobytes())
+            for ex in dataset.as_numpy_iterator()]
+  train, test = (read(input_pipeline.image_folder_dataset(builder, s)) for s in ("train", "test"))
+  assert train == read(builder.as_dataset(split="train", shuffle_files=False))
+  assert sorted(os.path.basename(os.path.dirname(f)) for f, _, _ in train) == ["cat"] * 4 + ["dog"] * 4
+  assert {(os.path.basename(os.path.dirname(f)), label) for f, label, _ in train + test} == {
+      ("cat", 0), ("dog", 1)}
+  for split, expected in (("train[:50%]", train[:4]), ("train[75%:]+test[-1:]", train[6:] + test[-1:])):
+    assert read(input_pipeline.image_folder_dataset(builder, split)) == expected
+    assert builders.num_examples(builder, split) == len(expected)
+  undecoded = list(input_pipeline.image_folder_dataset(builder, "test", decode=False))
+  assert [bytes(ex["image"].numpy()) for ex in undecoded] == [
+      open(f, "rb").read() for f, _, _ in test]
+
+  listing = builders.split_listing(builder, "train")
+  assert listing != builders.split_listing(builder, "train[:50%]")
+  shutil.copytree(root, tmp_path / "moved")  # another process's copy, elsewhere
+  assert builders.split_listing(builders.load_builder(f"image_folder:{tmp_path / 'moved'}"),
+                                "train") == listing
+  shutil.copy(root / "train" / "dog" / "0.png", root / "train" / "cat" / "0.png")  # content only
+  assert builders.split_listing(builders.load_builder(f"image_folder:{root}"), "train") == listing
+  os.rename(root / "train" / "cat" / "3.png", root / "train" / "dog" / "9.png")  # relabelled
+  assert builders.split_listing(builders.load_builder(f"image_folder:{root}"), "train") != listing
+
+
+def test_a_prepared_dataset_listing_names_its_slices_wherever_it_is(tmp_path):
+  import shutil  # pylint: disable=import-outside-toplevel
+  builder = builders.load_builder("rldjax_digits", str(tmp_path / "a"))
+  listing = builders.split_listing(builder, "train")
+  assert len({listing, builders.split_listing(builder, "train[:80%]"),
+              builders.split_listing(builder, "train[80%:]"),
+              builders.split_listing(builder, "test")}) == 4
+  shutil.copytree(tmp_path / "a", tmp_path / "b")
+  assert builders.split_listing(builders.load_builder("rldjax_digits", str(tmp_path / "b")),
+                                "train") == listing
 
 
 def test_runs_starting_together_prepare_the_dataset_once(tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ import pytest
 
 from rldjax import export
 from rldjax.data import builders
+from tests.image_folder import write_image_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = f"--config={ROOT}/experiments/configs/digits.py:method=vanilla,model=teacher,epochs=2"
@@ -262,16 +263,7 @@ def test_a_streaming_pair_killed_mid_epoch_resumes_bit_identical(base):
   the second epoch and relaunched, the pair ends with the history and weights
   of a pair that was not stopped, and evaluation counts every test image
   once."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  root = base / "image_folder"
-  rng = np.random.default_rng(0)
-  for split, count in (("train", 40), ("test", 11)):
-    for k, label in enumerate(("cat", "dog")):
-      (root / split / label).mkdir(parents=True)
-      for i in range(count):
-        image = rng.integers(0, 200, (40, 48, 3), dtype=np.uint8)
-        image[..., k] += 55  # something to learn
-        (root / split / label / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+  root = write_image_folder(base / "image_folder", (("train", 40), ("test", 11)), separable=True)
   streaming = [f"--config.dataset.name=image_folder:{root}", "--config.dataset.kind=imagenet",
                "--config.dataset.image_size=32", "--config.dataset.num_classes=2",
                "--config.dataset.in_memory=False", "--config.dataset.shuffle_buffer=16",

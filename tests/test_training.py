@@ -26,6 +26,7 @@ from rldjax.train import workdir as workdir_lib
 from rldjax.train.recipe import Recipe
 from rldjax.train.state import TrainState
 from tests.evaluation_check import check_evaluate_arrays
+from tests.image_folder import write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -613,19 +614,6 @@ def test_schedules():
   assert float(learning_rate(c, 31)) == pytest.approx(0.01)    # after the decay: exactly base·0.1
 
 
-def _image_folder(root, counts):
-  import tensorflow as tf
-  rng = np.random.default_rng(0)
-  for split, count in counts:
-    for label in ("cat", "dog"):
-      folder = root / split / label
-      folder.mkdir(parents=True)
-      for i in range(count):
-        image = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
-        (folder / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
-  return root
-
-
 def _image_folder_config(root, epochs):
   config = config_lib.base_config()
   config_lib.apply_method(config, "vanilla")
@@ -638,14 +626,26 @@ def _image_folder_config(root, epochs):
 
 
 def test_image_folder_streams_through_tf_data(tmp_path):
-  """An ImageFolder (ROOT/<split>/<class>/<file>) trains on the streaming path."""
-  root = _image_folder(tmp_path / "imgs", (("train", 6), ("test", 3)))
-  result = loop.train_and_evaluate(_image_folder_config(root, 1), str(tmp_path / "run"))
-  assert result["finished"] and result["history"][0]["step"] == 3  # 12 // 4
-  # What identifies the streamed data (not checksummed): the version and the counts.
+  """An ImageFolder (ROOT/<split>/<class>/<file>) trains on the streaming path,
+  TFDS slices of its splits included; a resumed run must read the files it
+  was trained on (their names and labels: their content is not checksummed)."""
+  root = write_image_folder(tmp_path / "imgs", (("train", 6), ("test", 3)))
+  config = _image_folder_config(root, 1)
+  config.dataset.train_split = "train[:75%]"  # 9 of 12
+  result = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert result["finished"] and result["history"][0]["step"] == 2  # 9 // 4
+  builder = builders.load_builder(f"image_folder:{root}")
   assert read_json(tmp_path / "run" / "inputs.json") == {
       "dataset (TFDS name/version)": "image_folder/1.0.0",
-      "train split 'train' (examples)": 12, "eval split 'test' (examples)": 6}
+      "train split 'train[:75%]' (examples)": 9, "eval split 'test' (examples)": 6,
+      "train split 'train[:75%]' (listing CRC-32)": builders.split_listing(builder, "train[:75%]"),
+      "eval split 'test' (listing CRC-32)": builders.split_listing(builder, "test")}
+  os.rename(root / "test" / "dog" / "2.png", root / "test" / "dog" / "7.png")
+  config.num_epochs = 2
+  with pytest.raises(errors.WorkdirError, match=(
+      r"trained on other inputs than this launch reads:\n  eval split 'test' \(listing CRC-32\): "
+      r"'[0-9a-f]{8}' when this workdir was trained, '[0-9a-f]{8}' now")):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
   with pytest.raises(errors.DatasetNotFoundError, match="image_folder"):
     builders.load_builder(f"image_folder:{tmp_path / 'missing'}")
 
@@ -654,7 +654,7 @@ def test_streaming_run_resumed_mid_epoch_equals_uninterrupted_run(tmp_path):
   """The streaming path's batches are a function of (seed, epoch, step) too: a
   run resumed from a checkpoint in the middle of an epoch ends bit-identical
   to one that was not stopped."""
-  root = _image_folder(tmp_path / "imgs", (("train", 8), ("test", 3)))  # 4 steps an epoch
+  root = write_image_folder(tmp_path / "imgs", (("train", 8), ("test", 3)))  # 4 steps an epoch
   config = _image_folder_config(root, 2)
   config.checkpoint.every_steps = 3
   straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))

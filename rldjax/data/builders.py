@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import io
 import os
+import zlib
 
 from absl import logging
 
@@ -174,3 +175,49 @@ def declared_num_classes(builder) -> int | None:
     return int(builder.info.features["label"].num_classes)
   except (KeyError, AttributeError, TypeError):
     return None
+
+
+def _absolute_instructions(builder, split: str) -> list | None:
+  """``split`` (TFDS syntax) as absolute ``(splitname, from_, to)`` slices of
+  whole splits; None when the builder has no split metadata (mock_data)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  if not builder.info.splits:
+    return None
+  return tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits)
+
+
+def image_folder_examples(builder, split: str) -> list[tuple[str, str]]:
+  """The ``(image path, label name)`` pairs of ``split`` of an image folder
+  (``tfds.ImageFolder``), in the folder's order, TFDS slicing included
+  (``train[:90%]``, ``train[90%:]+test``): the folder's own ``as_dataset``
+  reads whole splits only. The percent rounding is TFDS's, so the count equals
+  the split metadata's."""
+  examples = builder._split_examples  # pylint: disable=protected-access
+  return [(e.image_path, e.label)
+          for i in _absolute_instructions(builder, split)
+          for e in examples[i.splitname][i.from_:i.to]]
+
+
+def split_listing(builder, split: str) -> str | None:
+  """CRC-32 (hex) of what identifies ``split`` of a streamed dataset without
+  reading its content: for an image folder, its files' paths (relative to the
+  folder) and labels in reading order, and the class names; for a prepared
+  dataset, the whole splits it takes examples from, with the slice of each and
+  the byte size and shard lengths recorded when it was prepared. None when the
+  builder has no split metadata (``tfds.testing.mock_data``)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  instructions = _absolute_instructions(builder, split)
+  if instructions is None:
+    return None
+  if isinstance(builder, tfds.ImageFolder):
+    parts = [os.path.relpath(path, builder.data_dir) + "\t" + label
+             for path, label in image_folder_examples(builder, split)]
+    parts.append("\t".join(builder.info.features["label"].names))
+  else:
+    parts = []
+    for i in instructions:
+      info = builder.info.splits[i.splitname]
+      parts.append(f"{i.splitname}[{i.from_}:{i.to}] {int(info.num_bytes)} bytes "
+                   f"{list(info.shard_lengths)}")
+  listing = "\n".join(parts).encode()
+  return f"{zlib.crc32(listing):08x}"

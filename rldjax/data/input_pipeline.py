@@ -4,8 +4,9 @@ fit in memory, decoded and augmented on the host.
 * Training: each process reads its own equal share
   (``tfds.even_splits(split, n=process_count, drop_remainder=True)``, or a
   sharded stream for image folders), so every host runs the same number of
-  steps; the share's files are reshuffled every epoch and its examples
-  shuffled in a buffer; epoch ``e`` is a pure function of (seed, e), and
+  steps. An image folder's TFDS slices (``train[:90%]``) are read here:
+  ``tfds.ImageFolder`` reads whole splits only. The share's files are
+  reshuffled every epoch and its examples shuffled in a buffer; epoch ``e`` is a pure function of (seed, e), and
   ``start_step`` skips batches already trained on.
 * Evaluation: each process reads its share without dropping anything, batches
   are padded to the same count on every host, and ``mask`` marks the real
@@ -58,8 +59,8 @@ def _process_dataset(builder, split: str, drop_remainder: bool,
   ``file_seed`` shuffles the order of the split's files (deterministically;
   training passes a new seed every epoch)."""
   count, index = jax.process_count(), jax.process_index()
-  if isinstance(builder, tfds.ImageFolder):  # no subsplit API: shard the stream
-    ds = builder.as_dataset(split=split, shuffle_files=False)
+  if isinstance(builder, tfds.ImageFolder):  # no even_splits: shard the stream
+    ds = image_folder_dataset(builder, split)
     if drop_remainder:
       ds = ds.take(num_examples(builder, split) // count * count)
     return ds.shard(count, index)
@@ -68,6 +69,26 @@ def _process_dataset(builder, split: str, drop_remainder: bool,
     return builder.as_dataset(split=sub, shuffle_files=False)
   return builder.as_dataset(split=sub, shuffle_files=True,
                             read_config=tfds.ReadConfig(shuffle_seed=file_seed))
+
+
+def image_folder_dataset(builder, split: str, decode: bool = True) -> tf.data.Dataset:
+  """``split`` of an image folder as ``tfds.ImageFolder.as_dataset`` gives it
+  ({image, label, image/filename}, image undecoded unless ``decode``), with
+  TFDS slicing (``train[:90%]``, ``train[90%:]+test``), which the folder's
+  own reader refuses; files outside the slice are not read."""
+  examples = builders.image_folder_examples(builder, split)
+  label_feature = builder.info.features["label"]
+  paths = [path for path, _ in examples]
+  labels = np.array([label_feature.str2int(label) for _, label in examples], np.int64)
+  image_feature = builder.info.features["image"]
+
+  def load(path, label):
+    image = tf.io.read_file(path)
+    return {"image": image_feature.decode_example(image) if decode else image,
+            "label": label, "image/filename": path}
+
+  ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), labels))
+  return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def num_examples(builder, split: str) -> int:
@@ -157,8 +178,7 @@ def undecodable_images(builder, split: str,
   decode, found by decoding them one by one: ``(paths, files scanned, whether
   the scan covered the split)``; it stops after ``budget_s`` seconds."""
   feature = builder.info.features["image"]
-  raw = builder.as_dataset(split=split, shuffle_files=False,
-                           decoders={"image": tfds.decode.SkipDecoding()})
+  raw = image_folder_dataset(builder, split, decode=False)
   bad, scanned, start = [], 0, time.monotonic()
   for example in raw.as_numpy_iterator():
     if time.monotonic() - start > budget_s:

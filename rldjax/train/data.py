@@ -36,7 +36,10 @@ class RunData:
   device_eval: tuple | None = None
   # What identifies the examples (recorded in the workdir, compared between
   # processes): each split's example count, and on the in-memory paths the
-  # CRC-32 of its arrays (streaming: the dataset's TFDS name and version).
+  # CRC-32 of its arrays; streaming reads no content for this: the dataset's
+  # TFDS name and version and a CRC-32 of each split's listing
+  # (builders.split_listing: an image folder's file names and labels, a
+  # prepared dataset's slices of its splits and their recorded byte sizes).
   inputs: dict = dataclasses.field(default_factory=dict)
 
 
@@ -58,9 +61,10 @@ def load(config, mesh) -> RunData:
     error = err
   distributed.stop_if_any(error, f"reading dataset {ds.name!r}")
   if isinstance(read, RunData):  # streaming
-    # Its content is not checksummed (too large): the prepared version counts too.
+    # Its content is not checksummed (too large): its version and listing count too.
     read.inputs = {"dataset (TFDS name/version)": builder.info.full_name,
-                   **_split_counts(ds, read.num_train, read.num_eval)}
+                   **_split_counts(ds, read.num_train, read.num_eval),
+                   **_split_listings(ds, builder)}
     distributed.check_same_as_primary(
         f"comparing this process's copy of dataset {ds.name!r} with process 0's",
         read.inputs)
@@ -77,6 +81,13 @@ def load(config, mesh) -> RunData:
 def _split_counts(ds, num_train: int, num_eval: int) -> dict:
   return {f"train split {ds.train_split!r} (examples)": num_train,
           f"eval split {ds.eval_split!r} (examples)": num_eval}
+
+
+def _split_listings(ds, builder) -> dict:
+  """The CRC-32 of the two streamed splits' listings (none under mock_data)."""
+  listings = {f"{role} split {split!r} (listing CRC-32)": builders.split_listing(builder, split)
+              for role, split in (("train", ds.train_split), ("eval", ds.eval_split))}
+  return {key: value for key, value in listings.items() if value is not None}
 
 
 def _split_checksums(ds, train, evaluation) -> dict:

@@ -20,8 +20,9 @@
   ``num_epochs`` (continue training) may change.
 * :func:`check_inputs`: ``<workdir>/inputs.json`` records what identifies
   the files a run reads (CRC-32 of the teacher's weights and of the in-memory
-  splits, the splits' example counts; streaming: the counts and the TFDS
-  version). Once the workdir holds something
+  splits, the splits' example counts; streaming: the counts, the TFDS
+  version and a CRC-32 of each split's listing, ``builders.split_listing``).
+  Once the workdir holds something
   trained, a launch whose files differ (a teacher retrained into the same
   export directory, a dataset rebuilt) fails before training, naming each
   difference, instead of resuming on other inputs. Since the teacher is
@@ -329,8 +330,9 @@ def check_inputs(workdir: str, inputs: dict) -> None:
       raise WorkdirError(
           f"workdir {workdir} was trained on other inputs than this launch reads:\n  "
           + "\n  ".join(changed) + "\nThe files at config.teacher.checkpoint or "
-          "config.dataset.data_dir changed since (a teacher trained on into the same export "
-          "directory, a dataset prepared again). Restore the ones it was trained with to "
+          "config.dataset.data_dir (an image folder: config.dataset.name) changed since (a "
+          "teacher trained on into the same export directory, a dataset prepared again, image "
+          "files renamed, added or removed). Restore the ones it was trained with to "
           "resume, or use a new --workdir for a run on these.")
   elif recorded is None and trained:
     logging.warning("workdir %s has no %s (made by an earlier version): recording the inputs of "
