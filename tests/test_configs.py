@@ -72,6 +72,8 @@ def test_every_loss_hyperparameter_is_a_config_field(method):
     ("eval_last_epochs", -1, "config.eval_last_epochs"),
     ("seed", 2**32, "config.seed"),  # would alias seed 0 (32-bit PRNG seeds)
     ("seed", -1, "config.seed"),
+    ("optimizer.momentum", 1.5, r"config.optimizer.momentum: must be in \[0, 1\), got 1.5"),
+    ("optimizer.momentum", 1.0, r"config.optimizer.momentum: must be in \[0, 1\)"),
 ])
 def test_invalid_config_names_the_field(field, value, match):
   config = digits_config.get_config("method=kd,teacher=/nonexistent")

@@ -246,6 +246,8 @@ def validate(config) -> None:
     value = _field(config, field)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
       _fail(field, f"must be a number >= 0, got {value!r}")
+  if not config.optimizer.momentum < 1:  # heavy-ball SGD with momentum >= 1 never settles
+    _fail("optimizer.momentum", f"must be in [0, 1), got {config.optimizer.momentum!r}")
   for field in ("warmup_epochs", "optimizer.lr_warmup_epochs", "eval_last_epochs"):
     value = _field(config, field)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
