@@ -72,6 +72,10 @@ def test_every_loss_hyperparameter_is_a_config_field(method):
     ("eval_last_epochs", -1, "config.eval_last_epochs"),
     ("seed", 2**32, "config.seed"),  # would alias seed 0 (32-bit PRNG seeds)
     ("seed", -1, "config.seed"),
+    ("optimizer.lr", float("inf"), "config.optimizer.lr: must be a finite number > 0, got inf"),
+    ("ce_weight", float("inf"), "config.ce_weight: must be a finite number >= 0, got inf"),
+    ("optimizer.weight_decay", float("inf"), "config.optimizer.weight_decay: must be a finite"),
+    ("optimizer.momentum", float("nan"), "config.optimizer.momentum: must be a finite number"),
     ("optimizer.momentum", 1.5, r"config.optimizer.momentum: must be in \[0, 1\), got 1.5"),
     ("optimizer.momentum", 1.0, r"config.optimizer.momentum: must be in \[0, 1\)"),
 ])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 
 import jax
@@ -244,8 +245,9 @@ def validate(config) -> None:
   for field in ("ce_weight", "distill_weight", "kd_weight", "optimizer.weight_decay",
                 "optimizer.momentum", "optimizer.decay_rate"):
     value = _field(config, field)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-      _fail(field, f"must be a number >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 <= value < math.inf):
+      _fail(field, f"must be a finite number >= 0, got {value!r}")
   if not config.optimizer.momentum < 1:  # heavy-ball SGD with momentum >= 1 never settles
     _fail("optimizer.momentum", f"must be in [0, 1), got {config.optimizer.momentum!r}")
   for field in ("warmup_epochs", "optimizer.lr_warmup_epochs", "eval_last_epochs"):
@@ -262,8 +264,8 @@ def validate(config) -> None:
     _fail("distill_weight", "method 'vanilla' has no distillation term; set it to 0")
   _check_loss(config)
   lr = config.optimizer.lr
-  if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-    _fail("optimizer.lr", f"must be > 0, got {lr!r}")
+  if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+    _fail("optimizer.lr", f"must be a finite number > 0, got {lr!r}")
   if config.optimizer.schedule not in ("multistep", "published_ldrld"):
     _fail("optimizer.schedule", f"must be 'multistep' or 'published_ldrld', got "
           f"{config.optimizer.schedule!r}")
