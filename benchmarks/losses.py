@@ -3,6 +3,8 @@
 Usage:
   python benchmarks/losses.py                      # all three sizes
   python benchmarks/losses.py --sizes=64x100,512x1000 --reps=20
+  python benchmarks/losses.py --chunked=256 --sizes=2048x32000 --dtype=bfloat16
+  python benchmarks/losses.py --chunked=256 --sizes=2048x128000 --memory_only
 
 For every loss, prints the median wall time of ``jax.value_and_grad`` of the
 batch mean under ``jax.jit`` (compilation excluded, one warm-up call), and its
@@ -16,6 +18,11 @@ alike; medians, because machines are noisy.
 reference point for what a standard KD costs. LDRLD is also compared with a
 naive implementation that does one masked softmax over all C classes per rank
 pair.
+
+With ``--chunked=ROWS``, each per-example loss is compared with
+``losses.chunked(loss, ROWS)``: the temporary memory XLA allocates for the
+jitted value and gradient (``memory_analysis()`` of the compiled program) and
+the median time, with their ratios, in the same run.
 """
 from __future__ import annotations
 
@@ -82,6 +89,38 @@ def time_value_and_grad(fns, s, t, y, reps):
   return {name: statistics.median(ms) for name, ms in times.items()}
 
 
+def temp_bytes(fn, s, t, y) -> int:
+  """Temporary bytes of the compiled jit(value_and_grad(mean(fn)))."""
+  step = jax.jit(jax.value_and_grad(lambda s, t, y: jnp.mean(fn(s, t, y))))
+  return step.lower(s, t, y).compile().memory_analysis().temp_size_in_bytes
+
+
+def chunked_table(size, rows, dtype, reps, memory_only):
+  """Each per-example loss, plain and in chunks of ``rows``: memory and time
+  (``memory_only``: compiled for the shapes alone, nothing allocated or run)."""
+  b, c = (int(x) for x in size.split("x"))
+  if memory_only:
+    s = t = jax.ShapeDtypeStruct((b, c), dtype)
+    y = jax.ShapeDtypeStruct((b,), jnp.int32)
+  else:
+    rng = np.random.default_rng(0)
+    s = jnp.asarray(3 * rng.standard_normal((b, c)), dtype)
+    t = jnp.asarray(3 * rng.standard_normal((b, c)), dtype)
+    y = jnp.asarray(rng.integers(0, c, b), jnp.int32)
+  fns = {}
+  for name in ("kd", "dkd", "rld", "ldrld"):
+    fns[name] = losses.get(name)
+    fns[f"{name} chunked"] = losses.chunked(losses.get(name), rows)
+  times = None if memory_only else time_value_and_grad(fns, s, t, y, reps)
+  for name in ("kd", "dkd", "rld", "ldrld"):
+    plain, chunked = (temp_bytes(fns[n], s, t, y) for n in (name, f"{name} chunked"))
+    timing = "" if times is None else (
+        f" {times[name]:9.1f} {times[f'{name} chunked']:9.1f} "
+        f"{times[f'{name} chunked'] / times[name]:6.2f}")
+    print(f"{size:>12} {dtype:>9} {name:>6} {rows:>6} {plain / 1e9:9.3f} {chunked / 1e9:9.3f} "
+          f"{chunked / plain:6.3f}{timing}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="64x100,512x1000,4096x32000",
@@ -91,10 +130,22 @@ def main():
   parser.add_argument("--skip_naive_above", type=int, default=10**7,
                       help="skip the naive LDRLD loop when B*C exceeds this (it needs "
                            "~40 GB at 4096x32000)")
+  parser.add_argument("--chunked", type=int, default=0,
+                      help="compare each per-example loss with losses.chunked(loss, ROWS)")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="logits dtype of the --chunked comparison")
+  parser.add_argument("--memory_only", action="store_true",
+                      help="--chunked: compile only and print the memory (no arrays, no timing)")
   args = parser.parse_args()
 
   print(machine.describe())
   print(f"backend={jax.default_backend()} devices={jax.devices()}")
+  if args.chunked:
+    print(f"{'B x C':>12} {'dtype':>9} {'loss':>6} {'rows':>6} {'temp GB':>9} {'chunked':>9} "
+          f"{'ratio':>6} {'ms':>9} {'chunked':>9} {'ratio':>6}")
+    for size in args.sizes.split(","):
+      chunked_table(size, args.chunked, args.dtype, args.reps, args.memory_only)
+    return
   header = f"{'B x C':>12} {'loss':>16} {'median ms':>10} {'/ kd':>6}"
   print(header)
   print("-" * len(header))

@@ -6,8 +6,11 @@ default), compute in at least float32, and return one value per example
 A class whose logit is -inf in both the student and the teacher (a padded
 vocabulary) is absent: the per-example losses equal those of the logits without
 it (to float rounding), value and gradients, ``standardize=True`` included.
+:func:`chunked` computes a per-example loss a chunk of examples at a time, to
+bound the memory of large vocabularies.
 """
 from rldjax.losses._common import standardize_logits
+from rldjax.losses.chunked import chunked
 from rldjax.losses.dkd import dkd
 from rldjax.losses.kd import kd, rc, swap_kd
 from rldjax.losses.ldrld import ldrld, rank_pair_weights
@@ -16,6 +19,6 @@ from rldjax.losses.revision import label_revision
 from rldjax.losses.rld import rld
 
 __all__ = [
-    "PER_EXAMPLE", "dkd", "get", "kd", "label_revision", "ldrld", "names",
+    "PER_EXAMPLE", "chunked", "dkd", "get", "kd", "label_revision", "ldrld", "names",
     "rank_pair_weights", "rc", "rld", "standardize_logits", "swap_kd",
 ]
