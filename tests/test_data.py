@@ -191,10 +191,12 @@ def test_an_image_folder_is_read_in_tfds_slices_and_identified_by_its_listing(tm
             for ex in dataset.as_numpy_iterator()]
   train, test = (read(input_pipeline.image_folder_dataset(builder, s)) for s in ("train", "test"))
   assert train == read(builder.as_dataset(split="train", shuffle_files=False))
-  assert sorted(os.path.basename(os.path.dirname(f)) for f, _, _ in train) == ["cat"] * 4 + ["dog"] * 4
+  classes = sorted(os.path.basename(os.path.dirname(f)) for f, _, _ in train)
+  assert classes == ["cat"] * 4 + ["dog"] * 4
   assert {(os.path.basename(os.path.dirname(f)), label) for f, label, _ in train + test} == {
       ("cat", 0), ("dog", 1)}
-  for split, expected in (("train[:50%]", train[:4]), ("train[75%:]+test[-1:]", train[6:] + test[-1:])):
+  for split, expected in (("train[:50%]", train[:4]),
+                          ("train[75%:]+test[-1:]", train[6:] + test[-1:])):
     assert read(input_pipeline.image_folder_dataset(builder, split)) == expected
     assert builders.num_examples(builder, split) == len(expected)
   undecoded = list(input_pipeline.image_folder_dataset(builder, "test", decode=False))

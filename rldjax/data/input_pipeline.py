@@ -6,8 +6,9 @@ fit in memory, decoded and augmented on the host.
   sharded stream for image folders), so every host runs the same number of
   steps. An image folder's TFDS slices (``train[:90%]``) are read here:
   ``tfds.ImageFolder`` reads whole splits only. The share's files are
-  reshuffled every epoch and its examples shuffled in a buffer; epoch ``e`` is a pure function of (seed, e), and
-  ``start_step`` skips batches already trained on.
+  reshuffled every epoch (prepared datasets) and its examples shuffled in a
+  buffer; epoch ``e`` is a pure function of (seed, e), and ``start_step``
+  skips batches already trained on.
 * Evaluation: each process reads its share without dropping anything, batches
   are padded to the same count on every host, and ``mask`` marks the real
   examples, so every example is counted exactly once.

@@ -41,7 +41,7 @@ def chunked(loss: Callable, rows: int) -> Callable:
   one after the other (``jax.lax.map``) and each is recomputed in the
   backward pass (``jax.checkpoint``) instead of keeping its intermediates:
   the peak temporary memory of a value and gradient is that of one chunk,
-  for about one more forward pass of compute. With ``rows >= N`` it is a
+  for about one more forward pass of compute. With ``N < 2·rows`` it is a
   plain call of ``loss``.
 
   Args:
@@ -114,4 +114,3 @@ def chunked(loss: Callable, rows: int) -> Callable:
     return jnp.concatenate(parts).reshape(shape)
 
   return in_chunks
-
