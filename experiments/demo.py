@@ -182,18 +182,19 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
   The results do not depend on it.
 
   The demo holds ``WORKDIR/run.lock`` while it works
-  (:class:`rldjax.train.workdir.WorkdirLock`): a second demo in the same
+  (:class:`rldjax.run_lock.WorkdirLock`): a second demo in the same
   workdir raises :class:`rldjax.errors.WorkdirError` at once, before it
   touches anything (its warm-ups would otherwise delete the first one's);
   the lock of a demo that was killed is taken over.
   """
+  from rldjax import run_lock  # pylint: disable=import-outside-toplevel
   from rldjax.train import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   workdir = workdir_lib.local_path(workdir)
   workers = default_parallel_runs() if parallel_runs is None else int(parallel_runs)
   check_arguments(seeds, teacher_epochs, student_epochs, methods, scales, selection_seeds,
                   workers)
   workdir_lib.ensure_workdir(workdir)
-  with workdir_lib.WorkdirLock(workdir):
+  with run_lock.WorkdirLock(workdir):
     return _run_demo(workdir, seeds, teacher_epochs, student_epochs, list(methods),
                      list(scales), data_dir or os.path.join(workdir, "tfds"), selection_seeds,
                      workers)

@@ -23,8 +23,10 @@ Finds every results.json under the given directories and writes
   ``inputs.json``: the teacher's weights, the splits' checksums, counts or
   dataset version differ) are listed under the tables, naming what differs:
   such a cell mixes teachers or data.
-* Unfinished runs, and results.json files that cannot be read, are listed
-  and left out; the records in a workdir's ``superseded/`` (a launch that
+* Unfinished runs (their status, epochs and error; a "running" one whose
+  ``run.lock`` names a process that no longer runs is said to have stopped
+  without updating its record), and results.json files that cannot be
+  read, are listed and left out; the records in a workdir's ``superseded/`` (a launch that
   trained nothing before its config was corrected) are not runs.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ import os
 
 import numpy as np
 
+from rldjax import run_lock
 from rldjax.records import read_json_object
 
 # rldjax.train.workdir.SUPERSEDED_DIR and INPUTS_NAME (not imported: the
@@ -370,14 +373,33 @@ def plot(runs, path):
   plt.close(fig)
 
 
+def _why_unfinished(r) -> str:
+  """`` (...)`` saying where an unfinished run stands: its status, epochs and
+  error; a status of "running" is checked against the workdir's lock, since a
+  process killed outright (or aborted when a peer stopped) cannot update it."""
+  if "_unreadable" in r:
+    return f" (unreadable: {r['_unreadable']})"
+  status = r.get("status")
+  if status is None:  # a record from before results.json had a status
+    return ""
+  epochs = f"{r.get('epochs_completed', '?')}/{r.get('num_epochs', '?')} epochs"
+  if status == "running":
+    state = run_lock.lock_holder_state(os.path.dirname(r["_path"]))
+    if state.startswith("held"):
+      return f" (running, {epochs}: {state})"
+    return (f" (status running, {epochs}, but no process runs it ({state}): it stopped without "
+            "updating results.json, killed or aborted; its command resumes it)")
+  error = str(r.get("error") or "").strip().splitlines()
+  return f" ({status}, {epochs}" + (f": {error[0][:200]}" if error else "") + ")"
+
+
 def write_report(run_dirs, out_dir, preamble: str = "", plot_runs=None):
   """Writes report.md and accuracy.png; returns (table markdown, cells, gains, unfinished)."""
   runs = collect(run_dirs)
   if not runs:
     raise SystemExit(f"no results.json under {', '.join(run_dirs)}")
   table, cells, gains = build_table(runs)
-  unfinished = [r["_path"] + (f" (unreadable: {r['_unreadable']})" if "_unreadable" in r else "")
-                for r in runs if not r.get("finished")]
+  unfinished = [r["_path"] + _why_unfinished(r) for r in runs if not r.get("finished")]
   lines = ["# Results\n"]
   if preamble:
     lines += [preamble, ""]

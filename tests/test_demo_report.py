@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from experiments import demo, report
-from rldjax import errors
+from rldjax import errors, run_lock
 from rldjax.train import loop
 from rldjax.train import workdir as workdir_lib
 
@@ -307,6 +307,39 @@ def test_a_report_of_unfinished_runs_only_says_so(tmp_path):
   _write(tmp_path, "u", "rld", 0, 1.0, 1.0, finished=False)
   table, _, _, unfinished = report.write_report([str(tmp_path)], str(tmp_path / "out"))
   assert table.startswith("No finished runs") and len(unfinished) == 1
+
+
+def test_unfinished_runs_say_where_they_stand(tmp_path):
+  """A results.json saying "running" is checked against run.lock: a process
+  killed outright (or aborted by the distributed service when a peer stops)
+  cannot update its record."""
+  def unfinished(name, status, **fields):
+    _write(tmp_path, name, "rld", 0, 1.0, 1.0, finished=False)
+    path = tmp_path / name / "results.json"
+    record = json.loads(path.read_text())
+    record.update(status=status, epochs_completed=1, num_epochs=10, **fields)
+    path.write_text(json.dumps(record))
+  unfinished("failed", "failed", error="DivergedError: diverged: the loss is not finite\nmore")
+  unfinished("dead", "running")
+  unfinished("nolock", "running")
+  unfinished("live", "running")
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  pid, host = int(dead.stdout), socket.gethostname()
+  (tmp_path / "dead" / run_lock.LOCK_NAME).write_text(json.dumps(
+      {"host": host, "pid": pid, "started": "2026-12-05 11:00:00"}))
+  with run_lock.WorkdirLock(str(tmp_path / "live")):
+    _, _, _, lines = report.write_report([str(tmp_path)], str(tmp_path / "out"))
+  said = {os.path.basename(os.path.dirname(line.split(" (")[0])): line for line in lines}
+  assert said["failed"].endswith(
+      "(failed, 1/10 epochs: DivergedError: diverged: the loss is not finite)")
+  assert said["dead"].endswith(
+      f"(status running, 1/10 epochs, but no process runs it (gone: process {pid} on {host}, "
+      "no longer running): it stopped without updating results.json, killed or aborted; its "
+      "command resumes it)")
+  assert "but no process runs it (no lock)" in said["nolock"]
+  assert f"(running, 1/10 epochs: held by process {os.getpid()} on {host} since " in said["live"]
+  assert "- " + said["dead"] in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_the_report_command_refuses_a_directory_that_does_not_exist(tmp_path, capsys):

@@ -18,7 +18,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments.configs import digits as digits_config
-from rldjax import distributed, errors, export, models
+from rldjax import distributed, errors, export, models, run_lock
 from rldjax.data import augment, builders
 from rldjax.train import checkpoint as ckpt_lib, data as data_lib
 from rldjax.train import config as config_lib, loop, optim, programs, step as step_lib
@@ -519,13 +519,13 @@ def test_a_damaged_results_json_is_set_aside_and_a_damaged_config_json_stops_the
 def test_an_unreadable_lock_is_taken_over_only_once_it_is_old(tmp_path, caplog):
   """A process killed between creating run.lock and writing it leaves an empty
   file: a lock being written is young, that one grows old."""
-  lock_path = tmp_path / workdir_lib.LOCK_NAME
+  lock_path = tmp_path / run_lock.LOCK_NAME
   lock_path.write_text("")
   with pytest.raises(errors.WorkdirError, match="is in use by process None"):
-    workdir_lib.WorkdirLock(str(tmp_path)).acquire()
-  old = os.path.getmtime(lock_path) - workdir_lib.UNREADABLE_LOCK_SECONDS - 1
+    run_lock.WorkdirLock(str(tmp_path)).acquire()
+  old = os.path.getmtime(lock_path) - run_lock.UNREADABLE_LOCK_SECONDS - 1
   os.utime(lock_path, (old, old))
-  with workdir_lib.WorkdirLock(str(tmp_path)):
+  with run_lock.WorkdirLock(str(tmp_path)):
     assert json.loads(lock_path.read_text())["pid"] == os.getpid()
   assert "taking over the stale lock" in caplog.text and "unreadable" in caplog.text
   assert not lock_path.exists()
@@ -545,13 +545,13 @@ def test_a_lock_whose_pid_is_reused_is_taken_over(tmp_path, caplog):
   lock names; another process may have been given that pid since. Neither
   holds the lock. A live process that started before the lock was written,
   or another thread of this process holding it, does."""
-  lock_path = tmp_path / workdir_lib.LOCK_NAME
+  lock_path = tmp_path / run_lock.LOCK_NAME
   me = {"host": socket.gethostname(), "pid": os.getpid(), "started": "earlier"}
   lock_path.write_text(json.dumps(me))  # this pid, but this process holds no lock
-  with workdir_lib.WorkdirLock(str(tmp_path)):
+  with run_lock.WorkdirLock(str(tmp_path)):
     assert "this process's pid, not its lock" in caplog.text
     with pytest.raises(errors.WorkdirError, match=f"in use by process {os.getpid()}"):
-      workdir_lib.WorkdirLock(str(tmp_path)).acquire()  # held by this process: refused
+      run_lock.WorkdirLock(str(tmp_path)).acquire()  # held by this process: refused
   assert not lock_path.exists()
   sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
   try:
@@ -559,10 +559,10 @@ def test_a_lock_whose_pid_is_reused_is_taken_over(tmp_path, caplog):
     holder = {"host": socket.gethostname(), "pid": sleeper.pid, "started": "now"}
     lock_path.write_text(json.dumps(holder))  # written after the process started: its lock
     with pytest.raises(errors.WorkdirError, match=f"in use by process {sleeper.pid}"):
-      workdir_lib.WorkdirLock(str(tmp_path)).acquire()
+      run_lock.WorkdirLock(str(tmp_path)).acquire()
     hour_ago = time.time() - 3600  # written before the process started: a reused pid
     os.utime(lock_path, (hour_ago, hour_ago))
-    with workdir_lib.WorkdirLock(str(tmp_path)):
+    with run_lock.WorkdirLock(str(tmp_path)):
       assert json.loads(lock_path.read_text())["pid"] == os.getpid()
     assert "now belongs to a process started after the lock was written" in caplog.text
   finally:

@@ -24,9 +24,11 @@ alone:
   met while streaming, a bug, an accelerator out of memory, Ctrl-C) is
   re-raised after results.json says ``"status": "failed"``
   (``"interrupted"`` for Ctrl-C) with the error, so that a stopped run never
-  reads as a running one; only a process killed outright (SIGKILL)
-  leaves ``"running"`` behind, with its ``run.lock`` naming a pid that no
-  longer runs. The record holds the epochs the checkpoints keep: those the
+  reads as a running one; only a process killed outright (SIGKILL, or the
+  abort of JAX's distributed service when a peer stops answering
+  heartbeats, status 134) leaves ``"running"`` behind, with its
+  ``run.lock`` naming a pid that no longer runs (``python -m
+  experiments.report`` says so). The record holds the epochs the checkpoints keep: those the
   same command resumes from.
 * **Honest exports.** ``export/best`` is the state that scored the best test
   top-1 (the first such epoch), kept in the train state from the moment it was
@@ -57,7 +59,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from rldjax import distributed, errors, export
+from rldjax import distributed, errors, export, run_lock
 from rldjax.data import order
 from rldjax.train import checkpoint as ckpt_lib
 from rldjax.train import compile_clock
@@ -245,7 +247,7 @@ def _run_locked(config, workdir, stop_after_epochs):
        if k not in PER_PROCESS_FIELDS})
   distributed.on_primary(workdir_lib.ensure_workdir, workdir)
   distributed.check_shared_directory(workdir, "--workdir")
-  lock = workdir_lib.WorkdirLock(workdir)
+  lock = run_lock.WorkdirLock(workdir)
   distributed.on_primary(lock.acquire)
   try:
     distributed.on_primary(_set_aside_unreadable_results, workdir)
