@@ -192,7 +192,12 @@ def image_folder_examples(builder, split: str) -> list[tuple[str, str]]:
   (``train[:90%]``, ``train[90%:]+test``): the folder's own ``as_dataset``
   reads whole splits only. The percent rounding is TFDS's, so the count equals
   the split metadata's."""
-  examples = builder._split_examples  # pylint: disable=protected-access
+  examples = getattr(builder, "_split_examples", None)  # tfds.ImageFolder's file list
+  if examples is None:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    raise DataError(f"image folder {builder.data_dir}: tensorflow-datasets {tfds.__version__} "
+                    "keeps no list of its files (ImageFolder._split_examples), which rldjax reads; "
+                    "install a tensorflow-datasets version that does (4.9.10 does)")
   return [(e.image_path, e.label)
           for i in _absolute_instructions(builder, split)
           for e in examples[i.splitname][i.from_:i.to]]
