@@ -187,6 +187,25 @@ def test_full_disk_stops_the_run_and_the_same_command_continues_exactly(
     assert_same_export(straight_dir / "export" / name, tmp_path / "full" / "export" / name)
 
 
+def test_a_storage_failure_says_whether_a_checkpoint_is_left_to_resume_from(tmp_path):
+  """Judged from the workdir when the run stops (a workdir removed under a
+  running run, which then stopped with status 4, holds none)."""
+  def message():
+    return loop.storage_failure_message(str(tmp_path), "No space left on device")
+  assert message().endswith("The run stopped with no complete checkpoint in the workdir (none "
+                            "was written yet, or the workdir was removed while the run wrote to "
+                            "it). Free space (or fix the permissions), then rerun the same "
+                            "command: it starts the run again.")
+  (tmp_path / "checkpoints" / "8.orbax-checkpoint-tmp").mkdir(parents=True)  # being written
+  assert "no complete checkpoint" in message()
+  assert ckpt_lib.complete_steps(str(tmp_path / "checkpoints")) == []
+  (tmp_path / "checkpoints" / "6").mkdir()
+  assert ckpt_lib.complete_steps(str(tmp_path / "checkpoints")) == [6]
+  assert message() == (f"storage failed in {tmp_path}: No space left on device. The run "
+                       "stopped; its complete checkpoints are kept. Free space (or fix the "
+                       "permissions), then rerun the same command to resume.")
+
+
 def test_unexpected_stops_say_so_in_results_and_the_same_command_continues_exactly(
     tmp_path, data_dir, teacher_export, straight_run, monkeypatch):
   """A bug at the end of epoch 1 of a new run, then Ctrl-C at the end of

@@ -154,7 +154,7 @@ def test_a_file_the_run_cannot_write_stops_it_with_status_4(env):
   assert capped.returncode == 4, capped.stderr[-3000:]
   last = capped.stderr.strip().splitlines()[-1]
   assert last.startswith(f"error: storage failed in {workdir}: ") and "File too large" in last
-  assert last.endswith("rerun the same command to resume.")
+  assert last.endswith("rerun the same command: it starts the run again.")  # none complete
   results = json.loads((workdir / "results.json").read_text())
   assert results["status"] == "storage_failed" and results["epochs_completed"] == 1
   assert not list(workdir.glob("*.tmp")) and not (workdir / "run.lock").exists()

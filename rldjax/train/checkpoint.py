@@ -209,6 +209,16 @@ def create_manager(directory: str, keep_latest: int = 2, keep_best: int = 1) -> 
                                  item_names=("packed", "history", "checksums", "state"))
 
 
+def complete_steps(directory: str) -> list[int]:
+  """The steps of the finalised checkpoints in ``directory`` (Orbax names one
+  by its step once it is complete; one being written ends in
+  ``.orbax-checkpoint-tmp``), read from the directory listing alone."""
+  try:
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+  except OSError:  # no such directory (yet, or any more)
+    return []
+
+
 def close(manager: ocp.CheckpointManager) -> None:
   """Waits for the manager's pending saves, then closes it."""
   with _one_at_a_time():
