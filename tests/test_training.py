@@ -206,6 +206,28 @@ def test_a_storage_failure_says_whether_a_checkpoint_is_left_to_resume_from(tmp_
                        "permissions), then rerun the same command to resume.")
 
 
+def test_a_workdir_removed_under_the_run_is_a_storage_failure_whatever_fails_next(
+    tmp_path, data_dir, teacher_export, monkeypatch):
+  """rm -rf of a running run's workdir made Orbax's next save fail with a
+  ValueError (`No ArrayMetadata found ...`): a traceback with status 1. The
+  run's own lock file is gone with it, which says what happened."""
+  config = small_config(data_dir, teacher_export, epochs=2)
+
+  def removed_then_save(*args, **kwargs):
+    shutil.rmtree(tmp_path / "gone")
+    raise ValueError("No ArrayMetadata found for process_index=0 in the checkpoint directory")
+  monkeypatch.setattr(ckpt_lib, "save", removed_then_save)
+  with pytest.raises(errors.StorageError, match=(
+      r"storage failed in .*gone: \[Errno 2\] the workdir was removed while the run wrote to it "
+      r"\(ValueError: No ArrayMetadata found .*\): .*The run stopped with no complete "
+      r"checkpoint")) as failed:
+    loop.train_and_evaluate(config, str(tmp_path / "gone"))
+  assert failed.value.exit_code == 4
+  monkeypatch.setattr(ckpt_lib, "save", lambda *a, **k: (_ for _ in ()).throw(ValueError("bug")))
+  with pytest.raises(ValueError, match="^bug$"):  # with the workdir in place: not storage
+    loop.train_and_evaluate(config, str(tmp_path / "kept"))
+
+
 def test_unexpected_stops_say_so_in_results_and_the_same_command_continues_exactly(
     tmp_path, data_dir, teacher_export, straight_run, monkeypatch):
   """A bug at the end of epoch 1 of a new run, then Ctrl-C at the end of

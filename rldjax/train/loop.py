@@ -48,6 +48,7 @@ stops every process the same way, before Orbax's first save would wait for it.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -265,6 +266,15 @@ def _run_locked(config, workdir, stop_after_epochs):
     distributed.on_primary(workdir_lib.check_config, workdir, config.to_dict(),
                            lambda: _epochs_done(workdir))
     return _Run(config, workdir).run(stop_after_epochs)
+  except Exception as err:  # pylint: disable=broad-except
+    if (distributed.is_primary() and lock.held and not os.path.exists(lock.path)
+        and workdir_lib.storage_failure(err) is None):
+      # Our lock file is gone: the workdir was removed (or emptied) under the
+      # run, and what failed next (Orbax's metadata, say) is only a symptom.
+      first = (str(err).strip().splitlines() or [""])[0][:200]
+      raise FileNotFoundError(errno.ENOENT, "the workdir was removed while the run wrote to it "
+                              f"({type(err).__name__}: {first})", workdir) from err
+    raise
   finally:
     if distributed.is_primary():
       lock.release()
