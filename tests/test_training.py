@@ -228,6 +228,31 @@ def test_a_workdir_removed_under_the_run_is_a_storage_failure_whatever_fails_nex
     loop.train_and_evaluate(config, str(tmp_path / "kept"))
 
 
+def test_a_run_whose_lock_file_disappears_stops_instead_of_writing_on(
+    tmp_path, data_dir, teacher_export, monkeypatch):
+  """rm -rf of a running run's workdir, at some moments, let the run write
+  on into the directory Orbax recreated and finish with status 0, without
+  its config.json, inputs.json or lock. The lock file is checked every
+  epoch: here it is deleted during the first save."""
+  config = small_config(data_dir, teacher_export, epochs=3)
+  real = ckpt_lib.save
+
+  def lock_deleted(*args, **kwargs):
+    lock = tmp_path / "run" / run_lock.LOCK_NAME
+    if lock.exists():
+      lock.unlink()
+    return real(*args, **kwargs)
+  monkeypatch.setattr(ckpt_lib, "save", lock_deleted)
+  with pytest.raises(errors.StorageError, match=(
+      r"\[Errno 2\] the workdir was removed, or its run.lock deleted, while the run wrote to it: "
+      r".* its complete checkpoints are kept\.")) as failed:
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert failed.value.exit_code == 4
+  assert ckpt_lib.complete_steps(str(tmp_path / "run" / "checkpoints")) != []
+  monkeypatch.setattr(ckpt_lib, "save", real)
+  assert loop.train_and_evaluate(config, str(tmp_path / "run"))["finished"]
+
+
 def test_unexpected_stops_say_so_in_results_and_the_same_command_continues_exactly(
     tmp_path, data_dir, teacher_export, straight_run, monkeypatch):
   """A bug at the end of epoch 1 of a new run, then Ctrl-C at the end of

@@ -624,6 +624,23 @@ class _Run:
       self.learning_rates = dict(zip(epochs, map(float, jax.device_get(rates))))
     return self.learning_rates[epoch]
 
+  def _stop_if_workdir_removed(self):
+    """The run's lock file is its claim on the workdir: when it is gone, the
+    workdir was removed (or the lock deleted) under the run, and the run stops
+    (a storage failure, status 4) instead of writing into a directory that
+    Orbax would recreate without config.json, inputs.json or a lock, where
+    another run could start."""
+    gone = distributed.is_primary() and not os.path.exists(
+        os.path.join(self.workdir, run_lock.LOCK_NAME))
+    reason = (f"the workdir was removed, or its {run_lock.LOCK_NAME} deleted, while the run "
+              "wrote to it")
+    if jax.process_count() == 1:
+      if gone:
+        raise FileNotFoundError(errno.ENOENT, reason, self.workdir)
+      return
+    distributed.raise_if_any_failed(reason if gone else None,
+                                    f"checking that workdir {self.workdir} is still there")
+
   def _end_epoch(self, state, history, epoch, manager, writer):
     c = self.config
     eval_sums = None
@@ -644,6 +661,7 @@ class _Run:
                   train_accuracy=100.0 * float(sums["accuracy"]) / steps,
                   lr=self._learning_rate(epoch + 1))
     history = history + [record]
+    self._stop_if_workdir_removed()
     if (epoch + 1) % c.checkpoint.every_epochs == 0 or epoch + 1 == c.num_epochs:
       ckpt_lib.save(manager, state, history, force=True,
                     metrics={"top1": record["top1"]} if eval_sums is not None else None)
