@@ -638,8 +638,11 @@ class _Run:
       if gone:
         raise FileNotFoundError(errno.ENOENT, reason, self.workdir)
       return
-    distributed.raise_if_any_failed(reason if gone else None,
-                                    f"checking that workdir {self.workdir} is still there")
+    try:
+      distributed.raise_if_any_failed(reason if gone else None,
+                                      f"checking that workdir {self.workdir} is still there")
+    except errors.RunError as err:  # a storage failure on every process (status 4)
+      raise FileNotFoundError(errno.ENOENT, str(err), self.workdir) from None
 
   def _end_epoch(self, state, history, epoch, manager, writer):
     c = self.config
