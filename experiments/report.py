@@ -24,8 +24,9 @@ Finds every results.json under the given directories and writes
   dataset version differ) are listed under the tables, naming what differs:
   such a cell mixes teachers or data.
 * Unfinished runs (their status, epochs and error; a "running" one whose
-  ``run.lock`` names a process that no longer runs is said to have stopped
-  without updating its record), and results.json files that cannot be
+  ``run.lock`` names a process that no longer runs, or one on another host
+  whose heartbeat stopped, is said to have stopped without updating its
+  record), and results.json files that cannot be
   read, are listed and left out; the records in a workdir's ``superseded/`` (a launch that
   trained nothing before its config was corrected) are not runs.
 """

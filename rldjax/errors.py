@@ -28,6 +28,12 @@ class WorkdirError(RunError):
   """The workdir is in use by another process, or holds another experiment."""
 
 
+class LockLostError(WorkdirError):
+  """Another launch took the workdir's lock over (this process sent no
+  heartbeat for long: suspended, or its host cut off): the run stops
+  without writing anything more there."""
+
+
 class DataError(RunError, ValueError):
   """The data contradicts the config (e.g. a label outside [0, num_classes))."""
 

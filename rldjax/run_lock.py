@@ -2,16 +2,23 @@
 recorded as running.
 
 * :class:`WorkdirLock`: ``<workdir>/run.lock`` holds the host and pid of the
-  process running there. A second process fails at once naming the workdir
-  and the holder; a lock left by a dead process on the same host (its pid no
-  longer runs, is this very process's pid without its lock, as in a
-  container restarted after a crash, or belongs to a process started after
-  the lock was written), or an unreadable one older than
-  ``UNREADABLE_LOCK_SECONDS``, is taken over with a warning. In
+  process running there, and a token of its own; a thread of the holder
+  touches the file every ``HEARTBEAT_SECONDS`` (its modification time is the
+  holder's heartbeat). A second process fails at once naming the workdir,
+  the holder and its last heartbeat; a lock left by a dead process is taken
+  over with a warning: on the same host, its pid no longer runs, is this
+  very process's pid without its lock (a container restarted after a
+  crash), or belongs to a process started after the lock's last heartbeat;
+  on another host (a pod's job rescheduled elsewhere after its machine
+  died), no heartbeat came for ``STALE_HEARTBEATS`` intervals; an unreadable
+  lock older than ``UNREADABLE_LOCK_SECONDS``. The hosts' clocks are assumed
+  to agree to within a minute. :meth:`WorkdirLock.lost` says whether the
+  lock is still this process's (a run checks it before writing on). In
   multi-process runs process 0 holds it for all.
 * :func:`lock_holder_state`: whether the process a lock names may still run
   (``python -m experiments.report`` checks the runs whose results.json says
-  "running": a process killed outright cannot update it).
+  "running": a process killed outright cannot update it), with its last
+  heartbeat.
 
 Imports neither JAX nor TensorFlow (the report uses it).
 """
@@ -23,6 +30,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 
 from absl import logging
 
@@ -32,6 +40,10 @@ LOCK_NAME = "run.lock"
 # A lock file is written as soon as it is created; one still unreadable after
 # this long was left by a process that stopped in between.
 UNREADABLE_LOCK_SECONDS = 10.0
+# The holder touches its lock this often; a lock on another host that no
+# heartbeat touched for STALE_HEARTBEATS of the holder's intervals is stale.
+HEARTBEAT_SECONDS = 15.0
+STALE_HEARTBEATS = 12
 
 
 def _alive(pid: int) -> bool:
@@ -61,16 +73,29 @@ _HELD: set[str] = set()
 _HELD_LOCK = threading.Lock()
 
 
-def _gone(holder: dict, lock_path: str, lock_written: float) -> str | None:
-  """Why the process ``holder`` names no longer holds the lock (None: it may).
+def _heartbeat_seconds(holder: dict) -> float | None:
+  """The holder's heartbeat interval (None: a lock of a version without one)."""
+  seconds = holder.get("heartbeat_seconds")
+  return float(seconds) if isinstance(seconds, (int, float)) and seconds > 0 else None
 
-  Only a holder on this host can be checked: its pid no longer runs; or it
-  is this process's pid and this process holds no such lock (a container
-  restarted after a crash starts its processes with the same pids); or the
-  pid now belongs to a process started after the lock was written (the pid
-  was reused)."""
+
+def _gone(holder: dict, lock_path: str, age: float) -> str | None:
+  """Why the process ``holder`` names no longer holds the lock (None: it may).
+  ``age``: seconds since the lock file was last touched (its last heartbeat).
+
+  On this host: its pid no longer runs; or it is this process's pid and
+  this process holds no such lock (a container restarted after a crash
+  starts its processes with the same pids); or the pid now belongs to a
+  process started after the lock's last heartbeat (the pid was reused). On
+  another host: no heartbeat for ``STALE_HEARTBEATS`` of its intervals."""
   pid, host = holder.get("pid"), holder.get("host")
-  if host != socket.gethostname() or not isinstance(pid, int):
+  if host != socket.gethostname():
+    interval = _heartbeat_seconds(holder)
+    if interval is not None and age > STALE_HEARTBEATS * interval:
+      return (f"process {pid} on {host} sent no heartbeat for {age:.0f} s (it touches its lock "
+              f"every {interval:g} s)")
+    return None
+  if not isinstance(pid, int):
     return None
   if pid == os.getpid():
     with _HELD_LOCK:
@@ -79,9 +104,17 @@ def _gone(holder: dict, lock_path: str, lock_written: float) -> str | None:
   if not _alive(pid):
     return f"process {pid} on {host}, no longer running"
   started = _start_time(pid)
-  if started is not None and started > lock_written + 1.0:
-    return f"pid {pid} on {host} now belongs to a process started after the lock was written"
+  if started is not None and started > time.time() - age + 1.0:
+    return (f"pid {pid} on {host} now belongs to a process started after the lock was last "
+            "touched")
   return None
+
+
+def _heartbeat_note(holder: dict, age: float) -> str:
+  """``; last heartbeat N s ago`` for a holder that sends them."""
+  if _heartbeat_seconds(holder) is None:
+    return ""
+  return f"; last heartbeat {max(age, 0.0):.0f} s ago"  # < 0: another host's clock ahead
 
 
 class WorkdirLock:
@@ -90,6 +123,9 @@ class WorkdirLock:
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, LOCK_NAME)
     self.held = False
+    self.token = uuid.uuid4().hex
+    self._stop_beating = threading.Event()
+    self._beating = None
 
   def _holder(self) -> dict:
     try:
@@ -106,7 +142,8 @@ class WorkdirLock:
 
   def acquire(self) -> None:
     me = {"host": socket.gethostname(), "pid": os.getpid(),
-          "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+          "started": time.strftime("%Y-%m-%d %H:%M:%S"), "token": self.token,
+          "heartbeat_seconds": HEARTBEAT_SECONDS}
     for _ in range(3):
       try:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -116,7 +153,8 @@ class WorkdirLock:
           time.sleep(0.2)
           holder = self._holder()
         pid, host = holder.get("pid"), holder.get("host")
-        gone = _gone(holder, self.path, time.time() - self._age()) if holder else None
+        age = self._age()
+        gone = _gone(holder, self.path, age) if holder else None
         if gone or (not holder and self._age() > UNREADABLE_LOCK_SECONDS):
           logging.warning("taking over the stale lock %s (%s)", self.path,
                           gone or "unreadable: its writer stopped while taking it")
@@ -125,24 +163,64 @@ class WorkdirLock:
           except FileNotFoundError:
             pass
           continue
+        stale = ""
+        if host != socket.gethostname() and _heartbeat_seconds(holder) is not None:
+          stale = (f"; it is taken over once no heartbeat came for "
+                   f"{STALE_HEARTBEATS * _heartbeat_seconds(holder):g} s")
         raise WorkdirError(
             f"workdir {os.path.dirname(self.path)} is in use by process {pid} on host {host} "
-            f"(since {holder.get('started', '?')}; lock file {self.path}). Wait for it, use "
-            f"another --workdir, or delete the lock file if that process is gone.") from None
+            f"(since {holder.get('started', '?')}{_heartbeat_note(holder, age)}{stale}; lock "
+            f"file {self.path}). Wait for it, use another --workdir, or delete the lock file if "
+            "that process is gone.") from None
       with os.fdopen(fd, "w") as f:
         json.dump(me, f)
       self.held = True
       with _HELD_LOCK:
         _HELD.add(os.path.abspath(self.path))
+      self._stop_beating.clear()
+      self._beating = threading.Thread(target=self._beat, name=f"heartbeat {self.path}",
+                                       daemon=True)
+      self._beating.start()
       return
     raise WorkdirError(f"could not take the lock {self.path}")
 
-  def release(self) -> None:
-    if self.held:
+  def _beat(self) -> None:
+    """Touches the lock every HEARTBEAT_SECONDS while it is this process's."""
+    while not self._stop_beating.wait(HEARTBEAT_SECONDS):
+      if self.lost() is not None:
+        return
       try:
-        os.remove(self.path)
-      except FileNotFoundError:
-        pass
+        os.utime(self.path)
+      except OSError:
+        return
+
+  def lost(self) -> str | None:
+    """None while ``run.lock`` is this lock's; else what became of it:
+    ``"deleted"`` (the workdir was removed, or the lock file deleted) or
+    ``"taken over by process P on H"`` (another launch judged it stale)."""
+    if not self.held:
+      return "not taken"
+    if not os.path.exists(self.path):
+      return "deleted"
+    holder = self._holder()
+    if holder.get("token") == self.token:
+      return None
+    if not holder:
+      return "replaced by an unreadable file"
+    return f"taken over by process {holder.get('pid')} on {holder.get('host')}"
+
+  def release(self) -> None:
+    """Stops the heartbeat and removes the lock file, if it is still this
+    lock's (a lock taken over by another launch is left to it)."""
+    if self.held:
+      self._stop_beating.set()
+      if self._beating is not None and self._beating is not threading.current_thread():
+        self._beating.join(timeout=5.0)
+      if self.lost() is None:
+        try:
+          os.remove(self.path)
+        except FileNotFoundError:
+          pass
       self.held = False
       with _HELD_LOCK:
         _HELD.discard(os.path.abspath(self.path))
@@ -159,14 +237,16 @@ def lock_holder_state(workdir: str) -> str:
   """What ``<workdir>/run.lock`` says of the process recorded as running
   there: ``"no lock"`` (none holds the workdir), ``"gone: <why>"`` (its
   holder stopped without releasing it: killed, or aborted by the distributed
-  service after a peer stopped), or ``"held by process P on H since S"`` (it
-  may run; a holder on another host cannot be checked)."""
+  service after a peer stopped; on another host, no heartbeat for
+  ``STALE_HEARTBEATS`` intervals), or ``"held by process P on H since S;
+  last heartbeat N s ago"`` (it may run)."""
   lock = WorkdirLock(workdir)
   holder = lock._holder()  # pylint: disable=protected-access
   if not holder:
     return "no lock" if not os.path.exists(lock.path) else "held (lock unreadable)"
-  gone = _gone(holder, lock.path, time.time() - lock._age())  # pylint: disable=protected-access
+  age = lock._age()  # pylint: disable=protected-access
+  gone = _gone(holder, lock.path, age)
   if gone:
     return f"gone: {gone}"
   return (f"held by process {holder.get('pid')} on {holder.get('host')} since "
-          f"{holder.get('started', '?')}")
+          f"{holder.get('started', '?')}{_heartbeat_note(holder, age)}")

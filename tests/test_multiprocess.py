@@ -178,6 +178,30 @@ def test_a_storage_failure_on_one_process_ends_both(base):
   assert not (workdir / "export").exists() and not (workdir / "run.lock").exists()
 
 
+def test_a_pair_whose_lock_is_taken_over_stops_on_both_processes(base):
+  """Process 0 holds run.lock for both; when another launch takes it over
+  (the pair's heartbeat judged stale, say after its hosts were cut off),
+  process 0 finds it at the next epoch end and both processes stop with
+  status 2 and the same message, leaving the new holder's lock in place."""
+  data_dir = base / "data_taken_over"
+  builders.load_builder("rldjax_digits", str(data_dir))
+  workdir = base / "taken_over"
+  procs = launch_pair(base, workdir, data_dir, "--config.num_epochs=400")
+  lock, deadline = workdir / "run.lock", time.time() + 180
+  while not list(workdir.glob("checkpoints/[0-9]*")) and time.time() < deadline:
+    time.sleep(0.1)
+  theirs = json.dumps({"host": "another-host", "pid": 4242, "token": "theirs",
+                       "heartbeat_seconds": 15})
+  lock.write_text(theirs)
+  logs = logs_when_done(procs, timeout=120)
+  assert [p.returncode for p in procs] == [2, 2], [log[-3000:] for log in logs]
+  for log in logs:
+    assert (f"run.lock of workdir {workdir} is no longer this run's: taken over by process 4242 "
+            "on another-host") in log.splitlines()[-1], log[-3000:]
+  assert lock.read_text() == theirs
+  assert not (workdir / "export").exists()
+
+
 def test_processes_launched_with_different_configs_stop_before_training(base):
   """A pair whose process 1 got another seed would train on a mix of two data
   orders (each process gathers its share of its own permutation) without a

@@ -253,6 +253,44 @@ def test_a_run_whose_lock_file_disappears_stops_instead_of_writing_on(
   assert loop.train_and_evaluate(config, str(tmp_path / "run"))["finished"]
 
 
+def test_a_run_whose_lock_is_taken_over_stops_without_writing_on(
+    tmp_path, data_dir, teacher_export, monkeypatch):
+  """A run suspended for longer than the stale time loses its lock to a new
+  launch; when it wakes, it must not write into the other launch's workdir:
+  before its next checkpoint (here the next step's, mid-epoch) it stops with
+  status 2, leaving the lock, the results and the checkpoints as the other
+  launch has them."""
+  config = small_config(data_dir, teacher_export, epochs=3)
+  config.checkpoint.every_steps = 1
+  workdir = tmp_path / "run"
+  real = ckpt_lib.save
+  taken = {}
+
+  def taken_over_during_first_save(manager, state, history, *args, **kwargs):
+    out = real(manager, state, history, *args, **kwargs)
+    if not taken:
+      manager.wait_until_finished()
+      (workdir / run_lock.LOCK_NAME).write_text(json.dumps(  # another launch's now
+          {"host": "another-host", "pid": 4242, "token": "theirs", "heartbeat_seconds": 15}))
+      taken.update({name: (workdir / name).read_bytes()
+                    for name in ("run.lock", "results.json") if (workdir / name).exists()})
+      taken["steps"] = ckpt_lib.complete_steps(str(workdir / "checkpoints"))
+    return out
+  monkeypatch.setattr(ckpt_lib, "save", taken_over_during_first_save)
+  with pytest.raises(errors.LockLostError, match=(
+      f"run.lock of workdir {workdir} is no longer this run's: taken over by process 4242 on "
+      r"another-host \(.*\)\. This run stops without writing more there")) as stopped:
+    loop.train_and_evaluate(config, str(workdir))
+  assert stopped.value.exit_code == 2
+  assert (workdir / "run.lock").read_bytes() == taken["run.lock"]
+  if "results.json" in taken:
+    assert (workdir / "results.json").read_bytes() == taken["results.json"]
+  else:
+    assert not (workdir / "results.json").exists()
+  assert ckpt_lib.complete_steps(str(workdir / "checkpoints")) == taken["steps"]
+  assert not (workdir / "export").exists()
+
+
 def test_unexpected_stops_say_so_in_results_and_the_same_command_continues_exactly(
     tmp_path, data_dir, teacher_export, straight_run, monkeypatch):
   """A bug at the end of epoch 1 of a new run, then Ctrl-C at the end of
@@ -630,7 +668,7 @@ def test_a_lock_whose_pid_is_reused_is_taken_over(tmp_path, caplog):
     os.utime(lock_path, (hour_ago, hour_ago))
     with run_lock.WorkdirLock(str(tmp_path)):
       assert json.loads(lock_path.read_text())["pid"] == os.getpid()
-    assert "now belongs to a process started after the lock was written" in caplog.text
+    assert "now belongs to a process started after the lock was last touched" in caplog.text
   finally:
     sleeper.kill()
     sleeper.wait()

@@ -1,6 +1,9 @@
 """train_and_evaluate: teacher training (method "vanilla") and distillation.
 
-A run owns its workdir (a lock), records its config there, and can be left
+A run owns its workdir (a lock whose heartbeat it keeps, checked before each
+checkpoint and each epoch's writes: a run whose lock was deleted stops with status 4, one whose
+lock another launch took over, after finding no heartbeat for long, with
+status 2 and writes nothing more), records its config there, and can be left
 alone:
 
 * **Resumable.** Rerunning the same command continues from the newest readable
@@ -265,9 +268,9 @@ def _run_locked(config, workdir, stop_after_epochs):
     distributed.on_primary(_set_aside_unreadable_results, workdir)
     distributed.on_primary(workdir_lib.check_config, workdir, config.to_dict(),
                            lambda: _epochs_done(workdir))
-    return _Run(config, workdir).run(stop_after_epochs)
+    return _Run(config, workdir, lock).run(stop_after_epochs)
   except Exception as err:  # pylint: disable=broad-except
-    if (distributed.is_primary() and lock.held and not os.path.exists(lock.path)
+    if (distributed.is_primary() and lock.held and lock.lost() == "deleted"
         and workdir_lib.storage_failure(err) is None):
       # Our lock file is gone: the workdir was removed (or emptied) under the
       # run, and what failed next (Orbax's metadata, say) is only a symptom.
@@ -300,7 +303,8 @@ def _unexpected_stop(err: BaseException) -> tuple[str, str] | None:
   (``interrupted`` for Ctrl-C). None for the stops that record their own status
   (divergence, preemption, a storage failure: :func:`train_and_evaluate`
   records it)."""
-  recorded = (errors.DivergedError, errors.PreemptedError, errors.StorageError)
+  recorded = (errors.DivergedError, errors.PreemptedError, errors.StorageError,
+              errors.LockLostError)  # the last: the workdir is another run's now
   if isinstance(err, recorded) or (isinstance(err, Exception)
                                    and workdir_lib.storage_failure(err) is not None):
     return None
@@ -313,8 +317,9 @@ def _unexpected_stop(err: BaseException) -> tuple[str, str] | None:
 class _Run:
   """One session of a run in its workdir."""
 
-  def __init__(self, config, workdir):
+  def __init__(self, config, workdir, lock):
     self.config, self.workdir = config, workdir
+    self.lock = lock  # run_lock.WorkdirLock, held by process 0
     self.start = time.time()
     self.previous_wall, self.previous_train, self.previous_compile = _previous_times(workdir)
     self.counts_time = True  # False: a rerun of a finished run (this session trains nothing)
@@ -470,6 +475,7 @@ class _Run:
                        total, epoch + 1, loss, rate, (total - step) / max(rate, 1e-9))
           rate_mark = (step, self.train_time)
         if step % config.checkpoint.every_steps == 0 and step != end:
+          self._stop_unless_lock_held()
           ckpt_lib.save(manager, state, history)
       state, history = self._end_epoch(state, history, epoch, manager, writer)
     writer.flush()
@@ -587,6 +593,7 @@ class _Run:
 
   def _preempted(self, state, history, manager, step):
     self._check_finite(history)  # never save a state that is not finite
+    self._stop_unless_lock_held()
     ckpt_lib.save(manager, state, history, force=True)
     manager.wait_until_finished()
     self.write_results(history, "preempted", {"preempted_at_step": step})
@@ -624,25 +631,29 @@ class _Run:
       self.learning_rates = dict(zip(epochs, map(float, jax.device_get(rates))))
     return self.learning_rates[epoch]
 
-  def _stop_if_workdir_removed(self):
-    """The run's lock file is its claim on the workdir: when it is gone, the
-    workdir was removed (or the lock deleted) under the run, and the run stops
-    (a storage failure, status 4) instead of writing into a directory that
-    Orbax would recreate without config.json, inputs.json or a lock, where
-    another run could start."""
-    gone = distributed.is_primary() and not os.path.exists(
-        os.path.join(self.workdir, run_lock.LOCK_NAME))
-    reason = (f"the workdir was removed, or its {run_lock.LOCK_NAME} deleted, while the run "
-              "wrote to it")
-    if jax.process_count() == 1:
-      if gone:
-        raise FileNotFoundError(errno.ENOENT, reason, self.workdir)
-      return
-    try:
-      distributed.raise_if_any_failed(reason if gone else None,
-                                      f"checking that workdir {self.workdir} is still there")
-    except errors.RunError as err:  # a storage failure on every process (status 4)
-      raise FileNotFoundError(errno.ENOENT, str(err), self.workdir) from None
+  def _stop_unless_lock_held(self):
+    """The run's lock file is its claim on the workdir, checked before each
+    checkpoint and each epoch's writes. Deleted: the workdir was removed (or the lock deleted)
+    under the run, and the run stops (a storage failure, status 4) instead
+    of writing into a directory that Orbax would recreate without
+    config.json, inputs.json or a lock, where another run could start.
+    Taken over: another launch found no heartbeat for long (this process
+    was suspended, or its host cut off) and runs there now; this one stops
+    (status 2) without writing anything more."""
+    def check():
+      lost = self.lock.lost()
+      if lost is not None and lost != "deleted":
+        raise errors.LockLostError(
+            f"{run_lock.LOCK_NAME} of workdir {self.workdir} is no longer this run's: {lost} "
+            "(a launch takes a lock over when its holder sent no heartbeat for long: was this "
+            "process suspended, or its host cut off?). This run stops without writing more "
+            "there; the other launch goes on from the checkpoints.")
+      return lost
+    lost = distributed.on_primary(check)
+    if lost is not None:
+      raise FileNotFoundError(errno.ENOENT, f"the workdir was removed, or its "
+                              f"{run_lock.LOCK_NAME} deleted, while the run wrote to it",
+                              self.workdir)
 
   def _end_epoch(self, state, history, epoch, manager, writer):
     c = self.config
@@ -664,7 +675,7 @@ class _Run:
                   train_accuracy=100.0 * float(sums["accuracy"]) / steps,
                   lr=self._learning_rate(epoch + 1))
     history = history + [record]
-    self._stop_if_workdir_removed()
+    self._stop_unless_lock_held()
     if (epoch + 1) % c.checkpoint.every_epochs == 0 or epoch + 1 == c.num_epochs:
       ckpt_lib.save(manager, state, history, force=True,
                     metrics={"top1": record["top1"]} if eval_sums is not None else None)

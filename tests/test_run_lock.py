@@ -1,0 +1,80 @@
+"""run.lock's heartbeat: a lock left on another host is taken over once its
+heartbeat stops, and a lock taken over is not the loser's to remove (a run
+whose lock was taken over: tests/test_training.py)."""
+import json
+import os
+import time
+
+import pytest
+
+from rldjax import errors, run_lock
+
+
+def _other_host_lock(path, age, heartbeat_seconds=15.0):
+  holder = {"host": "another-host", "pid": 4242, "started": "2026-12-05 09:00:00",
+            "token": "theirs"}
+  if heartbeat_seconds is not None:
+    holder["heartbeat_seconds"] = heartbeat_seconds
+  path.write_text(json.dumps(holder))
+  then = time.time() - age
+  os.utime(path, (then, then))
+
+
+def test_the_holder_touches_its_lock_until_it_releases_it(tmp_path, monkeypatch):
+  monkeypatch.setattr(run_lock, "HEARTBEAT_SECONDS", 0.05)
+  path = tmp_path / run_lock.LOCK_NAME
+  lock = run_lock.WorkdirLock(str(tmp_path))
+  lock.acquire()
+  try:
+    holder = json.loads(path.read_text())
+    assert holder["heartbeat_seconds"] == 0.05 and holder["token"] == lock.token
+    hour_ago = time.time() - 3600
+    os.utime(path, (hour_ago, hour_ago))
+    deadline = time.time() + 10
+    while os.path.getmtime(path) < time.time() - 60 and time.time() < deadline:
+      time.sleep(0.05)
+    assert os.path.getmtime(path) > time.time() - 60  # touched again
+    assert lock.lost() is None
+  finally:
+    lock.release()
+  assert not path.exists() and not lock._beating.is_alive()  # pylint: disable=protected-access
+
+
+def test_a_lock_on_another_host_is_taken_over_once_its_heartbeat_stops(tmp_path, caplog):
+  path = tmp_path / run_lock.LOCK_NAME
+  _other_host_lock(path, age=100)  # 100 s < 12 x 15 s: it may still run
+  with pytest.raises(errors.WorkdirError, match=(
+      r"in use by process 4242 on host another-host \(since 2026-12-05 09:00:00; last heartbeat "
+      r"1\d\d s ago; it is taken over once no heartbeat came for 180 s; lock file")):
+    run_lock.WorkdirLock(str(tmp_path)).acquire()
+  assert run_lock.lock_holder_state(str(tmp_path)).startswith(
+      "held by process 4242 on another-host since 2026-12-05 09:00:00; last heartbeat 1")
+  _other_host_lock(path, age=200)
+  assert run_lock.lock_holder_state(str(tmp_path)).startswith(
+      "gone: process 4242 on another-host sent no heartbeat for 2")
+  with run_lock.WorkdirLock(str(tmp_path)):
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+  assert "taking over the stale lock" in caplog.text and "sent no heartbeat for 2" in caplog.text
+  # A lock of a version without heartbeats cannot be judged from another host.
+  _other_host_lock(path, age=3600, heartbeat_seconds=None)
+  with pytest.raises(errors.WorkdirError, match=r"another-host \(since 2026-12-05 09:00:00; lock"):
+    run_lock.WorkdirLock(str(tmp_path)).acquire()
+  assert run_lock.lock_holder_state(str(tmp_path)) == (
+      "held by process 4242 on another-host since 2026-12-05 09:00:00")
+
+
+def test_a_lock_taken_over_is_left_to_its_new_holder(tmp_path):
+  path = tmp_path / run_lock.LOCK_NAME
+  lock = run_lock.WorkdirLock(str(tmp_path))
+  lock.acquire()
+  _other_host_lock(path, age=0)
+  assert lock.lost() == "taken over by process 4242 on another-host"
+  lock.release()
+  assert json.loads(path.read_text())["token"] == "theirs"  # not removed
+  lock = run_lock.WorkdirLock(str(tmp_path))
+  path.unlink()
+  with lock:
+    path.unlink()
+    assert lock.lost() == "deleted"
+    path.write_text("")
+    assert lock.lost() == "replaced by an unreadable file"
