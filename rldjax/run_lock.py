@@ -11,7 +11,8 @@ recorded as running.
   crash), or belongs to a process started after the lock's last heartbeat;
   on another host (a pod's job rescheduled elsewhere after its machine
   died), no heartbeat came for ``STALE_HEARTBEATS`` intervals; an unreadable
-  lock older than ``UNREADABLE_LOCK_SECONDS``. The hosts' clocks are assumed
+  lock older than ``UNREADABLE_LOCK_SECONDS``; of two launches that find the
+  same stale lock, one takes it over. The hosts' clocks are assumed
   to agree to within a minute. :meth:`WorkdirLock.lost` says whether the
   lock is still this process's (a run checks it before writing on). In
   multi-process runs process 0 holds it for all.
@@ -128,17 +129,57 @@ class WorkdirLock:
     self._beating = None
 
   def _holder(self) -> dict:
+    return self._read()[0]
+
+  def _read(self) -> tuple[dict, os.stat_result | None]:
+    """The lock's holder ({} if missing or unreadable) and the status (inode,
+    modification time) of the file it was read from (None if missing), from
+    one open file."""
     try:
       with open(self.path) as f:
-        return json.load(f)
-    except (OSError, ValueError):
-      return {}
-
-  def _age(self) -> float:
-    try:
-      return time.time() - os.path.getmtime(self.path)
+        status = os.fstat(f.fileno())
+        try:
+          return json.load(f), status
+        except ValueError:
+          return {}, status
     except OSError:
-      return 0.0
+      return {}, None
+
+  def _remove_stale(self, holder: dict, judged: os.stat_result | None) -> bool:
+    """Removes the lock file if it is still the one judged stale (``holder``
+    and ``judged``: its content and status then); False if another launch
+    replaced it, or its holder touched it, meanwhile (it is then left in
+    place). Renamed aside first, so that a lock taken by another launch
+    between the judgement and the removal is never deleted (a new file may
+    get the inode of the one removed: its content and modification time tell
+    them apart)."""
+    aside = f"{self.path}.{self.token}.stale"
+    try:
+      os.rename(self.path, aside)
+    except FileNotFoundError:
+      return False
+    try:
+      now = os.stat(aside)
+      try:
+        with open(aside) as f:
+          content = json.load(f)
+      except ValueError:
+        content = {}
+      if judged is not None and content == holder and (now.st_ino, now.st_mtime_ns) == (
+          judged.st_ino, judged.st_mtime_ns):
+        return True
+      try:  # another launch's fresh lock: put it back, unless a third took the name
+        os.link(aside, self.path)
+      except FileExistsError:
+        pass
+      except OSError:  # no hard links (some FUSE file systems)
+        os.rename(aside, self.path)
+      return False
+    finally:
+      try:
+        os.remove(aside)
+      except FileNotFoundError:
+        pass
 
   def acquire(self) -> None:
     me = {"host": socket.gethostname(), "pid": os.getpid(),
@@ -148,20 +189,19 @@ class WorkdirLock:
       try:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       except FileExistsError:
-        holder = self._holder()
+        holder, status = self._read()
         if not holder:  # being written right now, or unreadable: look again
           time.sleep(0.2)
-          holder = self._holder()
+          holder, status = self._read()
+        if status is None:  # released meanwhile
+          continue
         pid, host = holder.get("pid"), holder.get("host")
-        age = self._age()
+        age = time.time() - status.st_mtime
         gone = _gone(holder, self.path, age) if holder else None
-        if gone or (not holder and self._age() > UNREADABLE_LOCK_SECONDS):
-          logging.warning("taking over the stale lock %s (%s)", self.path,
-                          gone or "unreadable: its writer stopped while taking it")
-          try:
-            os.remove(self.path)
-          except FileNotFoundError:
-            pass
+        if gone or (not holder and age > UNREADABLE_LOCK_SECONDS):
+          if self._remove_stale(holder, status):
+            logging.warning("taking over the stale lock %s (%s)", self.path,
+                            gone or "unreadable: its writer stopped while taking it")
           continue
         stale = ""
         if host != socket.gethostname() and _heartbeat_seconds(holder) is not None:
@@ -241,10 +281,10 @@ def lock_holder_state(workdir: str) -> str:
   ``STALE_HEARTBEATS`` intervals), or ``"held by process P on H since S;
   last heartbeat N s ago"`` (it may run)."""
   lock = WorkdirLock(workdir)
-  holder = lock._holder()  # pylint: disable=protected-access
+  holder, status = lock._read()  # pylint: disable=protected-access
   if not holder:
-    return "no lock" if not os.path.exists(lock.path) else "held (lock unreadable)"
-  age = lock._age()  # pylint: disable=protected-access
+    return "no lock" if status is None else "held (lock unreadable)"
+  age = time.time() - status.st_mtime
   gone = _gone(holder, lock.path, age)
   if gone:
     return f"gone: {gone}"

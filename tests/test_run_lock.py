@@ -78,3 +78,30 @@ def test_a_lock_taken_over_is_left_to_its_new_holder(tmp_path):
     assert lock.lost() == "deleted"
     path.write_text("")
     assert lock.lost() == "replaced by an unreadable file"
+
+
+def test_a_lock_taken_between_the_judgement_and_the_removal_is_left_alone(tmp_path, monkeypatch):
+  """Two launches find the same stale lock: the first takes it over; the
+  second, which judged the old file stale, must not delete the first's new
+  lock (it did: both ran in the workdir), but find it held."""
+  path = tmp_path / run_lock.LOCK_NAME
+  _other_host_lock(path, age=3600)
+  first = run_lock.WorkdirLock(str(tmp_path))
+  real_gone = run_lock._gone  # pylint: disable=protected-access
+
+  calls = []
+
+  def first_takes_over_meanwhile(*args):
+    why = real_gone(*args)
+    calls.append(why)
+    if len(calls) == 1:  # the other launch, between this one's judgement and its removal
+      first.acquire()
+    return why
+  monkeypatch.setattr(run_lock, "_gone", first_takes_over_meanwhile)
+  try:
+    with pytest.raises(errors.WorkdirError, match=f"in use by process {os.getpid()}"):
+      run_lock.WorkdirLock(str(tmp_path)).acquire()
+    assert first.lost() is None
+    assert os.listdir(tmp_path) == [run_lock.LOCK_NAME]  # nothing left aside
+  finally:
+    first.release()
