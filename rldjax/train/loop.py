@@ -1,10 +1,10 @@
 """train_and_evaluate: teacher training (method "vanilla") and distillation.
 
 A run owns its workdir (a lock whose heartbeat it keeps, checked before each
-checkpoint and each epoch's writes: a run whose lock was deleted stops with status 4, one whose
-lock another launch took over, after finding no heartbeat for long, with
-status 2 and writes nothing more), records its config there, and can be left
-alone:
+checkpoint and each epoch's writes: a run whose lock was deleted stops with
+status 4, one whose lock another launch took over, after finding no
+heartbeat for long, with status 2 and writes nothing more), records its
+config there, and can be left alone:
 
 * **Resumable.** Rerunning the same command continues from the newest readable
   checkpoint and ends bit-identical to an uninterrupted run: the batches are a
