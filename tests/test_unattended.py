@@ -180,10 +180,30 @@ def test_second_process_on_a_busy_workdir_fails_at_once(env):
   assert f"in use by process {holder['pid']}" in second.stderr and str(workdir) in second.stderr
   first.kill()
   first.wait()
+  killed = lock.read_text()
+  # A lock of another host (a job rescheduled elsewhere after its machine
+  # died) cannot be checked by pid: it is held while its heartbeat is fresh.
+  lock.write_text(json.dumps({"host": "another-host", "pid": 4242, "started": "earlier",
+                              "token": "theirs", "heartbeat_seconds": 15}))
+  elsewhere = run(env, workdir, "--config.num_epochs=2")
+  assert elsewhere.returncode == 2
+  assert re.search(r"in use by process 4242 on host another-host \(since earlier; last "
+                   r"heartbeat \d s ago; it is taken over once no heartbeat came for 180 s",
+                   elsewhere.stderr), elsewhere.stderr[-3000:]
   # The killed process left its lock behind: the next run takes it over.
+  lock.write_text(killed)
   resumed = run(env, workdir, "--config.num_epochs=2")
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "taking over the stale lock" in resumed.stderr
+  assert not lock.exists()
+  # The other host's lock once its heartbeat stopped 200 s ago: taken over.
+  lock.write_text(json.dumps({"host": "another-host", "pid": 4242, "started": "earlier",
+                              "token": "theirs", "heartbeat_seconds": 15}))
+  os.utime(lock, (time.time() - 200, time.time() - 200))
+  again = run(env, workdir, "--config.num_epochs=2")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert re.search(r"taking over the stale lock .* \(process 4242 on another-host sent no "
+                   r"heartbeat for 2\d\d s", again.stderr), again.stderr[-3000:]
   assert not lock.exists()
 
 
