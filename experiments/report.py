@@ -389,7 +389,7 @@ def _why_unfinished(r) -> str:
     if state.startswith("held"):
       return f" (running, {epochs}: {state})"
     return (f" (status running, {epochs}, but no process runs it ({state}): it stopped without "
-            "updating results.json, killed or aborted; its command resumes it)")
+            "updating results.json, killed, aborted or cut off; its command resumes it)")
   error = str(r.get("error") or "").strip().splitlines()
   return f" ({status}, {epochs}" + (f": {error[0][:200]}" if error else "") + ")"
 

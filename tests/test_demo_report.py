@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import ml_collections
 import numpy as np
@@ -323,11 +324,18 @@ def test_unfinished_runs_say_where_they_stand(tmp_path):
   unfinished("dead", "running")
   unfinished("nolock", "running")
   unfinished("live", "running")
+  unfinished("elsewhere", "running")  # its lock on another host, heartbeat fresh
+  unfinished("cut_off", "running")  # its lock on another host, no heartbeat for 200 s
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True, check=True)
   pid, host = int(dead.stdout), socket.gethostname()
   (tmp_path / "dead" / run_lock.LOCK_NAME).write_text(json.dumps(
       {"host": host, "pid": pid, "started": "2026-12-05 11:00:00"}))
+  for name, age in (("elsewhere", 5), ("cut_off", 200)):
+    lock = tmp_path / name / run_lock.LOCK_NAME
+    lock.write_text(json.dumps({"host": "another-host", "pid": 4242, "started": "earlier",
+                                "token": "theirs", "heartbeat_seconds": 15}))
+    os.utime(lock, (time.time() - age, time.time() - age))
   with run_lock.WorkdirLock(str(tmp_path / "live")):
     _, _, _, lines = report.write_report([str(tmp_path)], str(tmp_path / "out"))
   said = {os.path.basename(os.path.dirname(line.split(" (")[0])): line for line in lines}
@@ -335,10 +343,17 @@ def test_unfinished_runs_say_where_they_stand(tmp_path):
       "(failed, 1/10 epochs: DivergedError: diverged: the loss is not finite)")
   assert said["dead"].endswith(
       f"(status running, 1/10 epochs, but no process runs it (gone: process {pid} on {host}, "
-      "no longer running): it stopped without updating results.json, killed or aborted; its "
+      "no longer running): it stopped without updating results.json, killed, aborted or cut "
+      "off; its "
       "command resumes it)")
   assert "but no process runs it (no lock)" in said["nolock"]
   assert f"(running, 1/10 epochs: held by process {os.getpid()} on {host} since " in said["live"]
+  assert re.search(r"\(running, 1/10 epochs: held by process 4242 on another-host since "
+                   r"earlier; last heartbeat [5-9] s ago\)$", said["elsewhere"])
+  assert re.search(r"\(status running, 1/10 epochs, but no process runs it \(gone: process 4242 "
+                   r"on another-host sent no heartbeat for 2\d\d s \(it touches its lock every "
+                   r"15 s\)\): it stopped without updating results.json, killed, aborted or cut "
+                   r"off; its command resumes it\)$", said["cut_off"])
   assert "- " + said["dead"] in (tmp_path / "out" / "report.md").read_text()
 
 
