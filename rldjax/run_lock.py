@@ -2,15 +2,18 @@
 recorded as running.
 
 * :class:`WorkdirLock`: ``<workdir>/run.lock`` holds the host and pid of the
-  process running there, and a token of its own; a thread of the holder
+  process running there (with the machine's boot id and its pid namespace,
+  where pids mean the same), and a token of its own; a thread of the holder
   touches the file every ``HEARTBEAT_SECONDS`` (its modification time is the
   holder's heartbeat). A second process fails at once naming the workdir,
   the holder and its last heartbeat; a lock left by a dead process is taken
-  over with a warning: on the same host, its pid no longer runs, is this
-  very process's pid without its lock (a container restarted after a
-  crash), or belongs to a process started after the lock's last heartbeat;
-  on another host (a pod's job rescheduled elsewhere after its machine
-  died), no heartbeat came for ``STALE_HEARTBEATS`` intervals; an unreadable
+  over with a warning: where its pid can be checked (same host name, boot
+  and pid namespace), its pid no longer runs, is this very process's pid
+  without its lock (restarted after a crash), or belongs to a process
+  started after the lock's last heartbeat; elsewhere (a pod's job
+  rescheduled on another host after its machine died, another machine of
+  the same name, a container with host networking), no heartbeat came for
+  ``STALE_HEARTBEATS`` intervals; an unreadable
   lock older than ``UNREADABLE_LOCK_SECONDS``; of two launches that find the
   same stale lock, one takes it over. The hosts' clocks are assumed
   to agree to within a minute. :meth:`WorkdirLock.lost` says whether the
@@ -26,6 +29,7 @@ Imports neither JAX nor TensorFlow (the report uses it).
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import socket
@@ -80,21 +84,54 @@ def _heartbeat_seconds(holder: dict) -> float | None:
   return float(seconds) if isinstance(seconds, (int, float)) and seconds > 0 else None
 
 
+@functools.lru_cache(maxsize=None)
+def _pid_space() -> tuple[tuple[str, str], ...]:
+  """Where this process's pid means what it says (Linux): the machine's boot
+  and this process's pid namespace (a container has its own)."""
+  space = []
+  try:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+      space.append(("boot_id", f.read().strip()))
+  except OSError:
+    pass
+  try:
+    space.append(("pid_namespace", os.readlink("/proc/self/ns/pid")))
+  except OSError:
+    pass
+  return tuple(space)
+
+
+def _pids_comparable(holder: dict) -> bool:
+  """Whether the holder's pid can be checked from here: the same host name,
+  and the same machine boot and pid namespace where the lock records them
+  (two machines may share a name, and containers on one machine run with
+  host networking share its name but not its pids)."""
+  if holder.get("host") != socket.gethostname():
+    return False
+  mine = dict(_pid_space())
+  return all(holder[key] == mine.get(key) for key in ("boot_id", "pid_namespace")
+             if key in holder)
+
+
 def _gone(holder: dict, lock_path: str, age: float) -> str | None:
   """Why the process ``holder`` names no longer holds the lock (None: it may).
   ``age``: seconds since the lock file was last touched (its last heartbeat).
 
-  On this host: its pid no longer runs; or it is this process's pid and
-  this process holds no such lock (a container restarted after a crash
-  starts its processes with the same pids); or the pid now belongs to a
-  process started after the lock's last heartbeat (the pid was reused). On
-  another host: no heartbeat for ``STALE_HEARTBEATS`` of its intervals."""
+  Where its pid can be checked (:func:`_pids_comparable`): its pid no longer
+  runs; or it is this process's pid and this process holds no such lock (a
+  process restarted in the same pid namespace, or in one that got the same
+  number, after a crash); or the pid now belongs to a process started after
+  the lock's last heartbeat (the pid was reused). Elsewhere (another host,
+  machine or container): no heartbeat for ``STALE_HEARTBEATS`` of its
+  intervals."""
   pid, host = holder.get("pid"), holder.get("host")
-  if host != socket.gethostname():
+  if not _pids_comparable(holder):
     interval = _heartbeat_seconds(holder)
     if interval is not None and age > STALE_HEARTBEATS * interval:
-      return (f"process {pid} on {host} sent no heartbeat for {age:.0f} s (it touches its lock "
-              f"every {interval:g} s)")
+      where = "" if host != socket.gethostname() else (
+          " (another machine or container of that name: its pid cannot be checked here)")
+      return (f"process {pid} on {host}{where} sent no heartbeat for {age:.0f} s (it touches its "
+              f"lock every {interval:g} s)")
     return None
   if not isinstance(pid, int):
     return None
@@ -184,7 +221,7 @@ class WorkdirLock:
   def acquire(self) -> None:
     me = {"host": socket.gethostname(), "pid": os.getpid(),
           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "token": self.token,
-          "heartbeat_seconds": HEARTBEAT_SECONDS}
+          "heartbeat_seconds": HEARTBEAT_SECONDS, **dict(_pid_space())}
     for _ in range(3):
       try:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -204,7 +241,7 @@ class WorkdirLock:
                             gone or "unreadable: its writer stopped while taking it")
           continue
         stale = ""
-        if host != socket.gethostname() and _heartbeat_seconds(holder) is not None:
+        if not _pids_comparable(holder) and _heartbeat_seconds(holder) is not None:
           stale = (f"; it is taken over once no heartbeat came for "
                    f"{STALE_HEARTBEATS * _heartbeat_seconds(holder):g} s")
         raise WorkdirError(

@@ -3,6 +3,7 @@ heartbeat stops, and a lock taken over is not the loser's to remove (a run
 whose lock was taken over: tests/test_training.py)."""
 import json
 import os
+import socket
 import time
 
 import pytest
@@ -105,3 +106,33 @@ def test_a_lock_taken_between_the_judgement_and_the_removal_is_left_alone(tmp_pa
     assert os.listdir(tmp_path) == [run_lock.LOCK_NAME]  # nothing left aside
   finally:
     first.release()
+
+
+@pytest.mark.parametrize("differs", ["boot_id", "pid_namespace"])
+def test_a_pid_of_another_machine_or_container_of_the_same_name_is_not_checked(
+    tmp_path, caplog, differs):
+  """Two machines may share a host name (cloned images), and containers run
+  with host networking share the machine's: a pid there means nothing here
+  (the container's launcher may even have this process's pid). Such a lock
+  is judged by its heartbeat, as another host's; a live one was taken over."""
+  path = tmp_path / run_lock.LOCK_NAME
+  mine = dict(run_lock._pid_space())  # pylint: disable=protected-access
+  assert set(mine) == {"boot_id", "pid_namespace"}  # Linux
+  for pid in (os.getpid(), 2 ** 22 + 1):  # this pid; one that runs nowhere here
+    holder = {"host": socket.gethostname(), "pid": pid, "started": "earlier", "token": "theirs",
+              "heartbeat_seconds": 15, **mine, differs: "elsewhere"}
+    path.write_text(json.dumps(holder))
+    with pytest.raises(errors.WorkdirError, match=(
+        f"in use by process {pid} on host {socket.gethostname()} \\(since earlier; last "
+        r"heartbeat \d s ago; it is taken over once no heartbeat came for 180 s")):
+      run_lock.WorkdirLock(str(tmp_path)).acquire()
+  os.utime(path, (time.time() - 200, time.time() - 200))
+  with run_lock.WorkdirLock(str(tmp_path)):
+    assert json.loads(path.read_text())["token"] != "theirs"
+  assert ("(another machine or container of that name: its pid cannot be checked here) sent no "
+          "heartbeat for 2") in caplog.text
+  # With the same boot and namespace, the pid is checked: one that does not run is gone.
+  path.write_text(json.dumps({**holder, **mine}))
+  with run_lock.WorkdirLock(str(tmp_path)):
+    pass
+  assert f"process {2 ** 22 + 1} on {socket.gethostname()}, no longer running" in caplog.text
