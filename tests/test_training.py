@@ -204,6 +204,13 @@ def test_a_storage_failure_says_whether_a_checkpoint_is_left_to_resume_from(tmp_
   assert message() == (f"storage failed in {tmp_path}: No space left on device. The run "
                        "stopped; its complete checkpoints are kept. Free space (or fix the "
                        "permissions), then rerun the same command to resume.")
+  # Removed under the run: nothing to free or fix.
+  removed = "[Errno 2] the workdir was removed, or its run.lock deleted, while the run wrote to it"
+  assert loop.storage_failure_message(str(tmp_path), removed).endswith(
+      "its complete checkpoints are kept. Rerun the same command to resume.")
+  shutil.rmtree(tmp_path / "checkpoints")
+  assert loop.storage_failure_message(str(tmp_path / "gone"), removed).endswith(
+      "while the run wrote to it). Rerun the same command: it starts the run again.")
 
 
 def test_a_workdir_removed_under_the_run_is_a_storage_failure_whatever_fails_next(

@@ -242,15 +242,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def storage_failure_message(workdir: str, cause: str) -> str:
   """What a run stopped by its storage tells the user: whether a complete
-  checkpoint is there to resume from, judged from the workdir as it is now."""
+  checkpoint is there to resume from, judged from the workdir as it is now,
+  and what to fix first (nothing when the workdir or its lock was removed)."""
+  removed = "the workdir was removed" in cause
+  rerun = "Rerun" if removed else "Free space (or fix the permissions), then rerun"
   if ckpt_lib.complete_steps(os.path.join(workdir, "checkpoints")):
     return (f"storage failed in {workdir}: {cause}. The run stopped; its complete "
-            "checkpoints are kept. Free space (or fix the permissions), then rerun the same "
-            "command to resume.")
+            f"checkpoints are kept. {rerun} the same command to resume.")
   return (f"storage failed in {workdir}: {cause}. The run stopped with no complete "
           "checkpoint in the workdir (none was written yet, or the workdir was removed "
-          "while the run wrote to it). Free space (or fix the permissions), then rerun "
-          "the same command: it starts the run again.")
+          f"while the run wrote to it). {rerun} the same command: it starts the run again.")
 
 
 def _run_locked(config, workdir, stop_after_epochs):
