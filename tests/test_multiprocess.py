@@ -181,7 +181,7 @@ def test_a_storage_failure_on_one_process_ends_both(base):
 def test_a_pair_whose_lock_is_taken_over_stops_on_both_processes(base):
   """Process 0 holds run.lock for both; when another launch takes it over
   (the pair's heartbeat judged stale, say after its hosts were cut off),
-  process 0 finds it at the next epoch end and both processes stop with
+  process 0 finds it before the next checkpoint and both processes stop with
   status 2 and the same message, leaving the new holder's lock in place."""
   data_dir = base / "data_taken_over"
   builders.load_builder("rldjax_digits", str(data_dir))

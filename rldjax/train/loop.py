@@ -634,9 +634,9 @@ class _Run:
 
   def _stop_unless_lock_held(self):
     """The run's lock file is its claim on the workdir, checked before each
-    checkpoint and each epoch's writes. Deleted: the workdir was removed (or the lock deleted)
-    under the run, and the run stops (a storage failure, status 4) instead
-    of writing into a directory that Orbax would recreate without
+    checkpoint and each epoch's writes. Deleted: the workdir was removed (or
+    the lock deleted) under the run, and the run stops (a storage failure,
+    status 4) instead of writing into a directory that Orbax would recreate without
     config.json, inputs.json or a lock, where another run could start.
     Taken over: another launch found no heartbeat for long (this process
     was suspended, or its host cut off) and runs there now; this one stops
