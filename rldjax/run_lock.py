@@ -81,7 +81,9 @@ _HELD_LOCK = threading.Lock()
 def _heartbeat_seconds(holder: dict) -> float | None:
   """The holder's heartbeat interval (None: a lock of a version without one)."""
   seconds = holder.get("heartbeat_seconds")
-  return float(seconds) if isinstance(seconds, (int, float)) and seconds > 0 else None
+  if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+    return None
+  return float(seconds) if seconds > 0 else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -176,9 +178,10 @@ class WorkdirLock:
       with open(self.path) as f:
         status = os.fstat(f.fileno())
         try:
-          return json.load(f), status
+          holder = json.load(f)
         except ValueError:
           return {}, status
+        return (holder if isinstance(holder, dict) else {}), status  # else: unreadable
     except OSError:
       return {}, None
 
@@ -202,6 +205,7 @@ class WorkdirLock:
           content = json.load(f)
       except ValueError:
         content = {}
+      content = content if isinstance(content, dict) else {}
       if judged is not None and content == holder and (now.st_ino, now.st_mtime_ns) == (
           judged.st_ino, judged.st_mtime_ns):
         return True

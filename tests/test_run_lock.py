@@ -136,3 +136,30 @@ def test_a_pid_of_another_machine_or_container_of_the_same_name_is_not_checked(
   with run_lock.WorkdirLock(str(tmp_path)):
     pass
   assert f"process {2 ** 22 + 1} on {socket.gethostname()}, no longer running" in caplog.text
+
+
+@pytest.mark.parametrize("content", ["[]", "3", '"text"', "{"])
+def test_a_lock_that_is_not_a_json_object_is_an_unreadable_one(tmp_path, content):
+  """It crashed the launcher with an AttributeError (a traceback) unless it
+  was not JSON at all: now it is held while young and taken over once old."""
+  path = tmp_path / run_lock.LOCK_NAME
+  path.write_text(content)
+  with pytest.raises(errors.WorkdirError, match="is in use by process None"):
+    run_lock.WorkdirLock(str(tmp_path)).acquire()
+  assert run_lock.lock_holder_state(str(tmp_path)) == "held (lock unreadable)"
+  old = time.time() - run_lock.UNREADABLE_LOCK_SECONDS - 1
+  os.utime(path, (old, old))
+  with run_lock.WorkdirLock(str(tmp_path)):
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("interval", [True, "15", -15, 0, None])
+def test_a_heartbeat_interval_that_is_not_a_positive_number_is_never_judged_stale(
+    tmp_path, interval):
+  path = tmp_path / run_lock.LOCK_NAME
+  _other_host_lock(path, age=10 ** 6, heartbeat_seconds=15)
+  holder = json.loads(path.read_text())
+  path.write_text(json.dumps({**holder, "heartbeat_seconds": interval}))
+  os.utime(path, (time.time() - 10 ** 6, time.time() - 10 ** 6))
+  with pytest.raises(errors.WorkdirError, match="in use by process 4242 on host another-host"):
+    run_lock.WorkdirLock(str(tmp_path)).acquire()
