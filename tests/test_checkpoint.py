@@ -155,3 +155,47 @@ def test_a_checkpoint_whose_bytes_changed_is_moved_aside(tmp_path, caplog, damag
   expected = "packed float32" if damage == "data" else "history"
   assert "corrupt" in caplog.text and f"checksum mismatch in {expected}:" in caplog.text
   assert [p.name.split(".")[0] for p in (tmp_path / "checkpoints_corrupt").iterdir()] == ["7"]
+
+
+@pytest.mark.parametrize("late", ["before", "after"])
+def test_a_late_save_of_a_run_that_lost_its_lock_does_not_stop_the_new_holder(tmp_path, late):
+  """A process suspended in an asynchronous save finishes it when it wakes,
+  after another launch took its lock over and resumed from the step before
+  (run_lock.py). Its checkpoint lands in the new holder's directory, and its
+  manager deletes a step the new holder's manager still lists. Whichever of
+  the two saves of that step lands last is the one kept; both are complete,
+  checksummed states of the same step, the new holder saves on without an
+  error, and the newest checkpoint restores."""
+  directory = str(tmp_path / "checkpoints")
+  first = checkpoint.create_manager(directory)
+  for step in (5, 6):
+    checkpoint.save(first, _state(step).replace(step=jnp.asarray(step, jnp.int32)), [step])
+  checkpoint.close(first)
+  lost = checkpoint.create_manager(directory)  # the suspended run
+  holder = checkpoint.create_manager(directory)  # resumed from 6
+  theirs = _state(seed=70).replace(step=jnp.asarray(7, jnp.int32))
+  ours = _state(seed=71).replace(step=jnp.asarray(7, jnp.int32))
+
+  def save_late():
+    checkpoint.save(lost, theirs, ["theirs"])
+    checkpoint.close(lost)  # its policy deletes step 5, which the holder lists
+
+  if late == "before":
+    save_late()
+  assert checkpoint.save(holder, ours, ["ours"])
+  holder.wait_until_finished()
+  if late == "after":
+    save_late()
+  later = _state(seed=8).replace(step=jnp.asarray(8, jnp.int32))
+  assert checkpoint.save(holder, later, ["ours", 8])
+  checkpoint.close(holder)
+  assert checkpoint.complete_steps(directory) == [7, 8]
+
+  reader = checkpoint.create_manager(directory)
+  restored, history = checkpoint.restore_latest(reader, checkpoint.abstract(later))
+  _leaves_equal(restored, later)
+  assert history == ["ours", 8]
+  kept = ocp.CheckpointManager(directory, item_names=("history",)).restore(
+      7, args=ocp.args.Composite(history=ocp.args.JsonRestore()))["history"]
+  assert kept == (["ours"] if late == "before" else ["theirs"])
+  reader.close()

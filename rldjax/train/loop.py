@@ -640,7 +640,8 @@ class _Run:
     config.json, inputs.json or a lock, where another run could start.
     Taken over: another launch found no heartbeat for long (this process
     was suspended, or its host cut off) and runs there now; this one stops
-    (status 2) without writing anything more."""
+    (status 2) without writing anything more (an asynchronous save already
+    under way may still land; tests/test_checkpoint.py)."""
     def check():
       lost = self.lock.lost()
       if lost is not None and lost != "deleted":
