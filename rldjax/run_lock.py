@@ -266,14 +266,25 @@ class WorkdirLock:
     raise WorkdirError(f"could not take the lock {self.path}")
 
   def _beat(self) -> None:
-    """Touches the lock every HEARTBEAT_SECONDS while it is this process's."""
+    """Touches the lock every HEARTBEAT_SECONDS while it is this process's. A
+    touch that fails (a network file system's hiccup) is reported and tried
+    again at the next beat: stopping would let another host take a live
+    run's lock over once the stale time passed."""
+    failing = False
     while not self._stop_beating.wait(HEARTBEAT_SECONDS):
       if self.lost() is not None:
         return
       try:
         os.utime(self.path)
-      except OSError:
-        return
+      except OSError as err:
+        if not failing:
+          logging.warning("could not touch the lock %s (%s); trying again every %g s", self.path,
+                          err, HEARTBEAT_SECONDS)
+        failing = True
+      else:
+        if failing:
+          logging.warning("touched the lock %s again", self.path)
+        failing = False
 
   def lost(self) -> str | None:
     """None while ``run.lock`` is this lock's; else what became of it:

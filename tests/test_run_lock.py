@@ -41,6 +41,38 @@ def test_the_holder_touches_its_lock_until_it_releases_it(tmp_path, monkeypatch)
   assert not path.exists() and not lock._beating.is_alive()  # pylint: disable=protected-access
 
 
+def test_the_heartbeat_goes_on_after_a_touch_that_failed(tmp_path, monkeypatch, caplog):
+  """A failed touch (a network file system's hiccup) is reported and tried
+  again; a heartbeat that stopped there would let another host take a live
+  run's lock over."""
+  monkeypatch.setattr(run_lock, "HEARTBEAT_SECONDS", 0.05)
+  failures, utime = [0], os.utime
+
+  def flaky_utime(path, *args, **kwargs):
+    if str(path).endswith(run_lock.LOCK_NAME) and failures[0] < 3:
+      failures[0] += 1
+      raise OSError(5, "Input/output error")
+    return utime(path, *args, **kwargs)
+
+  path = tmp_path / run_lock.LOCK_NAME
+  lock = run_lock.WorkdirLock(str(tmp_path))
+  lock.acquire()
+  try:
+    hour_ago = time.time() - 3600
+    os.utime(path, (hour_ago, hour_ago))
+    monkeypatch.setattr(os, "utime", flaky_utime)
+    deadline = time.time() + 10
+    while os.path.getmtime(path) < time.time() - 60 and time.time() < deadline:
+      time.sleep(0.05)
+    assert failures[0] == 3 and os.path.getmtime(path) > time.time() - 60  # touched again
+    assert lock._beating.is_alive()  # pylint: disable=protected-access
+  finally:
+    lock.release()
+  assert "could not touch the lock" in caplog.text and "Input/output error" in caplog.text
+  assert caplog.text.count("could not touch the lock") == 1
+  assert "touched the lock" in caplog.text and not path.exists()
+
+
 def test_a_lock_on_another_host_is_taken_over_once_its_heartbeat_stops(tmp_path, caplog):
   path = tmp_path / run_lock.LOCK_NAME
   _other_host_lock(path, age=100)  # 100 s < 12 x 15 s: it may still run
