@@ -150,6 +150,16 @@ def _gone(holder: dict, lock_path: str, age: float) -> str | None:
   return None
 
 
+def _parse(text: bytes) -> dict:
+  """A lock file's holder; {} for one being written or unreadable (not a
+  JSON object)."""
+  try:
+    holder = json.loads(text)
+  except ValueError:
+    return {}
+  return holder if isinstance(holder, dict) else {}
+
+
 def _heartbeat_note(holder: dict, age: float) -> str:
   """``; last heartbeat N s ago`` for a holder that sends them."""
   if _heartbeat_seconds(holder) is None:
@@ -167,21 +177,13 @@ class WorkdirLock:
     self._stop_beating = threading.Event()
     self._beating = None
 
-  def _holder(self) -> dict:
-    return self._read()[0]
-
   def _read(self) -> tuple[dict, os.stat_result | None]:
     """The lock's holder ({} if missing or unreadable) and the status (inode,
     modification time) of the file it was read from (None if missing), from
     one open file."""
     try:
-      with open(self.path) as f:
-        status = os.fstat(f.fileno())
-        try:
-          holder = json.load(f)
-        except ValueError:
-          return {}, status
-        return (holder if isinstance(holder, dict) else {}), status  # else: unreadable
+      with open(self.path, "rb") as f:
+        return _parse(f.read()), os.fstat(f.fileno())
     except OSError:
       return {}, None
 
@@ -200,12 +202,8 @@ class WorkdirLock:
       return False
     try:
       now = os.stat(aside)
-      try:
-        with open(aside) as f:
-          content = json.load(f)
-      except ValueError:
-        content = {}
-      content = content if isinstance(content, dict) else {}
+      with open(aside, "rb") as f:
+        content = _parse(f.read())
       if judged is not None and content == holder and (now.st_ino, now.st_mtime_ns) == (
           judged.st_ino, judged.st_mtime_ns):
         return True
@@ -292,9 +290,15 @@ class WorkdirLock:
     ``"taken over by process P on H"`` (another launch judged it stale)."""
     if not self.held:
       return "not taken"
-    if not os.path.exists(self.path):
+    try:
+      with open(self.path, "rb") as f:
+        holder = _parse(f.read())
+    except FileNotFoundError:
       return "deleted"
-    holder = self._holder()
+    except OSError as err:  # a network file system's hiccup: the next check tells
+      logging.warning("could not read the lock %s (%s); taken to be still this run's", self.path,
+                      err)
+      return None
     if holder.get("token") == self.token:
       return None
     if not holder:

@@ -73,6 +73,39 @@ def test_the_heartbeat_goes_on_after_a_touch_that_failed(tmp_path, monkeypatch, 
   assert "touched the lock" in caplog.text and not path.exists()
 
 
+def test_a_lock_that_cannot_be_read_for_a_moment_is_still_the_runs(tmp_path, monkeypatch,
+                                                                   caplog):
+  """A read that fails (a network file system's hiccup) is not a lost lock:
+  the run went on being told its lock was replaced, and stopped with status
+  2; its heartbeat stopped for good."""
+  monkeypatch.setattr(run_lock, "HEARTBEAT_SECONDS", 0.05)
+  path = tmp_path / run_lock.LOCK_NAME
+  lock = run_lock.WorkdirLock(str(tmp_path))
+  lock.acquire()
+  try:
+    def failing_open(file, *args, **kwargs):
+      if str(file) == str(path):
+        raise OSError(5, "Input/output error")
+      return open(file, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+      patched.setattr(run_lock, "open", failing_open, raising=False)
+      assert lock.lost() is None
+      time.sleep(0.3)  # several beats that cannot read the lock
+    hour_ago = time.time() - 3600
+    os.utime(path, (hour_ago, hour_ago))
+    deadline = time.time() + 10
+    while os.path.getmtime(path) < time.time() - 60 and time.time() < deadline:
+      time.sleep(0.05)
+    assert os.path.getmtime(path) > time.time() - 60  # the heartbeat went on
+    assert lock.lost() is None
+    path.unlink()
+    assert lock.lost() == "deleted"
+  finally:
+    lock.release()
+  assert "could not read the lock" in caplog.text and "Input/output error" in caplog.text
+
+
 def test_a_lock_on_another_host_is_taken_over_once_its_heartbeat_stops(tmp_path, caplog):
   path = tmp_path / run_lock.LOCK_NAME
   _other_host_lock(path, age=100)  # 100 s < 12 x 15 s: it may still run
@@ -170,12 +203,12 @@ def test_a_pid_of_another_machine_or_container_of_the_same_name_is_not_checked(
   assert f"process {2 ** 22 + 1} on {socket.gethostname()}, no longer running" in caplog.text
 
 
-@pytest.mark.parametrize("content", ["[]", "3", '"text"', "{"])
+@pytest.mark.parametrize("content", [b"[]", b"3", b'"text"', b"{", b"\xff\xfe{\x00"])
 def test_a_lock_that_is_not_a_json_object_is_an_unreadable_one(tmp_path, content):
   """It crashed the launcher with an AttributeError (a traceback) unless it
   was not JSON at all: now it is held while young and taken over once old."""
   path = tmp_path / run_lock.LOCK_NAME
-  path.write_text(content)
+  path.write_bytes(content)
   with pytest.raises(errors.WorkdirError, match="is in use by process None"):
     run_lock.WorkdirLock(str(tmp_path)).acquire()
   assert run_lock.lock_holder_state(str(tmp_path)) == "held (lock unreadable)"
