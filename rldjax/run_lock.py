@@ -13,10 +13,12 @@ recorded as running.
   started after the lock's last heartbeat; elsewhere (a pod's job
   rescheduled on another host after its machine died, another machine of
   the same name, a container with host networking), no heartbeat came for
-  ``STALE_HEARTBEATS`` intervals; an unreadable
+  ``STALE_HEARTBEATS`` intervals (the lock's age, by the launching host's
+  clock), and none came while the launch watched it for
+  ``CONFIRM_HEARTBEATS`` intervals (on its own clock: a holder that runs is
+  never taken over because clocks disagree); an unreadable
   lock older than ``UNREADABLE_LOCK_SECONDS``; of two launches that find the
-  same stale lock, one takes it over. The hosts' clocks are assumed
-  to agree to within a minute. :meth:`WorkdirLock.lost` says whether the
+  same stale lock, one takes it over. :meth:`WorkdirLock.lost` says whether the
   lock is still this process's (a run checks it before writing on). In
   multi-process runs process 0 holds it for all.
 * :func:`lock_holder_state`: whether the process a lock names may still run
@@ -49,6 +51,10 @@ UNREADABLE_LOCK_SECONDS = 10.0
 # heartbeat touched for STALE_HEARTBEATS of the holder's intervals is stale.
 HEARTBEAT_SECONDS = 15.0
 STALE_HEARTBEATS = 12
+# A lock judged stale by its age is watched this many of its holder's
+# intervals, on the launching host's own clock, before it is taken over: a
+# holder that still runs touches it meanwhile, whatever the clocks say.
+CONFIRM_HEARTBEATS = 2
 
 
 def _alive(pid: int) -> bool:
@@ -187,6 +193,28 @@ class WorkdirLock:
     except OSError:
       return {}, None
 
+  def _watch(self, holder: dict, judged: os.stat_result, age: float) -> str:
+    """Watches a lock judged stale by its age alone (no heartbeat for
+    ``STALE_HEARTBEATS`` intervals, by this host's clock against the file's
+    modification time) for ``CONFIRM_HEARTBEATS`` of its holder's intervals,
+    on this host's own clock: ``"still"`` (untouched: stale), ``"touched"``
+    (its holder runs, and the clocks disagree) or ``"replaced"`` (released,
+    or taken by another launch, meanwhile)."""
+    interval = _heartbeat_seconds(holder)
+    watch = CONFIRM_HEARTBEATS * interval
+    logging.warning("the lock %s had no heartbeat for %.0f s (process %s on %s); watching it for "
+                    "%g s before taking it over", self.path, age, holder.get("pid"),
+                    holder.get("host"), watch)
+    deadline = time.monotonic() + watch
+    while (remaining := deadline - time.monotonic()) > 0:
+      time.sleep(min(remaining, interval / 10))
+      now, status = self._read()
+      if status is None or now != holder or status.st_ino != judged.st_ino:
+        return "replaced"
+      if status.st_mtime_ns != judged.st_mtime_ns:
+        return "touched"
+    return "still"
+
   def _remove_stale(self, holder: dict, judged: os.stat_result | None) -> bool:
     """Removes the lock file if it is still the one judged stale (``holder``
     and ``judged``: its content and status then); False if another launch
@@ -238,6 +266,16 @@ class WorkdirLock:
         age = time.time() - status.st_mtime
         gone = _gone(holder, self.path, age) if holder else None
         if gone or (not holder and age > UNREADABLE_LOCK_SECONDS):
+          if gone and not _pids_comparable(holder):
+            seen = self._watch(holder, status, age)
+            if seen == "touched":
+              raise WorkdirError(
+                  f"workdir {os.path.dirname(self.path)} is in use by process {pid} on host "
+                  f"{host}: its heartbeat goes on, though by this host's clock it is {age:.0f} s "
+                  f"old (the clocks of this host and of the file system holding {self.path} "
+                  "disagree). Wait for it, or use another --workdir.") from None
+            if seen == "replaced":
+              continue
           if self._remove_stale(holder, status):
             logging.warning("taking over the stale lock %s (%s)", self.path,
                             gone or "unreadable: its writer stopped while taking it")

@@ -4,11 +4,19 @@ whose lock was taken over: tests/test_training.py)."""
 import json
 import os
 import socket
+import threading
 import time
 
 import pytest
 
 from rldjax import errors, run_lock
+
+
+@pytest.fixture(autouse=True)
+def short_watch(monkeypatch):
+  """A lock judged stale by its age is watched for 0.3 s of a 15 s interval
+  here, not 2 intervals (30 s)."""
+  monkeypatch.setattr(run_lock, "CONFIRM_HEARTBEATS", 0.02)
 
 
 def _other_host_lock(path, age, heartbeat_seconds=15.0):
@@ -127,6 +135,66 @@ def test_a_lock_on_another_host_is_taken_over_once_its_heartbeat_stops(tmp_path,
     run_lock.WorkdirLock(str(tmp_path)).acquire()
   assert run_lock.lock_holder_state(str(tmp_path)) == (
       "held by process 4242 on another-host since 2026-12-05 09:00:00")
+
+
+def _touch_meanwhile(path, every, content=None, clock_behind=0.0):
+  """A thread that touches ``path`` every ``every`` s (with a clock
+  ``clock_behind`` s behind), or replaces its content once."""
+  stop = threading.Event()
+
+  def touch():
+    while not stop.wait(every):
+      if content is not None:
+        path.write_text(content)
+        return
+      os.utime(path, (time.time() - clock_behind, time.time() - clock_behind))
+
+  thread = threading.Thread(target=touch)
+  thread.start()
+  return stop, thread
+
+
+def test_a_lock_that_looks_stale_but_is_still_touched_is_refused(tmp_path, monkeypatch, caplog):
+  """The lock's age is this host's clock against the file's modification
+  time (the holder's clock, or a file server's): where they disagree by
+  minutes, a running run's lock looked stale and was taken over. A launch
+  now watches it for 2 intervals on its own clock first."""
+  monkeypatch.setattr(run_lock, "CONFIRM_HEARTBEATS", 2)
+  path = tmp_path / run_lock.LOCK_NAME
+  _other_host_lock(path, age=3600, heartbeat_seconds=0.2)
+  stop, thread = _touch_meanwhile(path, 0.1, clock_behind=3600)
+  try:
+    with pytest.raises(errors.WorkdirError, match=(
+        r"in use by process 4242 on host another-host: its heartbeat goes on, though by this "
+        r"host's clock it is 3\d\d\d s old \(the clocks of this host and of the file system")):
+      run_lock.WorkdirLock(str(tmp_path)).acquire()
+  finally:
+    stop.set()
+    thread.join()
+  assert json.loads(path.read_text())["token"] == "theirs"
+  assert "watching it for 0.4 s before taking it over" in caplog.text
+  # Once that heartbeat stops: taken over after the watch.
+  started = time.monotonic()
+  with run_lock.WorkdirLock(str(tmp_path)):
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+  assert time.monotonic() - started >= 0.4
+  assert "taking over the stale lock" in caplog.text
+
+
+def test_a_lock_taken_by_another_launch_while_it_is_watched_is_judged_again(tmp_path):
+  path = tmp_path / run_lock.LOCK_NAME
+  _other_host_lock(path, age=3600)
+  fresh = json.dumps({"host": "third-host", "pid": 7, "started": "now", "token": "third",
+                      "heartbeat_seconds": 15})
+  stop, thread = _touch_meanwhile(path, 0.1, content=fresh)
+  try:
+    with pytest.raises(errors.WorkdirError, match=r"in use by process 7 on host third-host \(since "
+                       r"now; last heartbeat 0 s ago"):
+      run_lock.WorkdirLock(str(tmp_path)).acquire()
+  finally:
+    stop.set()
+    thread.join()
+  assert json.loads(path.read_text())["token"] == "third"
 
 
 def test_a_lock_taken_over_is_left_to_its_new_holder(tmp_path):

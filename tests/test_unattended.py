@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -196,14 +197,36 @@ def test_second_process_on_a_busy_workdir_fails_at_once(env):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "taking over the stale lock" in resumed.stderr
   assert not lock.exists()
-  # The other host's lock once its heartbeat stopped 200 s ago: taken over.
+  # Another host's lock that looks 200 s old (its heartbeat every 1 s), but
+  # is still touched: that host's clock (or the file server's) is behind.
   lock.write_text(json.dumps({"host": "another-host", "pid": 4242, "started": "earlier",
-                              "token": "theirs", "heartbeat_seconds": 15}))
+                              "token": "theirs", "heartbeat_seconds": 1}))
+  stop = threading.Event()
+
+  def heartbeat_of_a_clock_200_s_behind():
+    while True:
+      os.utime(lock, (time.time() - 200, time.time() - 200))
+      if stop.wait(0.5):
+        return
+
+  beating = threading.Thread(target=heartbeat_of_a_clock_200_s_behind)
+  beating.start()
+  try:
+    skewed = run(env, workdir, "--config.num_epochs=2")
+  finally:
+    stop.set()
+    beating.join()
+  assert skewed.returncode == 2, skewed.stderr[-3000:]
+  assert "watching it for 2 s before taking it over" in skewed.stderr
+  assert re.search(r"in use by process 4242 on host another-host: its heartbeat goes on, though "
+                   r"by this host's clock it is 2\d\d s old", skewed.stderr), skewed.stderr[-3000:]
+  # Its heartbeat stopped 200 s ago: taken over after watching it for 2 s.
   os.utime(lock, (time.time() - 200, time.time() - 200))
   again = run(env, workdir, "--config.num_epochs=2")
   assert again.returncode == 0, again.stderr[-3000:]
   assert re.search(r"taking over the stale lock .* \(process 4242 on another-host sent no "
                    r"heartbeat for 2\d\d s", again.stderr), again.stderr[-3000:]
+  assert "watching it for 2 s before taking it over" in again.stderr
   assert not lock.exists()
 
 
