@@ -289,8 +289,15 @@ class WorkdirLock:
             f"(since {holder.get('started', '?')}{_heartbeat_note(holder, age)}{stale}; lock "
             f"file {self.path}). Wait for it, use another --workdir, or delete the lock file if "
             "that process is gone.") from None
-      with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
+      try:
+        with os.fdopen(fd, "w") as f:
+          json.dump(me, f)
+      except BaseException:  # a full disk: leave no empty lock behind
+        try:
+          os.remove(self.path)
+        except OSError:
+          pass
+        raise
       self.held = True
       with _HELD_LOCK:
         _HELD.add(os.path.abspath(self.path))

@@ -114,6 +114,21 @@ def test_a_lock_that_cannot_be_read_for_a_moment_is_still_the_runs(tmp_path, mon
   assert "could not read the lock" in caplog.text and "Input/output error" in caplog.text
 
 
+def test_a_lock_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch):
+  """A full disk fails the lock's write after the file was created: the empty
+  file was left, and the rerun after freeing space was refused for 10 s."""
+  def full_disk(obj, f):
+    raise OSError(28, "No space left on device")
+
+  with monkeypatch.context() as patched:
+    patched.setattr(run_lock.json, "dump", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+      run_lock.WorkdirLock(str(tmp_path)).acquire()
+  assert not (tmp_path / run_lock.LOCK_NAME).exists()
+  with run_lock.WorkdirLock(str(tmp_path)):
+    pass
+
+
 def test_a_lock_on_another_host_is_taken_over_once_its_heartbeat_stops(tmp_path, caplog):
   path = tmp_path / run_lock.LOCK_NAME
   _other_host_lock(path, age=100)  # 100 s < 12 x 15 s: it may still run
