@@ -390,7 +390,9 @@ def main(argv):
   try:
     exit_status.exit_on_run_error(
         run_demo, FLAGS.workdir, FLAGS.seeds, FLAGS.teacher_epochs, FLAGS.student_epochs,
-        FLAGS.methods, scales, FLAGS.data_dir, FLAGS.selection_seeds, FLAGS.parallel_runs)
+        FLAGS.methods, scales, FLAGS.data_dir, FLAGS.selection_seeds, FLAGS.parallel_runs,
+        on_interrupt="the same command goes on, reusing the runs that finished and resuming "
+        "the others from their last checkpoints")
   except ArgumentError as err:
     _flag_error(str(err))
 

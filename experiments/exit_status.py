@@ -18,9 +18,17 @@ from absl import logging
 from rldjax import errors
 
 
-def exit_on_run_error(fn, *args, **kwargs):
+# The shell's status for a process ended by SIGINT (128 + 2), as Python's own.
+INTERRUPTED = 130
+
+
+def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
   """``fn(*args, **kwargs)``; on a RunError, logs it, writes ``error: <message>``
-  to stderr as the process's last line and exits with its ``exit_code``.
+  to stderr as the process's last line and exits with its ``exit_code``. On
+  Ctrl-C (SIGINT; the run has recorded "interrupted" and closed its
+  checkpoints), the same with ``interrupted (Ctrl-C or SIGINT)`` and
+  ``on_interrupt`` (what the same command does next), status 130, where
+  Python printed the traceback of wherever the main thread was.
 
   A storage failure in a multi-process run may be this process's alone (only
   process 0 writes the run's files): its peers wait in a collective it will
@@ -32,6 +40,10 @@ def exit_on_run_error(fn, *args, **kwargs):
   except errors.RunError as err:
     name, message, code = type(err).__name__, str(err), err.exit_code
     ends_process_now = isinstance(err, errors.StorageError) and _process_count() > 1
+  except KeyboardInterrupt:
+    name, message, code = "KeyboardInterrupt", "interrupted (Ctrl-C or SIGINT)", INTERRUPTED
+    message += f"; {on_interrupt}" if on_interrupt else ""
+    ends_process_now = False
   # Out of the except block the error and its traceback are released, so what
   # only they held can be collected, and is, before the error line. A failed
   # save leaves its other writes' asyncio tasks, whose exception nobody

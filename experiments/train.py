@@ -115,7 +115,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from experiments import exit_status  # pylint: disable=import-outside-toplevel
-  exit_status.exit_on_run_error(run, FLAGS.config, FLAGS.workdir)
+  exit_status.exit_on_run_error(
+      run, FLAGS.config, FLAGS.workdir,
+      on_interrupt="the same command resumes the run from its last checkpoint (or starts it "
+      "again if it wrote none)")
 
 
 def run(config, workdir):

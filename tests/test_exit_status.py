@@ -31,6 +31,16 @@ def test_run_errors_exit_with_their_status(error, code, capsys):
   assert capsys.readouterr().err == f"error: {error}\n"
 
 
+def test_an_interrupt_ends_with_one_line_and_status_130(capsys):
+  def interrupted(**kwargs):
+    assert kwargs == {"a": 1}
+    raise KeyboardInterrupt
+  with pytest.raises(SystemExit) as exited:
+    exit_status.exit_on_run_error(interrupted, a=1, on_interrupt="rerun it")
+  assert exited.value.code == 130
+  assert capsys.readouterr().err == "error: interrupted (Ctrl-C or SIGINT); rerun it\n"
+
+
 def test_other_errors_keep_their_traceback_and_results_pass_through():
   def bug():
     raise KeyError("a bug")

@@ -84,13 +84,14 @@ def assert_same_run(a, b):
 
 
 def test_killed_and_terminated_runs_end_bit_identical(env):
-  # 4 SIGKILLs, then a SIGTERM, each followed by a relaunch. Two kills land
+  # 4 SIGKILLs, then a SIGTERM and a SIGINT (Ctrl-C), each followed by a
+  # relaunch. Two kills land
   # at a random time after launch (start-up and restore included); the other
-  # kills and the SIGTERM at most 0.5 s after the launch saved its first
+  # kills and the SIGTERM and SIGINT at most 0.5 s after the launch saved its first
   # checkpoint, so in its training loop however slow the machine is, and
   # with a bounded advance per launch: at most a checkpoint interval (7 steps)
   # plus 0.5 s of steps, ~30 at this machine's ~19 ms per step. 30 epochs are
-  # 660 steps (22 per epoch), room for 5 launches on a machine 4x faster.
+  # 660 steps (22 per epoch), room for 6 launches on a machine 3x faster.
   epochs = "--config.num_epochs=30"
   reference = env["base"] / "reference"
   done = run(env, reference, epochs)
@@ -112,8 +113,8 @@ def test_killed_and_terminated_runs_end_bit_identical(env):
   chaos = env["base"] / "chaos"
   rng = np.random.default_rng(2026)
   outcomes = []
-  for i in range(5):
-    sig = signal.SIGKILL if i < 4 else signal.SIGTERM
+  for i in range(6):
+    sig = signal.SIGKILL if i < 4 else (signal.SIGTERM, signal.SIGINT)[i - 4]
     proc = start(env, chaos, epochs)
     if sig == signal.SIGKILL and i % 2 == 0:
       time.sleep(rng.uniform(0.3, 2.5))  # anywhere, start-up and restore included
@@ -132,6 +133,13 @@ def test_killed_and_terminated_runs_end_bit_identical(env):
       assert "stopped at step" in err and "Rerun the same command" in err
       status = json.loads((chaos / "results.json").read_text())["status"]
       assert status == "preempted"
+    if sig == signal.SIGINT:  # one line, not the traceback of where the main thread was
+      assert proc.returncode == 130, (proc.returncode, err[-3000:])
+      assert err.strip().splitlines()[-1] == (
+          "error: interrupted (Ctrl-C or SIGINT); the same command resumes the run from its "
+          "last checkpoint (or starts it again if it wrote none)"), err[-3000:]
+      assert "Traceback" not in err, err[-3000:]
+      assert json.loads((chaos / "results.json").read_text())["status"] == "interrupted"
   assert outcomes[:4] == [-signal.SIGKILL] * 4, outcomes  # no launch had ended before its kill
   final = run(env, chaos, epochs)
   assert final.returncode == 0, final.stderr[-3000:]
