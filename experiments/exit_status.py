@@ -12,6 +12,7 @@ flag (1).
 import gc
 import os
 import sys
+import traceback
 
 from absl import logging
 
@@ -31,10 +32,14 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
   Python printed the traceback of wherever the main thread was.
 
   A storage failure in a multi-process run may be this process's alone (only
-  process 0 writes the run's files): its peers wait in a collective it will
-  never join, and a normal exit would wait for them in JAX's shutdown barrier
-  (5 minutes). It ends the process at once instead; JAX's coordination
-  service then ends the peers as after a peer's death."""
+  process 0 writes the run's files), and so may a SIGINT: its peers wait in a
+  collective it will never join, and a normal exit would wait for them in
+  JAX's shutdown barrier (5 minutes, then every process aborted). It ends the
+  process at once instead; JAX's coordination service then ends the peers as
+  after a peer's death. Any other error escaping a multi-process run (a
+  collective that failed because a peer died, or a bug) likewise ends the
+  process at once after its traceback, with status 1: waiting in that
+  barrier for a dead peer ended with JAX's abort (status 134) 52-90 s later."""
   try:
     return fn(*args, **kwargs)
   except errors.RunError as err:
@@ -43,7 +48,13 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
   except KeyboardInterrupt:
     name, message, code = "KeyboardInterrupt", "interrupted (Ctrl-C or SIGINT)", INTERRUPTED
     message += f"; {on_interrupt}" if on_interrupt else ""
-    ends_process_now = False
+    ends_process_now = _process_count() > 1  # a SIGINT may have reached this process alone
+  except Exception:  # pylint: disable=broad-except
+    if _process_count() == 1:
+      raise  # a bug: its traceback, status 1
+    traceback.print_exc()
+    _flush_quietly()
+    os._exit(1)  # pylint: disable=protected-access
   # Out of the except block the error and its traceback are released, so what
   # only they held can be collected, and is, before the error line. A failed
   # save leaves its other writes' asyncio tasks, whose exception nobody
@@ -53,14 +64,21 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
   try:  # the log may be on the storage that failed: the status still says it
     logging.error("%s: %s", name, message)
     sys.stderr.write(f"error: {message}\n")
+  except OSError:
+    pass
+  _flush_quietly()
+  if ends_process_now:
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(code)
+
+
+def _flush_quietly() -> None:
+  try:
     logging.flush()
     sys.stderr.flush()
     sys.stdout.flush()
   except OSError:
     pass
-  if ends_process_now:
-    os._exit(code)  # pylint: disable=protected-access
-  sys.exit(code)
 
 
 def _process_count() -> int:

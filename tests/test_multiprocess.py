@@ -18,6 +18,7 @@ runs of the launcher in ``tests/test_training.py`` and
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -200,6 +201,30 @@ def test_a_pair_whose_lock_is_taken_over_stops_on_both_processes(base):
             "on another-host") in log.splitlines()[-1], log[-3000:]
   assert lock.read_text() == theirs
   assert not (workdir / "export").exists()
+
+
+def test_a_pair_whose_process_1_is_interrupted_ends_at_once(base):
+  """SIGINT to process 1 alone (Ctrl-C in its terminal): it ends with status
+  130 and one line; process 0's next collective fails, and it records
+  "failed" and ends with its traceback and status 1. Both waited in JAX's
+  shutdown barrier for 5 minutes, then aborted (status 134)."""
+  data_dir = base / "data_interrupted"
+  builders.load_builder("rldjax_digits", str(data_dir))
+  workdir = base / "interrupted"
+  procs = launch_pair(base, workdir, data_dir, "--config.num_epochs=400")
+  deadline = time.time() + 180
+  while not list(workdir.glob("checkpoints/[0-9]*")) and time.time() < deadline:
+    time.sleep(0.1)
+  procs[1].send_signal(signal.SIGINT)
+  logs = logs_when_done(procs, timeout=120)
+  assert [p.returncode for p in procs] == [1, 130], [log[-3000:] for log in logs]
+  assert logs[1].strip().splitlines()[-1] == (
+      "error: interrupted (Ctrl-C or SIGINT); the same command resumes the run from its last "
+      "checkpoint (or starts it again if it wrote none)"), logs[1][-3000:]
+  assert "Traceback" in logs[0] and re.search(r"Connection (closed|reset) by peer", logs[0]), \
+      logs[0][-3000:]
+  assert results(workdir)["status"] == "failed"
+  assert not (workdir / "run.lock").exists()
 
 
 def test_processes_launched_with_different_configs_stop_before_training(base):
