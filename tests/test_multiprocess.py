@@ -31,6 +31,7 @@ import pytest
 
 from rldjax import export
 from rldjax.data import builders
+from tests.foreground import with_default_sigint
 from tests.image_folder import write_image_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def launch(base, workdir, data_dir, *extra, devices=1, max_file_bytes=None, conf
            f"resource.RLIMIT_FSIZE, ({max_file_bytes}, {max_file_bytes})); "
            "os.execv(sys.argv[1], sys.argv[1:])", *cmd]
   log = open(base / f"log_{time.time_ns()}.txt", "w+")  # a file: a pipe could fill and block
-  proc = subprocess.Popen(cmd, env=environment(base, devices), stdout=log,
+  proc = subprocess.Popen(with_default_sigint(cmd), env=environment(base, devices), stdout=log,
                           stderr=subprocess.STDOUT, text=True)
   proc.log = log
   return proc

@@ -18,6 +18,7 @@ import pytest
 
 from rldjax import export, runtime
 from rldjax.data import builders
+from tests.foreground import with_default_sigint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = f"--config={ROOT}/experiments/configs/digits.py:method=vanilla,epochs=20"
@@ -45,7 +46,7 @@ def run(env, workdir, *extra, timeout=300):
 
 
 def start(env, workdir, *extra):
-  return subprocess.Popen(command(env, workdir, *extra), env=env["env"],
+  return subprocess.Popen(with_default_sigint(command(env, workdir, *extra)), env=env["env"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
