@@ -53,3 +53,9 @@ class StorageError(RunError):
 class PreemptedError(RunError):
   """The run was asked to stop (SIGTERM) and saved a checkpoint to resume from."""
   exit_code = 143  # 128 + SIGTERM, what a scheduler expects of a terminated job
+
+
+class InterruptedRunError(RunError):
+  """The run was interrupted (Ctrl-C or SIGINT) and saved a checkpoint to
+  resume from."""
+  exit_code = 130  # 128 + SIGINT, what a shell reports for Ctrl-C

@@ -134,13 +134,15 @@ def test_killed_and_terminated_runs_end_bit_identical(env):
       assert "stopped at step" in err and "Rerun the same command" in err
       status = json.loads((chaos / "results.json").read_text())["status"]
       assert status == "preempted"
-    if sig == signal.SIGINT:  # one line, not the traceback of where the main thread was
+    if sig == signal.SIGINT:  # saved like SIGTERM; one line, not a traceback
       assert proc.returncode == 130, (proc.returncode, err[-3000:])
-      assert err.strip().splitlines()[-1] == (
-          "error: interrupted (Ctrl-C or SIGINT); the same command resumes the run from its "
-          "last checkpoint (or starts it again if it wrote none)"), err[-3000:]
+      assert re.fullmatch(r"error: interrupted \(Ctrl-C or SIGINT\) at step (\d+); checkpoint "
+                          r"saved in .*/checkpoints\. Rerun the same command to resume\.",
+                          err.strip().splitlines()[-1]), err[-3000:]
       assert "Traceback" not in err, err[-3000:]
-      assert json.loads((chaos / "results.json").read_text())["status"] == "interrupted"
+      interrupted = json.loads((chaos / "results.json").read_text())
+      assert interrupted["status"] == "interrupted"
+      assert interrupted["interrupted_at_step"] == max(checkpoint_steps(chaos))
   assert outcomes[:4] == [-signal.SIGKILL] * 4, outcomes  # no launch had ended before its kill
   final = run(env, chaos, epochs)
   assert final.returncode == 0, final.stderr[-3000:]

@@ -304,7 +304,8 @@ def _unexpected_stop(err: BaseException) -> tuple[str, str] | None:
   (``interrupted`` for Ctrl-C). None for the stops that record their own status
   (divergence, preemption, a storage failure: :func:`train_and_evaluate`
   records it)."""
-  recorded = (errors.DivergedError, errors.PreemptedError, errors.StorageError,
+  recorded = (errors.DivergedError, errors.PreemptedError, errors.InterruptedRunError,
+              errors.StorageError,
               errors.LockLostError)  # the last: the workdir is another run's now
   if isinstance(err, recorded) or (isinstance(err, Exception)
                                    and workdir_lib.storage_failure(err) is not None):
@@ -463,7 +464,7 @@ class _Run:
       end = (epoch + 1) * spe
       for state, step, synced in self._advance(state, step, end, history):
         if watcher.requested(step):
-          self._preempted(state, history, manager, step)
+          self._preempted(state, history, manager, step, watcher.interrupted)
         if not synced:
           continue
         if step % config.log_every_steps == 0 or step == end:
@@ -592,11 +593,18 @@ class _Run:
         f"diverged: the loss or a gradient is not finite at step {step} (epoch {epoch}): loss = "
         f"{loss}. {advice}")
 
-  def _preempted(self, state, history, manager, step):
+  def _preempted(self, state, history, manager, step, interrupted=False):
+    """Saves the step reached and stops: asked by SIGTERM (preempted, status
+    143) or by Ctrl-C (``interrupted``, status 130)."""
     self._check_finite(history)  # never save a state that is not finite
     self._stop_unless_lock_held()
     ckpt_lib.save(manager, state, history, force=True)
     manager.wait_until_finished()
+    if interrupted:
+      self.write_results(history, "interrupted", {"interrupted_at_step": step})
+      raise errors.InterruptedRunError(
+          f"interrupted (Ctrl-C or SIGINT) at step {step}; checkpoint saved in "
+          f"{self.workdir}/checkpoints. Rerun the same command to resume.")
     self.write_results(history, "preempted", {"preempted_at_step": step})
     raise errors.PreemptedError(
         f"stopped at step {step} on request (SIGTERM); checkpoint saved in "
