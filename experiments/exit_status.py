@@ -26,16 +26,17 @@ INTERRUPTED = 130
 def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
   """``fn(*args, **kwargs)``; on a RunError, logs it, writes ``error: <message>``
   to stderr as the process's last line and exits with its ``exit_code``
-  (Ctrl-C while a one-process run trains: ``InterruptedRunError``, 130, the
-  step saved; rldjax/train/preemption.py). On a KeyboardInterrupt elsewhere
-  (start-up, the demo's main thread, several processes; the run has recorded
+  (Ctrl-C while a run trains: ``InterruptedRunError``, 130, the step saved,
+  on every process; rldjax/train/preemption.py). On a KeyboardInterrupt
+  elsewhere (start-up, the demo's main thread, a second Ctrl-C; the run has recorded
   "interrupted" and closed its checkpoints), the same with ``interrupted
   (Ctrl-C or SIGINT)`` and ``on_interrupt`` (what the same command does
   next), status 130, where Python printed the traceback of wherever the main
   thread was.
 
   A storage failure in a multi-process run may be this process's alone (only
-  process 0 writes the run's files), and so may a SIGINT: its peers wait in a
+  process 0 writes the run's files), and so may a KeyboardInterrupt (a
+  second Ctrl-C, or one during start-up): its peers wait in a
   collective it will never join, and a normal exit would wait for them in
   JAX's shutdown barrier (5 minutes, then every process aborted). It ends the
   process at once instead; JAX's coordination service then ends the peers as

@@ -90,6 +90,13 @@ def logs_when_done(procs, timeout=240):
   return logs
 
 
+def logs_so_far(proc):
+  proc.log.seek(0)
+  text = proc.log.read()
+  proc.log.seek(0, 2)
+  return text
+
+
 def finish(procs, timeout=240):
   logs = logs_when_done(procs, timeout)
   for p, log in zip(procs, logs):
@@ -104,6 +111,12 @@ def results(workdir):
 def weights(workdir, name="last"):
   return [np.asarray(x) for x in jax.tree_util.tree_leaves(
       export.load_model(str(workdir / "export" / name))[2])]
+
+
+def wait_for_a_checkpoint(workdir, timeout=180):
+  deadline = time.time() + timeout
+  while not list(workdir.glob("checkpoints/[0-9]*")) and time.time() < deadline:
+    time.sleep(0.1)
 
 
 def kill_after_a_checkpoint(procs, workdir, first, end):
@@ -189,9 +202,8 @@ def test_a_pair_whose_lock_is_taken_over_stops_on_both_processes(base):
   builders.load_builder("rldjax_digits", str(data_dir))
   workdir = base / "taken_over"
   procs = launch_pair(base, workdir, data_dir, "--config.num_epochs=400")
-  lock, deadline = workdir / "run.lock", time.time() + 180
-  while not list(workdir.glob("checkpoints/[0-9]*")) and time.time() < deadline:
-    time.sleep(0.1)
+  lock = workdir / "run.lock"
+  wait_for_a_checkpoint(workdir)
   theirs = json.dumps({"host": "another-host", "pid": 4242, "token": "theirs",
                        "heartbeat_seconds": 15})
   lock.write_text(theirs)
@@ -204,20 +216,43 @@ def test_a_pair_whose_lock_is_taken_over_stops_on_both_processes(base):
   assert not (workdir / "export").exists()
 
 
-def test_a_pair_whose_process_1_is_interrupted_ends_at_once(base):
-  """SIGINT to process 1 alone (Ctrl-C in its terminal): it ends with status
-  130 and one line; process 0's next collective fails, and it records
-  "failed" and ends with its traceback and status 1. Both waited in JAX's
-  shutdown barrier for 5 minutes, then aborted (status 134)."""
+def test_a_pair_whose_process_1_is_interrupted_saves_and_stops_then_resumes(base):
+  """Ctrl-C in process 1's terminal (SIGINT to it alone): both processes
+  save the same step and stop with status 130 and the same line, and
+  results.json says "interrupted" at that step (only the interrupted process
+  stopped, at once, and process 0's next collective failed: the steps since
+  the last checkpoint were lost). The same commands resume from that step; a
+  second Ctrl-C there stops process 1 at once (130), and process 0, whose
+  collective then fails, records "failed" and ends with its traceback and
+  status 1 at once (it waited in JAX's shutdown barrier for its dead peer, 5
+  minutes, then JAX aborted it: status 134)."""
   data_dir = base / "data_interrupted"
   builders.load_builder("rldjax_digits", str(data_dir))
   workdir = base / "interrupted"
   procs = launch_pair(base, workdir, data_dir, "--config.num_epochs=400")
-  deadline = time.time() + 180
-  while not list(workdir.glob("checkpoints/[0-9]*")) and time.time() < deadline:
-    time.sleep(0.1)
+  wait_for_a_checkpoint(workdir)
   procs[1].send_signal(signal.SIGINT)
   logs = logs_when_done(procs, timeout=120)
+  assert [p.returncode for p in procs] == [130, 130], [log[-3000:] for log in logs]
+  saved = results(workdir)
+  assert saved["status"] == "interrupted", saved
+  step = saved["interrupted_at_step"]
+  for log in logs:
+    assert log.strip().splitlines()[-1] == (
+        f"error: interrupted (Ctrl-C or SIGINT) at step {step}; checkpoint saved in "
+        f"{workdir}/checkpoints. Rerun the same command to resume."), log[-3000:]
+  assert max(int(p.name) for p in workdir.glob("checkpoints/[0-9]*")) == step
+  assert not (workdir / "run.lock").exists()
+
+  procs = launch_pair(base, workdir, data_dir, "--config.num_epochs=400")
+  deadline = time.time() + 180
+  while f"resumed from step {step} " not in logs_so_far(procs[0]) and time.time() < deadline:
+    time.sleep(0.1)
+  procs[1].send_signal(signal.SIGINT)
+  time.sleep(0.3)  # the handler has run: the second one interrupts at once
+  procs[1].send_signal(signal.SIGINT)
+  logs = logs_when_done(procs, timeout=120)
+  assert f"resumed from step {step} " in logs[0], logs[0][-3000:]
   assert [p.returncode for p in procs] == [1, 130], [log[-3000:] for log in logs]
   assert logs[1].strip().splitlines()[-1] == (
       "error: interrupted (Ctrl-C or SIGINT); the same command resumes the run from its last "

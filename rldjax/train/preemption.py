@@ -9,20 +9,27 @@ on every process at the same call, so all of them save the same step. The
 handler is installed for the duration of a run only and the previous one
 restored after.
 
-Ctrl-C (SIGINT) with one process does the same: the first sets a flag (the
-run saves a checkpoint and stops with status 130), a second interrupts at
-once. Letting Python raise KeyboardInterrupt wherever the main thread was
-lost it now and then (in ~1 of 8 interrupts just after a checkpoint, the run
-trained on), and left the steps since the last checkpoint unsaved. A SIGINT
-this process ignores (started in the background by a shell) stays ignored.
-With several processes a SIGINT raises KeyboardInterrupt as in Python.
+Ctrl-C (SIGINT) does the same: the first asks for the stop (the run saves a
+checkpoint and stops with status 130), a second interrupts at once. With one
+process it sets the flag; with several it sends this process a SIGTERM, for
+JAX's notifier, so that every process saves the same step, and at the sync
+point the processes tell one another whether any of them was interrupted (so
+all of them report the interrupt, whichever one received it: a Ctrl-C in one
+process's terminal). Letting Python raise KeyboardInterrupt wherever the
+main thread was lost it now and then (in ~1 of 8 interrupts just after a
+checkpoint, the run trained on), left the steps since the last checkpoint
+unsaved, and with several processes stopped only the process interrupted
+(its peers' next collective failed). A SIGINT this process ignores (started
+in the background by a shell) stays ignored.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
 import jax
+import numpy as np
 from absl import logging
 
 
@@ -47,12 +54,16 @@ class PreemptionWatcher:
     logging.warning("received signal %d (Ctrl-C): saving a checkpoint and stopping; Ctrl-C again "
                     "stops at once", signum)
     self.interrupted = True
-    self._flag.set()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one: KeyboardInterrupt
+    if self._multi:
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier: the sync point
+    else:
+      self._flag.set()
 
   def __enter__(self):
-    if not self._multi and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
+    if threading.current_thread() is threading.main_thread():
+      if not self._multi:  # with several, JAX's notifier has SIGTERM
+        self._previous = signal.signal(signal.SIGTERM, self._handler)
       if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         self._previous_sigint = signal.signal(signal.SIGINT, self._interrupt)
     return self
@@ -72,5 +83,10 @@ class PreemptionWatcher:
     if self._multi:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       self._calls += 1  # consecutive ids: the sync point is agreed in these units
-      return bool(multihost_utils.reached_preemption_sync_point(self._calls))
+      if not multihost_utils.reached_preemption_sync_point(self._calls):
+        return False
+      # Every process is here, at the same call: was any of them interrupted?
+      self.interrupted = bool(multihost_utils.process_allgather(
+          np.int32(self.interrupted)).any())
+      return True
     return self._flag.is_set()
