@@ -46,24 +46,60 @@ def test_traced_call_gives_nan_for_that_example(name, bad):
   assert np.isnan(float(mean))
 
 
-@pytest.mark.parametrize("name", ["dkd", "rld", "swap_kd", "rc"])
-def test_padding_tokens_masked_out_give_the_loss_and_gradient_of_the_rest(name):
-  """Token-level distillation: padding positions labelled -100 (traced) and
-  masked with ``jnp.where`` leave the sum and its gradient those of the kept
-  tokens alone, finite, with zero gradient at the padding."""
+def _tokens():
   rng = np.random.default_rng(1)
   s = jnp.asarray(rng.standard_normal((2, 6, C)), jnp.float32)
   t = jnp.asarray(rng.standard_normal((2, 6, C)), jnp.float32)
   y = rng.integers(0, C, (2, 6)).astype(np.int32)
   y[:, 4:] = -100
-  fn = losses.get(name)
+  return s, t, y
 
-  def masked(s, y):
-    return jnp.sum(jnp.where(y >= 0, fn(s, t, y), 0.0))
-  value, grad = jax.jit(jax.value_and_grad(masked))(s, jnp.asarray(y))
+
+def _assert_loss_and_gradient_of_kept_tokens(fn, s, t, y, value, grad):
   kept_value, kept_grad = jax.value_and_grad(
       lambda k: jnp.sum(fn(k, t[:, :4], jnp.asarray(y[:, :4]))))(s[:, :4])
   assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
   np.testing.assert_allclose(float(value), float(kept_value), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(grad[:, :4]), np.asarray(kept_grad), rtol=1e-5, atol=1e-7)
   np.testing.assert_array_equal(np.asarray(grad[:, 4:]), 0.0)
+
+
+@pytest.mark.parametrize("name", ["dkd", "rld", "swap_kd", "rc"])
+def test_padding_tokens_masked_out_give_the_loss_and_gradient_of_the_rest(name):
+  """Token-level distillation: padding positions labelled -100 (traced) and
+  masked with ``jnp.where`` leave the sum and its gradient those of the kept
+  tokens alone, finite, with zero gradient at the padding."""
+  s, t, y = _tokens()
+  fn = losses.get(name)
+
+  def masked(s, y):
+    return jnp.sum(jnp.where(y >= 0, fn(s, t, y), 0.0))
+  value, grad = jax.jit(jax.value_and_grad(masked))(s, jnp.asarray(y))
+  _assert_loss_and_gradient_of_kept_tokens(fn, s, t, y, value, grad)
+
+
+@pytest.mark.parametrize("call", ["eager", "jit", "jit, labels closed over", "chunked"])
+@pytest.mark.parametrize("name", ["dkd", "rld", "ldrld", "swap_kd", "rc"])
+def test_padding_labels_clamped_then_masked_work_eagerly_and_without_nans(name, call):
+  """The README's recipe, ``jnp.where(labels >= 0, loss(s, t,
+  jnp.maximum(labels, 0)), 0.0)``: the loss and gradient of the kept tokens
+  in every way of calling it. The -100 labels themselves raise in an eager
+  call (and with labels known at trace time), and their NaN trips
+  ``jax.debug_nans``; clamped, no NaN is ever computed."""
+  s, t, y = _tokens()
+  fn = losses.get(name)
+  inner = losses.chunked(fn, rows=5) if call == "chunked" else fn
+
+  def masked(s, y):
+    return jnp.sum(jnp.where(y >= 0, inner(s, t, jnp.maximum(y, 0)), 0.0))
+  with jax.debug_nans(True):
+    if call == "eager":
+      value, grad = jax.value_and_grad(masked)(s, jnp.asarray(y))
+    elif call == "jit, labels closed over":
+      value, grad = jax.jit(jax.value_and_grad(lambda s: masked(s, jnp.asarray(y))))(s)
+    else:
+      value, grad = jax.jit(jax.value_and_grad(masked))(s, jnp.asarray(y))
+  _assert_loss_and_gradient_of_kept_tokens(fn, s, t, y, value, grad)
+  if call == "eager" and name != "ldrld":  # the unclamped labels (ldrld reads none)
+    with pytest.raises(ValueError, match="`labels` must lie in"):
+      fn(s, t, jnp.asarray(y))

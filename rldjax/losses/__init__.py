@@ -7,7 +7,10 @@ A class whose logit is -inf in both the student and the teacher (a padded
 vocabulary) is absent: the per-example losses equal those of the logits without
 it (to float rounding), value and gradients, ``standardize=True`` included.
 :func:`chunked` computes a per-example loss a chunk of examples at a time, to
-bound the memory of large vocabularies.
+bound the memory of large vocabularies. Padding tokens (labels such as -100)
+are masked by the caller, with the labels clamped so that no NaN is computed::
+
+  per_token = jnp.where(labels >= 0, rld(s, t, jnp.maximum(labels, 0)), 0.0)
 """
 from rldjax.losses._common import standardize_logits
 from rldjax.losses.chunked import chunked
