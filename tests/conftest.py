@@ -53,6 +53,15 @@ def compilation_cache(tmp_path_factory):
   return runtime.use_compilation_cache(str(base / "jax_cache"))
 
 
+@pytest.fixture(autouse=True)
+def kill_leftovers():
+  """Processes a test launched with ``tests.foreground.launch`` end with it:
+  those still running (the test failed before they stopped) are killed."""
+  yield
+  from tests import foreground
+  foreground.kill_leftovers()
+
+
 # The modules whose tests run longest (real launcher processes, a demo, a
 # subprocess with 8 devices), measured with ``--durations``: collected first,
 # so that under ``pytest -n 2`` they start at once on both workers instead of

@@ -31,7 +31,7 @@ import pytest
 
 from rldjax import export
 from rldjax.data import builders
-from tests.foreground import with_default_sigint
+from tests import foreground
 from tests.image_folder import write_image_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -66,8 +66,8 @@ def launch(base, workdir, data_dir, *extra, devices=1, max_file_bytes=None, conf
            f"resource.RLIMIT_FSIZE, ({max_file_bytes}, {max_file_bytes})); "
            "os.execv(sys.argv[1], sys.argv[1:])", *cmd]
   log = open(base / f"log_{time.time_ns()}.txt", "w+")  # a file: a pipe could fill and block
-  proc = subprocess.Popen(with_default_sigint(cmd), env=environment(base, devices), stdout=log,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = foreground.launch(cmd, env=environment(base, devices), stdout=log,
+                           stderr=subprocess.STDOUT, text=True)
   proc.log = log
   return proc
 
@@ -90,13 +90,6 @@ def logs_when_done(procs, timeout=240):
   return logs
 
 
-def logs_so_far(proc):
-  proc.log.seek(0)
-  text = proc.log.read()
-  proc.log.seek(0, 2)
-  return text
-
-
 def finish(procs, timeout=240):
   logs = logs_when_done(procs, timeout)
   for p, log in zip(procs, logs):
@@ -113,9 +106,14 @@ def weights(workdir, name="last"):
       export.load_model(str(workdir / "export" / name))[2])]
 
 
-def wait_for_a_checkpoint(workdir, timeout=180):
+def checkpoint_steps(workdir):
+  """The steps of the complete checkpoints (not Orbax's temporary directories)."""
+  return [int(p.name) for p in workdir.glob("checkpoints/*") if p.name.isdigit()]
+
+
+def wait_for_a_checkpoint(workdir, newer_than=-1, timeout=180):
   deadline = time.time() + timeout
-  while not list(workdir.glob("checkpoints/[0-9]*")) and time.time() < deadline:
+  while max(checkpoint_steps(workdir), default=-1) <= newer_than and time.time() < deadline:
     time.sleep(0.1)
 
 
@@ -123,9 +121,8 @@ def kill_after_a_checkpoint(procs, workdir, first, end):
   """SIGKILLs every process once a checkpoint of a step in [first, end)
   exists; returns their logs and the checkpointed steps at the kill."""
   deadline = time.time() + 180
-  ckpts = workdir / "checkpoints"
   while time.time() < deadline:
-    steps = [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
+    steps = checkpoint_steps(workdir)
     if any(first <= s < end for s in steps):
       break
     time.sleep(0.1)
@@ -241,13 +238,11 @@ def test_a_pair_whose_process_1_is_interrupted_saves_and_stops_then_resumes(base
     assert log.strip().splitlines()[-1] == (
         f"error: interrupted (Ctrl-C or SIGINT) at step {step}; checkpoint saved in "
         f"{workdir}/checkpoints. Rerun the same command to resume."), log[-3000:]
-  assert max(int(p.name) for p in workdir.glob("checkpoints/[0-9]*")) == step
+  assert max(checkpoint_steps(workdir)) == step
   assert not (workdir / "run.lock").exists()
 
   procs = launch_pair(base, workdir, data_dir, "--config.num_epochs=400")
-  deadline = time.time() + 180
-  while f"resumed from step {step} " not in logs_so_far(procs[0]) and time.time() < deadline:
-    time.sleep(0.1)
+  wait_for_a_checkpoint(workdir, newer_than=step)  # both processes train: their handlers are set
   procs[1].send_signal(signal.SIGINT)
   time.sleep(0.3)  # the handler has run: the second one interrupts at once
   procs[1].send_signal(signal.SIGINT)

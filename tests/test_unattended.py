@@ -18,7 +18,7 @@ import pytest
 
 from rldjax import export, runtime
 from rldjax.data import builders
-from tests.foreground import with_default_sigint
+from tests import foreground
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = f"--config={ROOT}/experiments/configs/digits.py:method=vanilla,epochs=20"
@@ -46,8 +46,8 @@ def run(env, workdir, *extra, timeout=300):
 
 
 def start(env, workdir, *extra):
-  return subprocess.Popen(with_default_sigint(command(env, workdir, *extra)), env=env["env"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  return foreground.launch(command(env, workdir, *extra), env=env["env"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def checkpoint_steps(workdir) -> set:
