@@ -71,6 +71,7 @@ from rldjax.train import config as config_lib
 from rldjax.train import data as data_lib
 from rldjax.train import programs as programs_lib
 from rldjax.train import recipe, step as step_lib, workdir as workdir_lib
+from rldjax.train import save_watchdog
 from rldjax.train.preemption import PreemptionWatcher
 from rldjax.train.writer import ScalarWriter
 
@@ -478,7 +479,7 @@ class _Run:
           rate_mark = (step, self.train_time)
         if step % config.checkpoint.every_steps == 0 and step != end:
           self._stop_unless_lock_held()
-          ckpt_lib.save(manager, state, history)
+          self._save(manager, state, history)
       state, history = self._end_epoch(state, history, epoch, manager, writer)
     writer.flush()
     return state, history
@@ -598,7 +599,7 @@ class _Run:
     143) or by Ctrl-C (``interrupted``, status 130)."""
     self._check_finite(history)  # never save a state that is not finite
     self._stop_unless_lock_held()
-    ckpt_lib.save(manager, state, history, force=True)
+    self._save(manager, state, history, force=True)
     manager.wait_until_finished()
     if interrupted:
       self.write_results(history, "interrupted", {"interrupted_at_step": step})
@@ -639,6 +640,19 @@ class _Run:
       rates = jax.vmap(lambda e: recipe.learning_rate(self.config, e))(jnp.asarray(epochs))
       self.learning_rates = dict(zip(epochs, map(float, jax.device_get(rates))))
     return self.learning_rates[epoch]
+
+  def _save(self, manager, state, history, **kwargs):
+    """``ckpt_lib.save``; with several processes, the workdir removed during
+    it ends each process with status 4 (rldjax/train/save_watchdog.py)."""
+    def stopped():
+      cause = (f"[Errno {errno.ENOENT}] the workdir was removed, or its {run_lock.LOCK_NAME} "
+               f"deleted, while the run saved a checkpoint: '{self.workdir}'")
+      message = storage_failure_message(self.workdir, cause)
+      if distributed.is_primary():
+        _record_failure(self.workdir, "storage_failed", message)
+      return message
+    with save_watchdog.lock_watched(self.lock.path, stopped):
+      return ckpt_lib.save(manager, state, history, **kwargs)
 
   def _stop_unless_lock_held(self):
     """The run's lock file is its claim on the workdir, checked before each
@@ -687,8 +701,8 @@ class _Run:
     history = history + [record]
     self._stop_unless_lock_held()
     if (epoch + 1) % c.checkpoint.every_epochs == 0 or epoch + 1 == c.num_epochs:
-      ckpt_lib.save(manager, state, history, force=True,
-                    metrics={"top1": record["top1"]} if eval_sums is not None else None)
+      self._save(manager, state, history, force=True,
+                 metrics={"top1": record["top1"]} if eval_sums is not None else None)
       self.history = history  # what the same command resumes from (close() waits for it)
     self.write_results(history, "running", throttle=True)
     if eval_sums is None:
