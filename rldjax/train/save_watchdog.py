@@ -4,11 +4,12 @@ checkpoint, instead of letting its processes wait for one another.
 With several processes a checkpoint save is a sequence of barriers and
 waits between them: process 0 creates the checkpoint's directories and the
 others wait for them to appear. Removed (``rm -rf`` of the workdir, or a
-cleanup script) while a save ran, process 1 waited 10 minutes for a
-directory process 0 had already made, in Orbax's array-metadata store, while
-process 0 waited for process 1 in the save's final barrier; then Orbax's
-``ValueError`` ended them with status 1 (seen 1 time in 8 removals at a
-random moment, a pair saving every 5 steps). A single process fails at once
+cleanup script) while a save ran, process 1 waited for a directory process
+0 had already made, in Orbax's array-metadata store, while process 0 waited
+for process 1 in the save's final barrier (seen in 1 of 8 removals at a
+random moment and 1 of 4 removals during a save, a pair saving every 5
+steps; each hang was watched for 2.5-4 minutes and killed: Orbax gives that
+wait 600 s, then raises a ``ValueError``). A single process fails at once
 there (its writes raise ``FileNotFoundError``: a storage failure, status 4).
 
 While a save runs, a thread of every process checks every ``interval``
