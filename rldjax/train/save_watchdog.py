@@ -8,7 +8,7 @@ cleanup script) while a save ran, process 1 waited for a directory process
 0 had already made, in Orbax's array-metadata store, while process 0 waited
 for process 1 in the save's final barrier (seen in 1 of 8 removals at a
 random moment and 1 of 4 removals during a save, a pair saving every 5
-steps; each hang was watched for 2.5-4 minutes and killed: Orbax gives that
+steps; each hang was watched for 2.5-6 minutes and killed: Orbax gives that
 wait 600 s, then raises a ``ValueError``). A single process fails at once
 there (its writes raise ``FileNotFoundError``: a storage failure, status 4).
 
