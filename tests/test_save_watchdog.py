@@ -17,7 +17,9 @@ from rldjax.train import save_watchdog
 def exits(monkeypatch):
   """The statuses ``os._exit`` was called with (it returns instead)."""
   class Calls(list):
-    called = threading.Event()
+    def __init__(self):
+      super().__init__()
+      self.called = threading.Event()  # this test's own
   calls = Calls()
 
   def fake_exit(code):
@@ -32,12 +34,15 @@ def processes(monkeypatch, count, index):
   monkeypatch.setattr(jax, "process_index", lambda: index)
 
 
+def watchdogs():
+  return [t for t in threading.enumerate() if t.name.startswith("save watchdog")]
+
+
 def test_one_process_watches_nothing(tmp_path, monkeypatch, exits):
   lock = tmp_path / "run.lock"
   lock.write_text("{}")
-  before = threading.active_count()
   with save_watchdog.lock_watched(str(lock), lambda: "never", interval=0.01):
-    assert threading.active_count() == before
+    assert not watchdogs()
     lock.unlink()
     time.sleep(0.1)
   assert exits == []
@@ -55,6 +60,7 @@ def test_a_lock_removed_during_the_save_ends_the_process_with_status_4(
     asked.append(time.time())
     return f"storage failed in {tmp_path}: the workdir was removed"
   with save_watchdog.lock_watched(str(lock), stopped, interval=0.05):
+    assert len(watchdogs()) == 1
     time.sleep(0.2)
     assert exits == []  # present: nothing happens
     removed = time.time()
@@ -91,3 +97,19 @@ def test_a_lock_missing_at_one_check_or_unreadable_is_not_removed(tmp_path, monk
   with save_watchdog.lock_watched(str(lock), lambda: "stopped", interval=0.01):
     assert checked.wait(5)
   assert exits == []
+
+
+def test_a_description_that_fails_still_ends_the_process(tmp_path, monkeypatch, exits, capsys):
+  processes(monkeypatch, 2, 1)
+  lock = tmp_path / "run.lock"
+  lock.write_text("{}")
+
+  def stopped():
+    raise OSError(5, "Input/output error")
+  with save_watchdog.lock_watched(str(lock), stopped, interval=0.02):
+    lock.unlink()
+    assert exits.called.wait(5)
+  assert exits == [4]
+  assert capsys.readouterr().err.splitlines()[-1] == (
+      f"error: storage failed: {lock} disappeared while the run saved a checkpoint (and "
+      "describing it failed: OSError: [Errno 5] Input/output error)")

@@ -63,7 +63,12 @@ def lock_watched(lock_path: str, stopped: Callable[[], str],
         continue
       if jax.process_index() == 0 and done.wait(2 * interval):
         return  # the save ended after all: the loop's own check stops the run
-      _end_process(stopped())
+      try:
+        message = stopped()
+      except Exception as err:  # pylint: disable=broad-except
+        message = (f"storage failed: {lock_path} disappeared while the run saved a checkpoint "
+                   f"(and describing it failed: {type(err).__name__}: {err})")
+      _end_process(message)  # whatever the description did: never left waiting
 
   watcher = threading.Thread(target=watch, name=f"save watchdog {lock_path}", daemon=True)
   watcher.start()
