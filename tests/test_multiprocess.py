@@ -216,13 +216,13 @@ def test_a_pair_whose_lock_is_taken_over_stops_on_both_processes(base):
 def test_a_pair_whose_process_1_is_interrupted_saves_and_stops_then_resumes(base):
   """Ctrl-C in process 1's terminal (SIGINT to it alone): both processes
   save the same step and stop with status 130 and the same line, and
-  results.json says "interrupted" at that step (only the interrupted process
-  stopped, at once, and process 0's next collective failed: the steps since
-  the last checkpoint were lost). The same commands resume from that step; a
-  second Ctrl-C there stops process 1 at once (130), and process 0, whose
-  collective then fails, records "failed" and ends with its traceback and
-  status 1 at once (it waited in JAX's shutdown barrier for its dead peer, 5
-  minutes, then JAX aborted it: status 134)."""
+  results.json says "interrupted" at that step (before, only the interrupted
+  process stopped, at once, and process 0's next collective failed: the
+  steps since the last checkpoint were lost). The same commands resume from
+  that step; a second Ctrl-C there stops process 1 at once (130), and
+  process 0, whose collective then fails, records "failed" and ends with its
+  traceback and status 1 at once (before, it waited in JAX's shutdown
+  barrier for its dead peer, 5 minutes, then JAX aborted it: status 134)."""
   data_dir = base / "data_interrupted"
   builders.load_builder("rldjax_digits", str(data_dir))
   workdir = base / "interrupted"
