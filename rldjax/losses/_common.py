@@ -123,11 +123,63 @@ def batch_shape(shape: Sequence[int], axis: int) -> tuple[int, ...]:
   return tuple(shape[:axis]) + tuple(shape[axis + 1:])
 
 
+def explicit_axes(*arrays) -> tuple[str, ...]:
+  """The mesh axes of type ``jax.sharding.AxisType.Explicit`` in the arrays'
+  types, in mesh order (``()`` for arrays outside explicit sharding)."""
+  names = []
+  for x in arrays:
+    if x is None:
+      continue
+    mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
+    if mesh is None or mesh.empty:
+      continue
+    for name, kind in zip(mesh.axis_names, mesh.axis_types):
+      if kind == jax.sharding.AxisType.Explicit and name not in names:
+        names.append(name)
+  return tuple(names)
+
+
+def on_auto_axes(fn: Callable, arrays, out_specs: Callable):
+  """``fn(*arrays)``, with every Explicit mesh axis of the arrays turned Auto
+  inside ``fn`` (``jax.sharding.auto_axes``): XLA's partitioner places the
+  gathers, scatters, top-k and concatenations of the losses, which explicit
+  sharding refuses (a sharded class axis, or operands of other shardings),
+  and the result is resharded to
+  ``out_specs()`` (a PartitionSpec, or a pytree of them, for ``fn``'s
+  result). Outside explicit sharding, a plain call."""
+  axes = explicit_axes(*arrays)
+  if not axes:
+    return fn(*arrays)
+  mesh = next(jax.typeof(x).sharding.mesh for x in arrays
+              if x is not None and explicit_axes(x))
+  out = jax.tree.map(lambda spec: jax.sharding.NamedSharding(mesh, spec), out_specs(),
+                     is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  return jax.sharding.auto_axes(fn, axes=axes, out_sharding=out)(*arrays)
+
+
+def batch_spec(logits, axis: int) -> jax.sharding.PartitionSpec:
+  """The PartitionSpec of ``logits``' batch dims (its own without ``axis``)."""
+  spec = tuple(jax.typeof(logits).sharding.spec)
+  spec = spec + (None,) * (logits.ndim - len(spec))
+  return jax.sharding.PartitionSpec(*(spec[:axis] + spec[axis + 1:]))
+
+
 def per_example(fn: Callable, student_logits, teacher_logits, labels, axis: int,
                 standardize: bool):
   """Runs ``fn(s_rows, t_rows, label_rows)`` on [N, C] rows in >= f32 and
-  reshapes its [N] result to the logits' batch shape."""
+  reshapes its [N] result to the logits' batch shape.
+
+  Under explicit sharding (``jax.sharding.AxisType.Explicit`` mesh axes in
+  the logits' types, as ``jax.make_mesh`` makes by default) the rows are
+  computed on Auto axes and the result is sharded as the student logits'
+  batch dims."""
   check_bool("standardize", standardize)
+  return on_auto_axes(
+      lambda s, t, y: _per_example(fn, s, t, y, axis, standardize),
+      (student_logits, teacher_logits, labels), lambda: batch_spec(student_logits, axis))
+
+
+def _per_example(fn, student_logits, teacher_logits, labels, axis, standardize):
   dtype = compute_dtype(student_logits, teacher_logits)
   out_shape = batch_shape(student_logits.shape, axis)
   s = as_rows(student_logits, axis, dtype)

@@ -86,6 +86,11 @@ def chunked(loss: Callable, rows: int) -> Callable:
       if not takes_labels:
         raise TypeError(f"`labels`: {getattr(loss, '__name__', 'loss')} takes no labels.")
       c.check_labels(labels, student_logits.shape, axis)
+    return c.on_auto_axes(
+        lambda s, t, y: _in_chunks(s, t, y, axis, hparams),
+        (student_logits, teacher_logits, labels), lambda: c.batch_spec(student_logits, axis))
+
+  def _in_chunks(student_logits, teacher_logits, labels, axis, hparams):
     shape = c.batch_shape(student_logits.shape, axis)
     student = c.as_rows(student_logits, axis)
     teacher = c.as_rows(teacher_logits, axis)

@@ -40,12 +40,18 @@ def label_revision(student_logits, teacher_logits, labels, *, lambda1: float = 4
     axis: the class axis.
 
   Returns:
-    A scalar in >= float32.
+    A scalar in >= float32 (replicated, under explicit sharding).
   """
   axis = c.check_pair(student_logits, teacher_logits, axis)
   c.check_labels(labels, student_logits.shape, axis)
   for name, value in (("lambda1", lambda1), ("lambda2", lambda2), ("eta", eta)):
     c.check_nonnegative(name, value)
+  return c.on_auto_axes(
+      lambda s, t, y: _label_revision(s, t, y, lambda1, lambda2, eta, axis),
+      (student_logits, teacher_logits, labels), jax.sharding.PartitionSpec)
+
+
+def _label_revision(student_logits, teacher_logits, labels, lambda1, lambda2, eta, axis):
   dtype = c.compute_dtype(student_logits, teacher_logits)
   s = c.as_rows(student_logits, axis, dtype)
   t = c.as_rows(teacher_logits, axis, dtype)
