@@ -113,6 +113,58 @@ def test_rld_gradients_match_float64_differences(a_T, standardize):
   _assert_close(g_t, _numeric_grad(lambda x: ref(s, x, y), t), "d/d teacher")
 
 
+# (loss with the temperature as its one argument, the NumPy reference's
+# summed value at that temperature), for the losses' temperatures.
+def _temperature_cases(padded=False):
+  s, t = _separated(20), _separated(21)
+  y = np.array([0, 5, 11, 7], np.int32)
+  y[0] = int(np.argmax(t[0]))  # one row where the teacher is right
+  # The references divide by T before they convert to float64: give them
+  # float64 logits, or float32 rounding of z/T swamps the differences.
+  s64, t64, y_ref = s.astype(np.float64), t.astype(np.float64), y.copy()
+  if padded:  # the losses see a vocabulary padded with -inf; the references do not
+    pad = np.full((s.shape[0], 3), -np.inf, np.float32)
+    s, t = np.concatenate([pad, s], 1), np.concatenate([pad, t], 1)
+    y = y + 3
+  dkd_ref = lambda T: R.dkd_terms(s64, t64, y_ref, T)
+  rld_ref = lambda T, a_T: R.rld_terms(s64, t64, y_ref, T, a_T)
+  ldrld_ref = lambda T: R.ldrld_terms(s64, t64, T, 5)
+  return {
+      "kd": (lambda T: losses.kd(s, t, temperature=T), lambda T: R.kd(s64, t64, T)),
+      "dkd": (lambda T: losses.dkd(s, t, y, alpha=1.5, beta=8.0, temperature=T),
+              lambda T: 1.5 * dkd_ref(T)[0] + 8.0 * dkd_ref(T)[1]),
+      "rld temperature": (
+          lambda T: losses.rld(s, t, y, alpha=1.5, beta=8.0, temperature=T,
+                               confidence_temperature=2.0),
+          lambda T: 1.5 * rld_ref(T, 2.0)[0] + 8.0 * rld_ref(T, 2.0)[1]),
+      "rld confidence_temperature": (
+          lambda T: losses.rld(s, t, y, alpha=1.5, beta=8.0, temperature=4.0,
+                               confidence_temperature=T),
+          lambda T: 1.5 * rld_ref(4.0, T)[0] + 8.0 * rld_ref(4.0, T)[1]),
+      "ldrld": (lambda T: losses.ldrld(s, t, alpha=10.5, beta=7.0, k=5, temperature=T),
+                lambda T: 10.5 * ldrld_ref(T)[0] + 7.0 * ldrld_ref(T)[1]),
+      "swap_kd": (lambda T: losses.swap_kd(s, t, y, temperature=T),
+                  lambda T: R.swap_kd(s64, t64, y_ref, T)),
+      "rc": (lambda T: losses.rc(s, t, y, temperature=T), lambda T: R.rc(s64, y_ref, T)),
+  }
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["", "padded"])
+@pytest.mark.parametrize("case", list(_temperature_cases()))
+def test_gradient_with_respect_to_a_traced_temperature(case, padded):
+  """d/dT of each loss (a learned temperature) against float64 central
+  differences of the NumPy reference, also with the vocabulary padded with
+  -inf. The excluded classes of the masked softmaxes (exp(-inf / T)) made it
+  NaN for dkd, rld and ldrld, and -inf logits (-inf / T) for kd, swap_kd
+  and rc too."""
+  loss, ref = _temperature_cases(padded)[case]
+  for T in (4.0, 1.5):
+    got = jax.jit(jax.grad(lambda T: jnp.sum(loss(T))))(T)
+    h = 1e-5
+    expected = (np.sum(ref(T + h)) - np.sum(ref(T - h))) / (2 * h)
+    _assert_close(got, expected, f"{case}{' padded' if padded else ''}: d/dT at T={T}")
+
+
 @pytest.mark.parametrize("rank_by", ["student", "teacher"])
 def test_ldrld_gradients_match_float64_differences(rank_by):
   s, t = _separated(3), _separated(4)

@@ -226,6 +226,19 @@ def standardize_logits(z, axis: int = -1):
   return jnp.where(absent, -jnp.inf, centered / (1e-7 + std)).astype(out_dtype)
 
 
+def scale_present(z, scale: Callable, temperature):
+  """``scale(z)``, a division or product by ``temperature`` (or its inverse),
+  with every -inf entry (an absent class) left -inf and out of the
+  temperature's gradient: there the derivative in the temperature,
+  -inf · 0, would make a traced (learned) temperature's gradient NaN. Same
+  values, bit for bit. A Python number has no derivative: ``scale(z)`` as
+  it is (the selects cost dkd's value and gradient 1.27x at 1024 x 32000)."""
+  if isinstance(temperature, (int, float)):
+    return scale(z)
+  absent = z == -jnp.inf
+  return jnp.where(absent, -jnp.inf, scale(jnp.where(absent, 0.0, z)))
+
+
 def masked_logsumexp(z, mask):
   """log sum_{c in mask} exp(z_c) over the last axis; -inf where mask is empty.
 
@@ -332,7 +345,7 @@ def shifted_exp(kept, inv_temperature):
   m = jnp.max(kept, axis=-1, keepdims=True)
   nonempty = m != -jnp.inf  # NaN counts as non-empty: it must propagate
   m = jax.lax.stop_gradient(jnp.where(nonempty, m, 0.0))
-  e = jnp.exp((kept - m) * inv_temperature)
+  e = jnp.exp(scale_present(kept - m, lambda z: z * inv_temperature, inv_temperature))
   total = jnp.sum(e, axis=-1, keepdims=True)
   return m, e, jnp.where(nonempty, total, 1.0), nonempty
 

@@ -10,7 +10,9 @@ def dkd_terms(s, t, y, temperature):
   inv = 1.0 / temperature
   tckd = c.binary_kl_from_logit_gaps(c.target_gap(t, y, inv)[0], c.target_gap(s, y, inv)[0])
   non_target = ~c.one_hot_mask(y, s.shape[-1])
-  nckd = c.masked_kl(t * inv, s * inv, non_target)
+  times_inv = lambda z: z * inv
+  nckd = c.masked_kl(c.scale_present(t, times_inv, inv), c.scale_present(s, times_inv, inv),
+                     non_target)
   return tckd * temperature**2, nckd * temperature**2
 
 

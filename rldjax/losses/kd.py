@@ -39,9 +39,15 @@ def kd(student_logits, teacher_logits, *, temperature: float = 4.0,
   c.check_positive("temperature", temperature)
 
   def rows(s, t, _):
-    return c.masked_kl(t / temperature, s / temperature) * temperature**2
+    return c.masked_kl(*over_t(t, s, temperature)) * temperature**2
 
   return c.per_example(rows, student_logits, teacher_logits, None, axis, standardize)
+
+
+def over_t(teacher, student, temperature):
+  """Both logit rows divided by T (absent classes stay -inf)."""
+  over = lambda z: z / temperature
+  return c.scale_present(teacher, over, temperature), c.scale_present(student, over, temperature)
 
 
 def swapped_teacher_logits(teacher_logits, labels):
@@ -82,7 +88,7 @@ def swap_kd(student_logits, teacher_logits, labels, *, temperature: float = 4.0,
 
   def rows(s, t, y):
     t = swapped_teacher_logits(t, y)
-    return c.masked_kl(t / temperature, s / temperature) * temperature**2
+    return c.masked_kl(*over_t(t, s, temperature)) * temperature**2
 
   return c.per_example(rows, student_logits, teacher_logits, labels, axis, standardize)
 
@@ -122,6 +128,6 @@ def rc(student_logits, teacher_logits, labels, *, temperature: float = 4.0,
     idx = jnp.arange(s.shape[0])
     target = s.at[idx, y].add(jnp.max(s, axis=-1))
     target = jax.lax.stop_gradient(target)
-    return c.masked_kl(target / temperature, s / temperature) * temperature**2
+    return c.masked_kl(*over_t(target, s, temperature)) * temperature**2
 
   return c.per_example(rows, student_logits, teacher_logits, labels, axis, standardize)
