@@ -88,7 +88,8 @@ def chunked(loss: Callable, rows: int) -> Callable:
       c.check_labels(labels, student_logits.shape, axis)
     return c.on_auto_axes(
         lambda s, t, y: _in_chunks(s, t, y, axis, hparams),
-        (student_logits, teacher_logits, labels), lambda: c.batch_spec(student_logits, axis))
+        c.runtime_values(student_logits, teacher_logits, labels),
+        lambda: c.batch_spec(student_logits, axis))
 
   def _in_chunks(student_logits, teacher_logits, labels, axis, hparams):
     shape = c.batch_shape(student_logits.shape, axis)

@@ -48,7 +48,7 @@ def label_revision(student_logits, teacher_logits, labels, *, lambda1: float = 4
     c.check_nonnegative(name, value)
   return c.on_auto_axes(
       lambda s, t, y: _label_revision(s, t, y, lambda1, lambda2, eta, axis),
-      (student_logits, teacher_logits, labels), jax.sharding.PartitionSpec)
+      c.runtime_values(student_logits, teacher_logits, labels), jax.sharding.PartitionSpec)
 
 
 def _label_revision(student_logits, teacher_logits, labels, lambda1, lambda2, eta, axis):
