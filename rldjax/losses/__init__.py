@@ -9,8 +9,10 @@ it (to float rounding), value and gradients, ``standardize=True`` included.
 :func:`chunked` computes a per-example loss a chunk of examples at a time, to
 bound the memory of large vocabularies. Logits sharded over a mesh of
 Explicit axes (the vocabulary too) are computed on Auto axes inside each loss
-and keep their sharding (per-example losses: the logits' batch dims). Padding tokens (labels such as -100)
-are masked by the caller, with the labels clamped so that no NaN is computed::
+and keep their sharding (per-example losses: the logits' batch dims). A
+traced temperature has a finite gradient, padded vocabularies included.
+Padding tokens (labels such as -100) are masked by the caller, with the
+labels clamped so that no NaN is computed::
 
   per_token = jnp.where(labels >= 0, rld(s, t, jnp.maximum(labels, 0)), 0.0)
 """
