@@ -23,11 +23,14 @@ LOSSES["chunked(rld)"] = losses.chunked(losses.rld, rows=4)
 LOSSES["chunked(ldrld)"] = losses.chunked(losses.ldrld, rows=4)
 TAKES_NO_LABELS = ("ldrld", "chunked(ldrld)")
 
-# (logits shape, class axis, logits spec): tokens [batch, length, vocab] with
-# batch and vocab sharded; the class axis in the middle with length sharded.
+# (logits shape, class axis, logits spec, losses): tokens [batch, length,
+# vocab] with batch and vocab sharded, every loss; the class axis in the
+# middle with length sharded, one loss of each way in (per_example, the
+# batch scalar, chunked).
 LAYOUTS = {
-    "batch+vocab": ((4, 6, 64), -1, P("data", None, "model")),
-    "axis1": ((4, 64, 6), 1, P(None, "model", "data")),
+    "batch+vocab": ((4, 6, 64), -1, P("data", None, "model"), tuple(LOSSES)),
+    "axis1": ((4, 64, 6), 1, P(None, "model", "data"), ("rld", "label_revision",
+                                                       "chunked(ldrld)")),
 }
 
 
@@ -44,7 +47,7 @@ def main():
   assert jax.device_count() == 8, jax.devices()
   mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
   rng = np.random.default_rng(0)
-  for layout, (shape, axis, spec) in LAYOUTS.items():
+  for layout, (shape, axis, spec, names) in LAYOUTS.items():
     student = (3 * rng.standard_normal(shape)).astype(np.float32)
     teacher = (3 * rng.standard_normal(shape)).astype(np.float32)
     batch = tuple(d for i, d in enumerate(shape) if i != axis % len(shape))
@@ -52,7 +55,8 @@ def main():
     label_spec = P(*(s for i, s in enumerate(spec) if i != axis % len(shape)))
     on_mesh = lambda x, s: jax.device_put(x, NamedSharding(mesh, s))
     sharded = (on_mesh(student, spec), on_mesh(teacher, spec), on_mesh(labels, label_spec))
-    for name, loss in LOSSES.items():
+    for name in names:
+      loss = LOSSES[name]
       def value(s, t, y, loss=loss, name=name):
         args = (s, t) if name in TAKES_NO_LABELS else (s, t, y)
         return loss(*args, axis=axis)
