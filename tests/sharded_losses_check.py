@@ -5,7 +5,8 @@ Every loss on logits sharded over a 2 x 4 mesh of Explicit axes (what
 split over devices), under ``jit``: the values and the gradients with
 respect to both logits equal those of the same arrays on one device, the
 per-example losses are sharded as the logits' batch dims and the gradients
-as the logits. Prints ``SHARDED OK <loss> <layout>`` per case.
+as the logits; and so do ``rldjax.train.objective``'s value and gradient.
+Prints ``SHARDED OK <loss> <layout>`` per case.
 """
 import os
 
@@ -15,7 +16,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
-from rldjax import losses  # noqa: E402
+from rldjax import losses, train  # noqa: E402
+from rldjax.train import config as config_lib  # noqa: E402
 
 LOSSES = {name: losses.get(name) for name in
           ("kd", "dkd", "rld", "ldrld", "swap_kd", "rc", "label_revision")}
@@ -75,6 +77,28 @@ def main():
       want = P() if name == "label_revision" else label_spec
       assert got.sharding.spec == want, (name, layout, got.sharding)
       print(f"SHARDED OK {name} {layout}", flush=True)
+  check_objective(mesh, rng)
+
+
+def check_objective(mesh, rng):
+  """rldjax.train.objective (its cross-entropy included) on [B, C] logits
+  with the batch and the classes sharded, for a user's own training step."""
+  student, teacher = ((3 * rng.standard_normal((8, 64))).astype(np.float32) for _ in range(2))
+  labels = rng.integers(0, 64, size=8).astype(np.int32)
+  spec = P("data", "model")
+  sharded = (jax.device_put(student, NamedSharding(mesh, spec)),
+             jax.device_put(teacher, NamedSharding(mesh, spec)),
+             jax.device_put(labels, NamedSharding(mesh, P("data"))))
+  for method in ("vanilla", "rld"):
+    config = config_lib.base_config()
+    config_lib.apply_method(config, method)
+    step = jax.jit(jax.value_and_grad(lambda s, t, y: train.objective(config, s, t, y, 30)))
+    expected, expected_grad = step(student, teacher, labels)
+    got, got_grad = step(*sharded)
+    close(got, expected, f"objective {method} value")
+    close(got_grad, expected_grad, f"objective {method} gradient")
+    assert got_grad.sharding.spec == spec, (method, got_grad.sharding)
+    print(f"SHARDED OK objective({method})", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The losses on logits sharded over an 8-device mesh of Explicit axes, in a
 subprocess (the device count is fixed when JAX starts): values and gradients
-equal one device's, and keep the logits' shardings (sharded_losses_check.py)."""
+equal one device's, and keep the logits' shardings; so does
+rldjax.train.objective (sharded_losses_check.py)."""
 import os
 import pathlib
 import subprocess
@@ -21,3 +22,5 @@ def test_losses_on_explicitly_sharded_logits_equal_one_device():
                         ("axis1", ("rld", "label_revision", "chunked(ldrld)"))):
     for name in names:
       assert f"SHARDED OK {name} {layout}\n" in out.stdout
+  for method in ("vanilla", "rld"):
+    assert f"SHARDED OK objective({method})\n" in out.stdout

@@ -45,6 +45,7 @@ import numpy as np
 import optax
 
 from rldjax import losses
+from rldjax.losses import _common as loss_lib
 
 
 WEIGHT_FIELDS = ("ce_weight", "distill_weight", "kd_weight")
@@ -104,8 +105,11 @@ def warmup_factor(warmup_epochs: int, epoch):
 
 
 def cross_entropy(logits, labels):
-  """Per-example cross-entropy in float32."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  """Per-example cross-entropy in float32. On logits sharded over Explicit
+  mesh axes (the classes too), computed on Auto axes as the losses are."""
+  return loss_lib.on_auto_axes(
+      lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z.astype(jnp.float32), y),
+      (logits, labels), lambda: loss_lib.batch_spec(logits, logits.ndim - 1))
 
 
 def _kd_hparams(hparams: Mapping[str, Any]) -> dict:
