@@ -103,4 +103,3 @@ def test_padding_labels_clamped_then_masked_work_eagerly_and_without_nans(name, 
   if call == "eager" and name != "ldrld":  # the unclamped labels (ldrld reads none)
     with pytest.raises(ValueError, match="`labels` must lie in"):
       fn(s, t, jnp.asarray(y))
-
