@@ -4,7 +4,9 @@
 * :func:`use_compilation_cache`: JAX's persistent compilation cache, so a
   rerun, a resumed run and every run of the demo reuse compiled programs.
   Default directory ``$RLDJAX_CACHE_DIR`` or ``~/.cache/rldjax/jax``; one
-  that cannot be written leaves the cache off, with a warning.
+  that cannot be written leaves the cache off, with a warning. Its entries
+  are written whole or not at all, and a damaged one is replaced
+  (:func:`_write_entries_whole`).
 * :func:`set_cpu_flags`: XLA:CPU flags chosen by measurement
   (``benchmarks/train_step.py``; figures in BENCHMARKS.md). Flags are
   version-specific and an unknown one aborts the process, so each is set only
@@ -29,6 +31,7 @@ import mmap
 import os
 import re
 import sys
+import threading
 
 # Measured on the res32x4 -> res8x4 distillation step (BENCHMARKS.md):
 # --xla_cpu_experimental_ynn_fusion_type=-individual_convolution: convolutions
@@ -66,7 +69,67 @@ def use_compilation_cache(directory: str | None = None) -> str | None:
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  _write_entries_whole(directory)
   return directory
+
+
+def _write_entries_whole(directory: str) -> bool:
+  """Gives JAX's file cache in ``directory`` a ``put`` that writes each entry
+  to a temporary file and renames it into place, replacing what is there.
+
+  JAX's own ``put`` writes the entry's file in place and skips a key whose
+  file exists. A write cut short (a full disk, a process killed while
+  writing) left a truncated entry that no later run replaced: each run
+  failed to read it (JAX warns ``Error reading persistent compilation cache
+  entry ... truncated stream``), compiled that program again and kept the
+  damaged file, for good. Now the damaged entry is read once, compiled, and
+  replaced whole; a reader never sees a half-written file.
+
+  This reaches into JAX's private ``jax._src.compilation_cache`` (there is
+  no public hook); where that is not as expected (another JAX version), or
+  for what JAX's cache does differently (a size limit, with its own locking
+  and eviction; a remote path; ``jax_compilation_cache_check_contents``), JAX's cache is left as it is and this
+  returns False. ``tests/test_runtime.py`` checks that it is in place with
+  the installed JAX.
+  """
+  try:
+    import jax  # pylint: disable=import-outside-toplevel
+    from jax._src import compilation_cache, lru_cache  # pylint: disable=import-outside-toplevel
+    base, suffix = lru_cache.LRUCache, lru_cache._CACHE_SUFFIX  # pylint: disable=protected-access
+    reset = compilation_cache.reset_cache
+    if not hasattr(compilation_cache, "_cache") or not hasattr(compilation_cache,
+                                                               "_cache_initialized"):
+      return False
+  except (ImportError, AttributeError):
+    return False
+  if (jax.config.jax_compilation_cache_max_size != -1 or "://" in directory
+      or jax.config.jax_compilation_cache_check_contents):
+    return False
+
+  class WholeEntryFileCache(base):
+    """JAX's file cache, each entry written whole (see above)."""
+
+    def put(self, key: str, value: bytes) -> None:
+      if not key:
+        raise ValueError("key cannot be empty")
+      path = os.path.join(directory, key + suffix)
+      temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+      try:
+        with open(temporary, "wb") as f:
+          f.write(value)
+        os.replace(temporary, path)
+      except BaseException:
+        try:
+          os.remove(temporary)
+        except OSError:
+          pass
+        raise
+
+  if compilation_cache._cache is not None or getattr(compilation_cache, "_cache_checked", True):  # pylint: disable=protected-access
+    reset()  # a cache opened earlier in this process (it logs a line; not needed otherwise)
+  compilation_cache._cache = WholeEntryFileCache(directory, max_size=-1)  # pylint: disable=protected-access
+  compilation_cache._cache_initialized = True  # pylint: disable=protected-access
+  return True
 
 
 def _jaxlib_knows(flags) -> list[bool]:

@@ -122,3 +122,52 @@ def test_a_cache_directory_that_cannot_be_written_leaves_the_cache_off(tmp_path)
   assert "GOT None" in out.stdout and "DIR None" in out.stdout
   assert f"OK {tmp_path / 'cache'}" in out.stdout
   assert "compilation cache off: cannot use" in out.stderr and "--compilation_cache=DIR" in out.stderr
+
+
+def test_cache_entries_are_written_whole_and_a_damaged_one_is_replaced(tmp_path):
+  """JAX's own file cache wrote an entry in place and never replaced an
+  existing one: a write cut short (here files capped at 1 kB, as a full disk
+  fails them) left a truncated entry that every later run failed to read,
+  compiled again, and kept. Now a failed write leaves no file (nor a
+  temporary one), and a damaged entry is read once, compiled and replaced."""
+  cache = tmp_path / "cache"
+  program = f"""
+      import resource, sys, warnings, zlib
+      if sys.argv[1:] == ["capped"]:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+      import jax, jax.numpy as jnp
+      from jax._src import compilation_cache
+      from rldjax import runtime
+      warnings.simplefilter("always")
+      print("DIR", runtime.use_compilation_cache({str(cache)!r}))
+      print("WHOLE", type(compilation_cache._cache).__name__)
+      x = jnp.linspace(0, 1, 64 * 64).reshape(64, 64)
+      print("VALUE", float(jax.jit(lambda x: jnp.sum(jnp.sin(x) @ x.T + jnp.cos(x)))(x)))
+      """
+  run = lambda *args: subprocess.run(
+      [sys.executable, "-c", textwrap.dedent(program), *args], capture_output=True, text=True,
+      timeout=120, env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+                        "PYTHONPATH": ROOT})
+  entries = lambda: sorted(p.name for p in cache.iterdir())
+
+  capped = run("capped")
+  assert capped.returncode == 0, capped.stderr[-2000:]
+  assert "WHOLE WholeEntryFileCache" in capped.stdout  # in place with this JAX
+  assert "Error writing persistent compilation cache entry" in capped.stderr, capped.stderr[-2000:]
+  assert not [name for name in entries() if "lambda" in name], entries()  # no part, no temporary
+
+  first = run()
+  assert first.returncode == 0 and "Error" not in first.stderr, first.stderr[-2000:]
+  [name] = [name for name in entries() if "lambda" in name]
+  whole = (cache / name).read_bytes()
+  (cache / name).write_bytes(whole[:len(whole) // 2])  # as a write cut short left it
+
+  damaged = run()
+  assert damaged.returncode == 0, damaged.stderr[-2000:]
+  assert "Error reading persistent compilation cache entry" in damaged.stderr, damaged.stderr
+  assert len((cache / name).read_bytes()) > len(whole) // 2  # replaced (the compile time in it
+  again = run()                                               # may differ: not byte for byte)
+  assert again.returncode == 0 and "Error" not in again.stderr, again.stderr[-2000:]  # it reads
+  values = {out.stdout.split("VALUE")[1] for out in (capped, first, damaged, again)}
+  assert len(values) == 1, values
+  assert not [name for name in entries() if name.endswith(".tmp")], entries()
