@@ -5,35 +5,14 @@ Ratios against PyTorch depend on the machine (BENCHMARKS.md: the same code is
 Zen 3), so every figure says where it was taken.
 """
 import os
-import platform
 
-
-def _cpuinfo() -> dict:
-  fields = {}
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if ":" in line:
-          key, value = (part.strip() for part in line.split(":", 1))
-          fields.setdefault(key, value)
-  except OSError:
-    pass
-  return fields
+from rldjax import machine
 
 
 def describe() -> str:
   """E.g. ``AMD EPYC (family 25 model 1), 2 CPUs, AVX2, no AVX-512``."""
-  info = _cpuinfo()
-  name = info.get("model name") or platform.processor() or platform.machine()
-  if "cpu family" in info and "model" in info:
-    name += f" (family {info['cpu family']} model {info['model']})"
-  flags = set(info.get("flags", "").split())
-  if flags:
-    isa = "AVX-512" if "avx512f" in flags else ("AVX2, no AVX-512" if "avx2" in flags
-                                               else "no AVX2")
-  else:
-    isa = "instruction set unknown"
-  return f"{name}, {os.cpu_count()} CPUs, {isa}"
+  info = machine.cpu_info()
+  return f"{machine.cpu_model(info)}, {os.cpu_count()} CPUs, {machine.vector_isa(info)}"
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ Finds every results.json under the given directories and writes
   ``inputs.json``: the teacher's weights, the splits' checksums, counts or
   dataset version differ) are listed under the tables, naming what differs:
   such a cell mixes teachers or data.
+* Tabulated runs that a session resumed on another machine than the one that
+  started them (results.json's ``machine_changes``: on CPU other usable
+  cores, say; their results differ in the last bits from an uninterrupted
+  run's) are listed under the tables with what differed.
 * Unfinished runs (their status, epochs and error; a "running" one whose
   ``run.lock`` names a process that no longer runs, or one on another host
   whose heartbeat stopped, is said to have stopped without updating its
@@ -105,6 +109,14 @@ def mixed_inputs(runs) -> list[str]:
         lines.append(f"- {name}: {key} differs between its runs: " + "; ".join(
             f"{value} in {', '.join(sorted(dirs))}" for value, dirs in sorted(by_value.items())))
   return sorted(lines)
+
+
+def moved_runs(runs) -> list[str]:
+  """Lines naming each finished run that a session resumed on another
+  machine (results.json's ``machine_changes``), with what differed."""
+  return sorted(f"- {os.path.dirname(r['_path'])}: " + "; ".join(
+      ", ".join(changed) for changed in r["machine_changes"])
+                for r in runs if r.get("finished") and r.get("machine_changes"))
 
 
 def _flat(d, prefix=""):
@@ -409,6 +421,12 @@ def write_report(run_dirs, out_dir, preamble: str = "", plot_runs=None):
   if mixed:
     lines.append("## Runs tabulated together that read different files\n")
     lines += mixed + [""]
+  moved = moved_runs(runs)
+  if moved:
+    lines.append("## Runs resumed on another machine than the one that started them\n")
+    lines.append("Their results differ in the last bits from an uninterrupted run's (XLA "
+                 "compiles for the machine); what differed:\n")
+    lines += moved + [""]
   if unfinished:
     lines.append("## Unfinished runs (not in the tables)\n")
     lines += [f"- {p}" for p in unfinished]

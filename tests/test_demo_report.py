@@ -275,6 +275,27 @@ def test_unreadable_and_superseded_records_are_not_tabulated(tmp_path):
   assert "damaged/results.json (unreadable" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_runs_resumed_on_another_machine_are_named(tmp_path):
+  """A finished run whose results.json records machine changes (a session
+  resumed it with other usable cores) is tabulated and named under the
+  tables with what differed; runs that stayed on one machine are not."""
+  for seed in (0, 1):
+    _write(tmp_path, f"v{seed}", "vanilla", seed, 70.5, 70.0)
+  path = tmp_path / "v1" / "results.json"
+  record = json.loads(path.read_text())
+  record["machine_changes"] = [["usable cores: 2 then, 1 now"],
+                               ["usable cores: 2 then, 8 now", "jaxlib: '0.10.2' then, '0.11.0' now"]]
+  path.write_text(json.dumps(record))
+  _, cells, _, _ = report.write_report([str(tmp_path)], str(tmp_path / "out"))
+  assert [len(c["last"]) for c in cells.values()] == [2]  # still tabulated
+  expected = (f"- {tmp_path}/v1: usable cores: 2 then, 1 now; usable cores: 2 then, 8 now, "
+              "jaxlib: '0.10.2' then, '0.11.0' now")
+  assert report.moved_runs(report.collect([str(tmp_path)])) == [expected]
+  text = (tmp_path / "out" / "report.md").read_text()
+  assert "## Runs resumed on another machine than the one that started them\n" in text
+  assert expected + "\n" in text and f"{tmp_path}/v0" not in text.split("another machine")[1]
+
+
 def test_runs_of_one_cell_that_read_different_files_are_named(tmp_path, capsys):
   """A cell's runs whose inputs.json differ (another teacher's weights on one
   seed) are listed under the tables with what differs; keys that only some

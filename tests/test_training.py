@@ -18,7 +18,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments.configs import digits as digits_config
-from rldjax import distributed, errors, export, models, run_lock
+from rldjax import distributed, errors, export, machine, models, run_lock
 from rldjax.data import augment, builders
 from rldjax.train import checkpoint as ckpt_lib, data as data_lib
 from rldjax.train import config as config_lib, loop, optim, programs, step as step_lib
@@ -123,6 +123,53 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, data_dir, teacher_e
   results = read_json(tmp_path / "resumed" / "results.json")
   assert results["best_top1"] == max(h["top1"] for h in results["history"])
   assert list(straight_dir.glob("events.out.tfevents*"))
+
+
+def test_a_session_on_another_machine_is_reported_and_recorded(tmp_path, data_dir,
+                                                              teacher_export, monkeypatch,
+                                                              caplog):
+  """XLA's results depend on the machine (on CPU, the cores the process may
+  use: rldjax.machine), so a run resumed elsewhere is not bit-identical to an
+  uninterrupted one. machine.json keeps the machine that started the run; a
+  session on another one says so in its log and in results.json, and the
+  record stays once the run is back on the first."""
+  config = small_config(data_dir, teacher_export, epochs=3)
+  workdir = tmp_path / "run"
+  first = loop.train_and_evaluate(config, str(workdir), stop_after_epochs=1)
+  here = machine.numerics(jax.devices())
+  assert here["usable cores"] == len(os.sched_getaffinity(0)) and here["devices"] == 1
+  assert read_json(workdir / "machine.json") == {"first": here, "others": []}
+  assert "machine_changes" not in first
+
+  monkeypatch.setattr(machine, "numerics", lambda devices: {**here, "usable cores": 1000})
+  caplog.clear()
+  elsewhere = loop.train_and_evaluate(config, str(workdir), stop_after_epochs=1)
+  change = [f"usable cores: {here['usable cores']!r} then, 1000 now"]
+  assert elsewhere["epochs_completed"] == 2 and elsewhere["machine_changes"] == [change]
+  assert ("resumes the run in " + str(workdir) + " on another machine than the one that "
+          "started it (" + change[0] + ")") in caplog.text, caplog.text
+
+  monkeypatch.undo()
+  caplog.clear()
+  back = loop.train_and_evaluate(config, str(workdir))
+  assert back["finished"] and back["machine_changes"] == [change]
+  assert "another machine" not in caplog.text
+  assert read_json(workdir / "machine.json") == {"first": here, "others": [change]}
+
+
+def test_a_damaged_machine_record_is_set_aside_and_replaced(tmp_path, caplog):
+  (tmp_path / "checkpoints" / "3").mkdir(parents=True)  # the workdir holds something trained
+  (tmp_path / "machine.json").write_text('{"first": {"jax"')
+  here = {"jax": "1", "usable cores": 2}
+  assert workdir_lib.check_machine(str(tmp_path), here) == {"this session": [], "recorded": []}
+  assert "machine.json cannot be read; recording this session's machine" in caplog.text
+  assert (tmp_path / "machine.json.unreadable").read_text() == '{"first": {"jax"'
+  assert read_json(tmp_path / "machine.json") == {"first": here, "others": []}
+  other = {"jax": "2", "usable cores": 2, "devices": 4}
+  expected = ["jax: '1' then, '2' now", "devices: '<absent>' then, 4 now"]
+  assert workdir_lib.check_machine(str(tmp_path), other) == {"this session": expected,
+                                                             "recorded": [expected]}
+  assert workdir_lib.check_machine(str(tmp_path), other)["recorded"] == [expected]  # once
 
 
 def test_evaluating_only_the_last_epochs_trains_the_same(tmp_path, data_dir, teacher_export):

@@ -63,7 +63,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from rldjax import distributed, errors, export, run_lock
+from rldjax import distributed, errors, export, machine, run_lock
 from rldjax.data import order
 from rldjax.train import checkpoint as ckpt_lib
 from rldjax.train import compile_clock
@@ -333,6 +333,7 @@ class _Run:
     self.last_write = 0.0
     self.learning_rates = {}
     self.history = None  # the epochs the checkpoints keep, once training has begun
+    self.machine_changes = []  # workdir_lib.check_machine's record
 
   # -- bookkeeping -----------------------------------------------------------
 
@@ -355,10 +356,11 @@ class _Run:
       return None
     self.last_write = now
     compiled = compile_clock.seconds() - self.compile_start if self.counts_time else 0.0
+    changes = {"machine_changes": self.machine_changes} if self.machine_changes else {}
     results = _results(self.workdir, self.config, history, status, self.wall(),
                        self.previous_train + (self.train_time if self.counts_time else 0.0),
                        self.previous_compile + compiled,
-                       extra)
+                       {**changes, **(extra or {})})
     if distributed.is_primary():
       workdir_lib.write_json(os.path.join(self.workdir, "history.json"), history)
       workdir_lib.write_json(os.path.join(self.workdir, "results.json"), results)
@@ -377,6 +379,20 @@ class _Run:
     except Exception as failure:  # pylint: disable=broad-except
       logging.warning("could not record the %s run in %s: %s", status, self.workdir, failure)
 
+  def _check_machine(self, devices):
+    """Records the run's machine in machine.json, or says that this session
+    resumes it on another one (workdir_lib.check_machine)."""
+    record = distributed.on_primary(workdir_lib.check_machine, self.workdir,
+                                    machine.numerics(devices))
+    self.machine_changes = record["recorded"]
+    if record["this session"]:
+      logging.warning(
+          "this session resumes the run in %s on another machine than the one that started it "
+          "(%s): it continues from the same checkpoint, but XLA compiles its programs for this "
+          "one, so its results will differ in the last bits from an uninterrupted run's "
+          "(recorded in machine.json and results.json under \"machine_changes\")",
+          self.workdir, "; ".join(record["this session"]))
+
   # -- the run ---------------------------------------------------------------
 
   def run(self, stop_after_epochs):
@@ -391,6 +407,7 @@ class _Run:
     mesh = step_lib.data_mesh(devices)
     data = data_lib.load(config, mesh)
     distributed.on_primary(workdir_lib.check_inputs, workdir, {**data.inputs, **teacher_identity})
+    self._check_machine(devices)
     spe = data.steps_per_epoch
     if spe < 1:
       raise errors.ConfigError(f"config.batch_size: {config.batch_size} exceeds the training "

@@ -22,6 +22,10 @@
   difference, instead of resuming on other inputs. Since the teacher is
   checked by its weights, ``teacher.checkpoint`` may then name another path
   (a moved copy), as the data location may.
+* :func:`check_machine`: ``<workdir>/machine.json`` records the machine
+  (``rldjax.machine.numerics``) of the session that started the run; a
+  session that resumes it on another one (its results then differ in the last
+  bits from an uninterrupted run's) is recorded there too, and reported.
 * :func:`set_aside_unreadable`: a damaged record (results.json) is kept
   aside and rewritten; a damaged config.json stops the run instead (the
   experiment cannot be compared).
@@ -42,6 +46,7 @@ from rldjax.records import read_json_object, write_json
 
 CONFIG_NAME = "config.json"
 INPUTS_NAME = "inputs.json"
+MACHINE_NAME = "machine.json"
 # The inputs.json key of the teacher's weights, and the config field it makes
 # free to change (the weights are compared instead of the path).
 TEACHER_WEIGHTS = "config.teacher.checkpoint weights (CRC-32)"
@@ -206,6 +211,35 @@ def check_inputs(workdir: str, inputs: dict) -> None:
   merged = {**recorded, **inputs} if recorded is not None else dict(inputs)
   if merged != recorded:
     write_json(os.path.join(workdir, INPUTS_NAME), merged)
+
+
+def check_machine(workdir: str, machine: dict) -> dict:
+  """Records ``machine`` (``rldjax.machine.numerics``) in
+  ``<workdir>/machine.json`` for a run that has trained nothing yet; for one
+  that has, compares it with the recorded machine and records each distinct
+  difference. Returns ``{"this session": [...], "recorded": [[...], ...]}``:
+  how this machine differs from the first (``"usable cores: 2 then, 1 now"``;
+  empty on the same), and every difference recorded so far, one list per
+  other machine. A damaged record is set aside and this machine recorded."""
+  path = os.path.join(workdir, MACHINE_NAME)
+  recorded = None
+  if holds_training(workdir) and os.path.exists(path):
+    if set_aside_unreadable(path) is None:
+      recorded = read_json_object(path)
+    if not isinstance((recorded or {}).get("first"), dict):
+      logging.warning("workdir %s: %s cannot be read; recording this session's machine as the "
+                      "run's", workdir, MACHINE_NAME)
+      recorded = None
+  if recorded is None:
+    write_json(path, {"first": machine, "others": []})
+    return {"this session": [], "recorded": []}
+  first, others = recorded["first"], list(recorded.get("others") or [])
+  changed = [f"{k}: {first.get(k, '<absent>')!r} then, {machine[k]!r} now"
+             for k in machine if first.get(k, "<absent>") != machine[k]]
+  if changed and changed not in others:
+    others.append(changed)
+    write_json(path, {"first": first, "others": others})
+  return {"this session": changed, "recorded": others}
 
 
 def check_config(workdir: str, config: dict, epochs_done_fn=None) -> None:
