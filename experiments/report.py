@@ -114,9 +114,12 @@ def mixed_inputs(runs) -> list[str]:
 def moved_runs(runs) -> list[str]:
   """Lines naming each finished run that a session resumed on another
   machine (results.json's ``machine_changes``), with what differed."""
-  return sorted(f"- {os.path.dirname(r['_path'])}: " + "; ".join(
-      ", ".join(changed) for changed in r["machine_changes"])
-                for r in runs if r.get("finished") and r.get("machine_changes"))
+  lines = []
+  for r in runs:
+    if r.get("finished") and r.get("machine_changes"):
+      what = "; ".join(", ".join(changed) for changed in r["machine_changes"])
+      lines.append(f"- {os.path.dirname(r['_path'])}: {what}")
+  return sorted(lines)
 
 
 def _flat(d, prefix=""):

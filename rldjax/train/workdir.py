@@ -220,7 +220,8 @@ def check_machine(workdir: str, machine: dict) -> dict:
   difference. Returns ``{"this session": [...], "recorded": [[...], ...]}``:
   how this machine differs from the first (``"usable cores: 2 then, 1 now"``;
   empty on the same), and every difference recorded so far, one list per
-  other machine. A damaged record is set aside and this machine recorded."""
+  other machine. A damaged record is set aside and this machine recorded, as
+  it is for a workdir trained before this record existed."""
   path = os.path.join(workdir, MACHINE_NAME)
   recorded = None
   if holds_training(workdir) and os.path.exists(path):
