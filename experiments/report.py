@@ -25,8 +25,8 @@ Finds every results.json under the given directories and writes
   such a cell mixes teachers or data.
 * Tabulated runs that a session resumed on another machine than the one that
   started them (results.json's ``machine_changes``: on CPU other usable
-  cores, say; their results differ in the last bits from an uninterrupted
-  run's) are listed under the tables with what differed.
+  cores, say; their rounding differed, so they drift apart from an
+  uninterrupted run) are listed under the tables with what differed.
 * Unfinished runs (their status, epochs and error; a "running" one whose
   ``run.lock`` names a process that no longer runs, or one on another host
   whose heartbeat stopped, is said to have stopped without updating its
@@ -427,8 +427,8 @@ def write_report(run_dirs, out_dir, preamble: str = "", plot_runs=None):
   moved = moved_runs(runs)
   if moved:
     lines.append("## Runs resumed on another machine than the one that started them\n")
-    lines.append("Their results differ in the last bits from an uninterrupted run's (XLA "
-                 "compiles for the machine); what differed:\n")
+    lines.append("XLA compiles for the machine: their rounding differed from then on, so they "
+                 "drift apart from an uninterrupted run. What differed:\n")
     lines += moved + [""]
   if unfinished:
     lines.append("## Unfinished runs (not in the tables)\n")

@@ -4,10 +4,10 @@ on it.
 XLA compiles a program for the devices it is given: their kind and number, the
 installed jax/jaxlib, ``XLA_FLAGS`` and, on CPU, the instruction set and the
 number of cores the process may use (the threads it splits work over, and with
-them the order of partial sums). The same run on another such machine ends a
-few ulps apart: measured, a 2-epoch digits run (``experiments/configs/digits.py``)
-with one usable core instead of two ended at train loss 0.27684329 instead of
-0.27682400. :func:`numerics` records what tells them apart
+them the order of partial sums). The same run on another such machine rounds
+differently, and the two drift apart as training goes on: measured, a 2-epoch
+digits run (``experiments/configs/digits.py``) with one usable core instead of
+two ended at train loss 0.27684329 instead of 0.27682400. :func:`numerics` records what tells them apart
 (``rldjax.train.workdir.check_machine`` compares it between the sessions of a
 run); :func:`cpu_name` names the CPU (also in the benchmarks' figures).
 """

@@ -389,7 +389,7 @@ class _Run:
       logging.warning(
           "this session resumes the run in %s on another machine than the one that started it "
           "(%s): it continues from the same checkpoint, but XLA compiles its programs for this "
-          "one, so its results will differ in the last bits from an uninterrupted run's "
+          "one: its rounding differs, so it drifts apart from an uninterrupted run "
           "(recorded in machine.json and results.json under \"machine_changes\")",
           self.workdir, "; ".join(record["this session"]))
 

@@ -24,8 +24,9 @@
   (a moved copy), as the data location may.
 * :func:`check_machine`: ``<workdir>/machine.json`` records the machine
   (``rldjax.machine.numerics``) of the session that started the run; a
-  session that resumes it on another one (its results then differ in the last
-  bits from an uninterrupted run's) is recorded there too, and reported.
+  session that resumes it on another one (which rounds differently, so the
+  run drifts apart from an uninterrupted one) is recorded there too, and
+  reported.
 * :func:`set_aside_unreadable`: a damaged record (results.json) is kept
   aside and rewritten; a damaged config.json stops the run instead (the
   experiment cannot be compared).
