@@ -32,6 +32,7 @@ import os
 import re
 import sys
 import threading
+import time
 
 # Measured on the res32x4 -> res8x4 distillation step (BENCHMARKS.md):
 # --xla_cpu_experimental_ynn_fusion_type=-individual_convolution: convolutions
@@ -83,7 +84,11 @@ def _write_entries_whole(directory: str) -> bool:
   failed to read it (JAX warns ``Error reading persistent compilation cache
   entry ... truncated stream``), compiled that program again and kept the
   damaged file, for good. Now the damaged entry is read once, compiled, and
-  replaced whole; a reader never sees a half-written file.
+  replaced whole; a reader never sees a half-written file. A process killed
+  while writing leaves its temporary file; those more than
+  :data:`STALE_TEMPORARY_SECONDS` old are removed here (a write takes well
+  under a second, and another host sharing the directory may be writing one
+  now).
 
   This reaches into JAX's private ``jax._src.compilation_cache`` (there is
   no public hook); where that is not as expected (another JAX version), or
@@ -129,7 +134,32 @@ def _write_entries_whole(directory: str) -> bool:
     reset()  # a cache opened earlier in this process (it logs a line; not needed otherwise)
   compilation_cache._cache = WholeEntryFileCache(directory, max_size=-1)  # pylint: disable=protected-access
   compilation_cache._cache_initialized = True  # pylint: disable=protected-access
+  _remove_stale_temporaries(directory, suffix)
   return True
+
+
+STALE_TEMPORARY_SECONDS = 3600.0
+
+
+def _remove_stale_temporaries(directory: str, suffix: str) -> None:
+  """Removes the temporary files of :func:`_write_entries_whole` in
+  ``directory`` last written more than :data:`STALE_TEMPORARY_SECONDS` ago
+  (left by a process killed while writing an entry)."""
+  pattern = re.compile(rf".+{re.escape(suffix)}\.\d+\.\d+\.tmp")
+  now = time.time()
+  try:
+    names = os.listdir(directory)
+  except OSError:
+    return
+  for name in names:
+    if not pattern.fullmatch(name):
+      continue
+    path = os.path.join(directory, name)
+    try:
+      if now - os.stat(path).st_mtime > STALE_TEMPORARY_SECONDS:
+        os.remove(path)
+    except OSError:  # removed meanwhile, or not ours to remove
+      pass
 
 
 def _jaxlib_knows(flags) -> list[bool]:

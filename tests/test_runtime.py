@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 from rldjax import runtime
 
@@ -129,7 +130,8 @@ def test_cache_entries_are_written_whole_and_a_damaged_one_is_replaced(tmp_path)
   existing one: a write cut short (here files capped at 1 kB, as a full disk
   fails them) left a truncated entry that every later run failed to read,
   compiled again, and kept. Now a failed write leaves no file (nor a
-  temporary one), and a damaged entry is read once, compiled and replaced."""
+  temporary one), a damaged entry is read once, compiled and replaced, and
+  the temporary file of a process killed while writing is removed later."""
   cache = tmp_path / "cache"
   program = f"""
       import resource, sys, warnings, zlib
@@ -156,8 +158,22 @@ def test_cache_entries_are_written_whole_and_a_damaged_one_is_replaced(tmp_path)
   assert "Error writing persistent compilation cache entry" in capped.stderr, capped.stderr[-2000:]
   assert not [name for name in entries() if "lambda" in name], entries()  # no part, no temporary
 
+  # What a process killed while writing an entry leaves: removed by the next
+  # process once it is over an hour old (a write takes well under a second);
+  # a recent one may be another host's write under way, and other files are
+  # not the cache's.
+  stale, recent, other = (cache / "jit_f-0a1b-cache.4242.139.tmp",
+                          cache / "jit_g-2c3d-cache.4343.140.tmp", cache / "notes.tmp")
+  for path in (stale, recent, other):
+    path.write_bytes(b"part of an entry")
+  hours_ago = time.time() - 2 * 3600
+  for path in (stale, other):
+    os.utime(path, (hours_ago, hours_ago))
   first = run()
   assert first.returncode == 0 and "Error" not in first.stderr, first.stderr[-2000:]
+  assert not stale.exists() and recent.exists() and other.exists()
+  recent.unlink()
+  other.unlink()
   [name] = [name for name in entries() if "lambda" in name]
   whole = (cache / name).read_bytes()
   (cache / name).write_bytes(whole[:len(whole) // 2])  # as a write cut short left it
