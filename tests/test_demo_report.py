@@ -214,6 +214,23 @@ def test_a_failed_demo_run_stops_the_demo_naming_the_run(tmp_path, monkeypatch):
   assert not (workdir / "report.md").exists() and not (workdir / "run.lock").exists()
 
 
+def test_the_demo_flushes_pending_disk_writes_before_its_first_run(tmp_path, monkeypatch):
+  """Pending writes (an install's gigabytes, written back ~30 s later)
+  stalled the first runs' file writes for seconds and lowered their
+  measured share in steps: the demo syncs them before anything is timed."""
+  calls = []
+  monkeypatch.setattr(os, "sync", lambda: calls.append("sync"))
+
+  def first_run(config, workdir, stop_after_epochs=None):
+    del config, stop_after_epochs
+    calls.append("run")
+    raise errors.DivergedError(f"diverged: stopped here by the test in {workdir}")
+  monkeypatch.setattr(loop, "train_and_evaluate", first_run)
+  with pytest.raises(errors.DivergedError):
+    demo.run_demo(str(tmp_path / "demo"), seeds=1, methods=["vanilla"], parallel_runs=1)
+  assert calls == ["sync", "run"]
+
+
 def test_vanilla_runs_without_a_distillation_run_get_their_own_rows(tmp_path):
   """Teachers reported alone, or vanilla students alone, are rows, not an empty table."""
   for seed, top1 in enumerate((70.0, 72.0)):
