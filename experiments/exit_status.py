@@ -11,6 +11,7 @@ flag (1).
 """
 import gc
 import os
+import re
 import sys
 import traceback
 
@@ -43,7 +44,12 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
   after a peer's death. Any other error escaping a multi-process run (a
   collective that failed because a peer died, or a bug) likewise ends the
   process at once after its traceback, with status 1: waiting in that
-  barrier for a dead peer ended with JAX's abort (status 134) 52-90 s later."""
+  barrier for a dead peer ended with JAX's abort (status 134) 52-90 s later.
+  Its last line says what happened (:func:`multiprocess_failure`): where the
+  error is a collective that lost its peers (a peer stopped: Ctrl-C there
+  during start-up, a kill, a crash), that another process stopped and that
+  the same commands resume the run (a peer stopped during start-up leaves
+  this one waiting in such a collective for JAX's 30 s first)."""
   try:
     return fn(*args, **kwargs)
   except errors.RunError as err:
@@ -57,6 +63,10 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
     if _process_count() == 1:
       raise  # a bug: its traceback, status 1
     traceback.print_exc()
+    try:
+      sys.stderr.write(f"error: {multiprocess_failure(sys.exc_info()[1])}\n")
+    except OSError:
+      pass
     _flush_quietly()
     os._exit(1)  # pylint: disable=protected-access
   # Out of the except block the error and its traceback are released, so what
@@ -74,6 +84,27 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
   if ends_process_now:
     os._exit(code)  # pylint: disable=protected-access
   sys.exit(code)
+
+
+# What JAX's collectives and coordination client say when a peer process is
+# gone: its connection closed (gloo), or a key it was to publish never came
+# (the coordination service's key-value store, waited on during start-up).
+_PEER_LOST = re.compile(r"Connection (closed|reset) by peer|GetKeyValue\(\) timed out")
+
+
+def multiprocess_failure(err: BaseException) -> str:
+  """The last line of a multi-process run's process ended by ``err``, an
+  error that is not a RunError (its traceback comes first)."""
+  first = (str(err).strip().splitlines() or [""])[0][:400]
+  what = f"{type(err).__name__}: {first}".rstrip(": ")
+  jax = sys.modules.get("jax")
+  who = f"process {jax.process_index()}" if jax is not None else "this process"
+  if _PEER_LOST.search(str(err)):
+    return (f"{who} stopped: a collective with the other processes failed ({what}). Another "
+            "process has stopped or cannot be reached: see its log. The complete checkpoints "
+            "are kept; rerun the same commands on every host to resume.")
+  return (f"{who} failed ({what}; traceback above). The complete checkpoints are kept; rerun "
+          "the same commands on every host to resume.")
 
 
 def _flush_quietly() -> None:

@@ -132,3 +132,44 @@ def test_the_error_line_is_the_last_line_after_a_failed_save():
   lines = done.stderr.strip().splitlines()
   assert "Task exception was never retrieved" in done.stderr, done.stderr[-3000:]
   assert lines[-1] == "error: storage failed in w: File too large", done.stderr[-3000:]
+
+
+_MULTIPROCESS_FAILURE = """
+import sys, types
+from experiments import exit_status
+sys.modules["jax"] = types.SimpleNamespace(process_count=lambda: 2, process_index=lambda: 1)
+def fail():
+  raise {error}
+exit_status.exit_on_run_error(fail)
+"""
+
+
+@pytest.mark.parametrize("error, last_line", [
+    ('RuntimeError("UNKNOWN: Gloo context initialization failed: DEADLINE_EXCEEDED: '
+     'GetKeyValue() timed out with key: cpu:gloo/0,2048/1\\nmore")',
+     "error: process 1 stopped: a collective with the other processes failed (RuntimeError: "
+     "UNKNOWN: Gloo context initialization failed: DEADLINE_EXCEEDED: GetKeyValue() timed out "
+     "with key: cpu:gloo/0,2048/1). Another process has stopped or cannot be reached: see its "
+     "log. The complete checkpoints are kept; rerun the same commands on every host to resume."),
+    ('RuntimeError("INTERNAL: [../third_party/gloo/pair.cc:589] Connection closed by peer '
+     '[127.0.0.1]:6128")',
+     "error: process 1 stopped: a collective with the other processes failed (RuntimeError: "
+     "INTERNAL: [../third_party/gloo/pair.cc:589] Connection closed by peer [127.0.0.1]:6128). "
+     "Another process has stopped or cannot be reached: see its log. The complete checkpoints "
+     "are kept; rerun the same commands on every host to resume."),
+    ('KeyError("a bug")',
+     "error: process 1 failed (KeyError: 'a bug'; traceback above). The complete checkpoints "
+     "are kept; rerun the same commands on every host to resume."),
+])
+def test_a_multiprocess_failure_ends_with_its_traceback_and_a_line_saying_what_happened(
+    error, last_line):
+  """With several processes an error that is not a RunError ends the process
+  at once (status 1) after its traceback; the last line says whether a peer
+  was lost (a process that stopped during start-up left its peer with only
+  a traceback, 30 s later) or this process failed."""
+  done = subprocess.run([sys.executable, "-c", _MULTIPROCESS_FAILURE.format(error=error)],
+                        capture_output=True, text=True, timeout=120, cwd=ROOT,
+                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert done.returncode == 1, done.stderr[-3000:]
+  assert "Traceback (most recent call last)" in done.stderr
+  assert done.stderr.strip().splitlines()[-1] == last_line, done.stderr[-3000:]

@@ -221,8 +221,9 @@ def test_a_pair_whose_process_1_is_interrupted_saves_and_stops_then_resumes(base
   steps since the last checkpoint were lost). The same commands resume from
   that step; a second Ctrl-C there stops process 1 at once (130), and
   process 0, whose collective then fails, records "failed" and ends with its
-  traceback and status 1 at once (before, it waited in JAX's shutdown
-  barrier for its dead peer, 5 minutes, then JAX aborted it: status 134)."""
+  traceback, a line saying another process stopped, and status 1 at once
+  (before, it waited in JAX's shutdown barrier for its dead peer, 5
+  minutes, then JAX aborted it: status 134)."""
   data_dir = base / "data_interrupted"
   builders.load_builder("rldjax_digits", str(data_dir))
   workdir = base / "interrupted"
@@ -254,6 +255,8 @@ def test_a_pair_whose_process_1_is_interrupted_saves_and_stops_then_resumes(base
       "checkpoint (or starts it again if it wrote none)"), logs[1][-3000:]
   assert "Traceback" in logs[0] and re.search(r"Connection (closed|reset) by peer", logs[0]), \
       logs[0][-3000:]
+  assert logs[0].strip().splitlines()[-1].startswith(
+      "error: process 0 stopped: a collective with the other processes failed ("), logs[0][-3000:]
   assert results(workdir)["status"] == "failed"
   assert not (workdir / "run.lock").exists()
 
