@@ -452,8 +452,11 @@ def main(argv=None):
     parser.error("not a directory: " + ", ".join(missing))
   table, _, _, unfinished = write_report(args.run_dirs, args.out or args.run_dirs[0])
   print(table)
-  for line in mixed_inputs(collect(args.run_dirs)):
+  runs = collect(args.run_dirs)
+  for line in mixed_inputs(runs):
     print(f"different files in one cell: {line[2:]}")
+  for line in moved_runs(runs):
+    print(f"resumed on another machine: {line[2:]}")
   for p in unfinished:
     print(f"unfinished: {p}")
 

@@ -292,7 +292,7 @@ def test_unreadable_and_superseded_records_are_not_tabulated(tmp_path):
   assert "damaged/results.json (unreadable" in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_runs_resumed_on_another_machine_are_named(tmp_path):
+def test_runs_resumed_on_another_machine_are_named(tmp_path, capsys):
   """A finished run whose results.json records machine changes (a session
   resumed it with other usable cores) is tabulated and named under the
   tables with what differed; runs that stayed on one machine are not."""
@@ -311,6 +311,9 @@ def test_runs_resumed_on_another_machine_are_named(tmp_path):
   text = (tmp_path / "out" / "report.md").read_text()
   assert "## Runs resumed on another machine than the one that started them\n" in text
   assert expected + "\n" in text and f"{tmp_path}/v0" not in text.split("another machine")[1]
+  report.main([str(tmp_path), "--out", str(tmp_path / "out")])  # the command says it too
+  printed = capsys.readouterr().out
+  assert f"resumed on another machine: {expected[2:]}\n" in printed and f"{tmp_path}/v0:" not in printed
 
 
 def test_runs_of_one_cell_that_read_different_files_are_named(tmp_path, capsys):
