@@ -49,8 +49,8 @@ soon as what each needs is done (:mod:`experiments.task_graph`). Warm-ups
 (compilations) run by themselves. A run's results are the same whatever runs
 beside it.
 
-The demo first flushes the system's pending disk writes (``os.sync``), so
-that the runs' timings measure the runs. Right after an install (``make demo``
+The demo first flushes the pending disk writes of its workdir's filesystem
+(:func:`flush_pending_writes`), so that the runs' timings measure the runs. Right after an install (``make demo``
 on a fresh machine installs first), the kernel writes gigabytes back about
 30 s later, in the middle of the first runs; on ext4 a small file written and
 renamed into place (results.json, a checkpoint's files) then waited up to
@@ -148,6 +148,25 @@ class ArgumentError(ValueError):
   cannot run with; the message starts with its name."""
 
 
+def flush_pending_writes(path: str) -> bool:
+  """Writes the pending writes of the filesystem holding ``path`` to disk
+  (Linux's ``syncfs(2)``), waiting for them; returns whether it could. Only
+  that filesystem: a whole-system ``sync`` would also wait on every other
+  mount, a network one that stopped answering included. Elsewhere (no
+  ``syncfs``) it does nothing and returns False."""
+  import ctypes  # pylint: disable=import-outside-toplevel
+  import ctypes.util  # pylint: disable=import-outside-toplevel
+  try:
+    syncfs = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).syncfs
+  except (OSError, AttributeError):
+    return False
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    return syncfs(fd) == 0
+  finally:
+    os.close(fd)
+
+
 def check_arguments(seeds, teacher_epochs, student_epochs, methods, scales, selection_seeds,
                     parallel_runs) -> None:
   """Raises :class:`ArgumentError` for an argument the demo cannot run with,
@@ -216,14 +235,11 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
   from rldjax import errors, runtime  # pylint: disable=import-outside-toplevel
   from rldjax.train import loop, programs  # pylint: disable=import-outside-toplevel
   start = time.time()
-  # The system's pending writes go to disk now, before anything is timed
-  # (see the module docstring: right after an install they stalled the
-  # first runs' file writes for seconds).
-  os.sync()
+  flush_pending_writes(workdir)  # before anything is timed (the module docstring)
   timings = {"warmup_s": 0.0, "runs": [], "parallel_runs": workers,
              "disk_flush_s": time.time() - start}
   if timings["disk_flush_s"] >= 0.5:
-    print(f"[{time.time() - start:6.1f}s] flushed the system's pending disk writes "
+    print(f"[{time.time() - start:6.1f}s] flushed the pending disk writes "
           f"({timings['disk_flush_s']:.1f}s)", flush=True)
   lock = threading.Lock()
 
