@@ -14,7 +14,8 @@ process the same command plus ``--coordinator_address=HOST:PORT
 let JAX detect the cluster (TPU pod slices, SLURM, MPI). See the README.
 
 Exit status: 0 finished, 1 flag
-errors, 2 a run that cannot start (config, data, teacher, workdir), 3 diverged,
+errors, 2 a run that cannot start (config, data, teacher, workdir; processes
+that do not all connect within --initialization_timeout), 3 diverged,
 4 storage failed (a file the run cannot write: fix it, rerun to resume),
 143 stopped by SIGTERM after saving a checkpoint (rerun to resume).
 """
@@ -37,6 +38,9 @@ flags.DEFINE_string("coordinator_address", None,
                     "and --process_id)")
 flags.DEFINE_integer("num_processes", None, "multi-process: how many processes take part")
 flags.DEFINE_integer("process_id", None, "multi-process: this process's index, 0..N-1")
+flags.DEFINE_integer("initialization_timeout", 300,
+                     "multi-process: seconds each process waits for all of them to connect to "
+                     "the coordinator before it stops (status 2)", lower_bound=1)
 flags.DEFINE_string("compilation_cache", None,
                     "JAX persistent compilation cache directory (default $RLDJAX_CACHE_DIR or "
                     "~/.cache/rldjax/jax); 'none' turns it off")
@@ -131,7 +135,8 @@ def run(config, workdir):
   explicit = any(v is not None for v in (FLAGS.coordinator_address, FLAGS.num_processes,
                                          FLAGS.process_id))
   if explicit or config.distributed:
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           FLAGS.initialization_timeout)
   import jax  # pylint: disable=import-outside-toplevel
   from rldjax.train import loop  # pylint: disable=import-outside-toplevel
   logging.info("process %d/%d, %d devices (%s); XLA flags added: %s; GLIBC_TUNABLES: %s",

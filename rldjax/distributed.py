@@ -12,29 +12,84 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
+import threading
 import zlib
 
 import jax
 import numpy as np
+from absl import logging
 
 from rldjax import errors
 
 _MESSAGE_BYTES = 16384
 
 
+CONNECT_TIMEOUT_SECONDS = 300  # JAX's own default wait for every process to connect
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+               process_id: int | None = None,
+               timeout_seconds: int = CONNECT_TIMEOUT_SECONDS) -> None:
   """``jax.distributed.initialize`` with explicit values, or with JAX's cluster
-  auto-detection (TPU pods, SLURM, MPI) when all three are None."""
+  auto-detection (TPU pods, SLURM, MPI) when all three are None.
+
+  Every process waits there until all of them have connected to process 0's
+  coordinator. Where one never comes (a process not started, another
+  ``--num_processes`` or ``--coordinator_address`` on one host, a port that
+  cannot be reached), JAX waits silently and then aborts the process from
+  C++ (status 134, "another task died"). Here the wait is logged, and after
+  ``timeout_seconds`` the process ends itself first, with status 2 (a run
+  that cannot start) and an ``error:`` line naming the settings to check;
+  JAX's own deadline is set 60 s later.
+  """
   given = [v is not None for v in (coordinator_address, num_processes, process_id)]
   if any(given) and not all(given):
     raise errors.ConfigError("--coordinator_address, --num_processes and --process_id go "
                              "together: give all three, or none for cluster auto-detection")
+  if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int) \
+      or timeout_seconds < 1:
+    raise errors.ConfigError(f"--initialization_timeout: need a whole number of seconds >= 1, "
+                             f"got {timeout_seconds!r}")
   if all(given):
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    logging.info("process %d of %d: waiting up to %d s for all %d processes to connect to the "
+                 "coordinator at %s", process_id, num_processes, timeout_seconds, num_processes,
+                 coordinator_address)
+    who = (f"process {process_id} of {num_processes}: not all {num_processes} processes "
+           f"connected to the coordinator at {coordinator_address} (process 0's)")
+    check = ("Start every process with the same --coordinator_address and --num_processes, each "
+             f"with its own --process_id (0 to {num_processes - 1}), and check that process 0's "
+             "host and port can be reached from every host")
+    kwargs = {"coordinator_address": coordinator_address, "num_processes": num_processes,
+              "process_id": process_id}
   else:
-    jax.distributed.initialize()
+    logging.info("waiting up to %d s for the processes JAX detects to connect", timeout_seconds)
+    who = "not all the processes JAX detected (config.distributed) connected to their coordinator"
+    check = "Check that every process of the job was started"
+    kwargs = {}
+  message = (f"{who} within {timeout_seconds} s. {check}; or wait longer with "
+             "--initialization_timeout=SECONDS.")
+  connected = threading.Event()
+  threading.Thread(target=_end_unless_connected, args=(connected, timeout_seconds, message),
+                   name="rldjax-connect-watchdog", daemon=True).start()
+  try:
+    jax.distributed.initialize(**kwargs, initialization_timeout=timeout_seconds + 60)
+  finally:
+    connected.set()
+
+
+def _end_unless_connected(connected: threading.Event, seconds: float, message: str) -> None:
+  """Ends the process with status 2 and ``message`` unless ``connected`` is
+  set within ``seconds`` (JAX's connect holds the main thread meanwhile)."""
+  if connected.wait(seconds):
+    return
+  try:
+    logging.error("%s", message)
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+  except OSError:
+    pass
+  os._exit(errors.ConfigError.exit_code)  # pylint: disable=protected-access
 
 
 def replicate(mesh, tree):

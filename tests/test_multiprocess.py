@@ -299,6 +299,35 @@ def test_processes_that_see_different_workdirs_stop_before_training(base):
   assert not (base / "there").exists() and os.listdir(base / "here") == []
 
 
+def test_a_process_whose_peers_never_connect_stops_with_status_2(base):
+  """Process 0 started without process 1, and process 1 without process 0
+  (say a typo in the other host's command): each logs that it waits, and
+  after --initialization_timeout ends with status 2 and a line naming the
+  flags to check, before touching its workdir. Before, each waited 5
+  minutes in silence and JAX aborted it (status 134, "This most likely
+  indicates that another task died")."""
+  data_dir = base / "data_alone"
+  builders.load_builder("rldjax_digits", str(data_dir))
+  addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+  t0 = time.time()
+  procs = [launch(base, base / f"alone_{i}", data_dir, f"--coordinator_address={addresses[i]}",
+                  "--num_processes=2", f"--process_id={i}", "--initialization_timeout=5")
+           for i in (0, 1)]
+  logs = logs_when_done(procs, timeout=120)
+  assert [p.returncode for p in procs] == [2, 2], [log[-3000:] for log in logs]
+  assert time.time() - t0 < 60
+  for i, log in enumerate(logs):
+    assert (f"process {i} of 2: waiting up to 5 s for all 2 processes to connect to the "
+            f"coordinator at {addresses[i]}") in log
+    assert log.strip().splitlines()[-1] == (
+        f"error: process {i} of 2: not all 2 processes connected to the coordinator at "
+        f"{addresses[i]} (process 0's) within 5 s. Start every process with the same "
+        "--coordinator_address and --num_processes, each with its own --process_id (0 to 1), "
+        "and check that process 0's host and port can be reached from every host; or wait "
+        "longer with --initialization_timeout=SECONDS."), log[-3000:]
+    assert not (base / f"alone_{i}").exists()
+
+
 def test_what_one_process_cannot_read_stops_both(base):
   """config.dataset.data_dir and config.teacher.checkpoint may name another
   path on each process. A process whose copy is missing, or holds another
