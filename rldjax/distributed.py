@@ -74,6 +74,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                    name="rldjax-connect-watchdog", daemon=True).start()
   try:
     jax.distributed.initialize(**kwargs, initialization_timeout=timeout_seconds + 60)
+  except ValueError as err:
+    if kwargs:
+      raise
+    raise errors.ConfigError(
+        f"config.distributed=True: JAX detected no cluster to join here ({err}): it reads the "
+        "job's environment on TPU pod slices, under SLURM and with MPI launchers; elsewhere "
+        "give every process --coordinator_address, --num_processes and --process_id") from err
   finally:
     connected.set()
 

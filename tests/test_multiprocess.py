@@ -328,6 +328,24 @@ def test_a_process_whose_peers_never_connect_stops_with_status_2(base):
     assert not (base / f"alone_{i}").exists()
 
 
+def test_cluster_detection_where_there_is_no_cluster_stops_with_status_2(base):
+  """config.distributed=True outside a cluster JAX can detect: status 2 and a
+  line saying what the setting does and what to give instead (it was a
+  ValueError traceback, status 1)."""
+  env = {k: v for k, v in environment(base).items()
+         if not k.startswith(("SLURM_", "OMPI_", "PMI_", "PMIX_", "TPU_", "CLOUD_TPU",
+                              "JAX_COORDINATOR", "MEGASCALE_"))}
+  done = subprocess.run([sys.executable, "-m", "experiments.train", CONFIG,
+                         f"--workdir={base / 'no_cluster'}", "--config.distributed=True"],
+                        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert done.returncode == 2, done.stderr[-3000:]
+  last = done.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: config.distributed=True: JAX detected no cluster to join here (")
+  assert last.endswith("elsewhere give every process --coordinator_address, --num_processes and "
+                       "--process_id"), last
+  assert not (base / "no_cluster").exists()
+
+
 def test_what_one_process_cannot_read_stops_both(base):
   """config.dataset.data_dir and config.teacher.checkpoint may name another
   path on each process. A process whose copy is missing, or holds another
