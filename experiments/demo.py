@@ -50,12 +50,12 @@ soon as what each needs is done (:mod:`experiments.task_graph`). Warm-ups
 beside it.
 
 The demo first flushes the pending disk writes of its workdir's filesystem
-(:func:`flush_pending_writes`), so that the runs' timings measure the runs. Right after an install (``make demo``
-on a fresh machine installs first), the kernel writes gigabytes back about
-30 s later, in the middle of the first runs; on ext4 a small file written and
-renamed into place (results.json, a checkpoint's files) then waited up to
-1.4 s, and a run's share of wall time in steps fell from 84% to 48%
-(measured with 2.3 GB of pending writes).
+(:func:`flush_pending_writes`), so that the runs' timings measure the runs.
+Right after an install (``make demo`` on a fresh machine installs first), the
+kernel writes gigabytes back about 30 s later, in the middle of the first
+runs; on ext4 a small file written and renamed into place (results.json, a
+checkpoint's files) then waited up to 1.4 s, and a run's share of wall time
+in steps fell from 84% to 48% (measured with 2.3 GB of pending writes).
 """
 from __future__ import annotations
 
