@@ -7,9 +7,10 @@ number of cores the process may use (the threads it splits work over, and with
 them the order of partial sums). The same run on another such machine rounds
 differently, and the two drift apart as training goes on: measured, a 2-epoch
 digits run (``experiments/configs/digits.py``) with one usable core instead of
-two ended at train loss 0.27684329 instead of 0.27682400. :func:`numerics` records what tells them apart
-(``rldjax.train.workdir.check_machine`` compares it between the sessions of a
-run); :func:`cpu_name` names the CPU (also in the benchmarks' figures).
+two ended at train loss 0.27684329 instead of 0.27682400. :func:`numerics`
+records what tells them apart (``rldjax.train.workdir.check_machine``
+compares it between the sessions of a run); :func:`cpu_name` names the CPU
+(also in the benchmarks' figures).
 """
 from __future__ import annotations
 

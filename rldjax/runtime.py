@@ -93,8 +93,8 @@ def _write_entries_whole(directory: str) -> bool:
   This reaches into JAX's private ``jax._src.compilation_cache`` (there is
   no public hook); where that is not as expected (another JAX version), or
   for what JAX's cache does differently (a size limit, with its own locking
-  and eviction; a remote path; ``jax_compilation_cache_check_contents``), JAX's cache is left as it is and this
-  returns False. ``tests/test_runtime.py`` checks that it is in place with
+  and eviction; a remote path; ``jax_compilation_cache_check_contents``),
+  JAX's cache is left as it is and this returns False. ``tests/test_runtime.py`` checks that it is in place with
   the installed JAX.
   """
   try:
