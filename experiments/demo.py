@@ -69,7 +69,11 @@ import sys
 import threading
 import time
 
-import ml_collections
+if __name__ == "__main__":  # before the slower imports below
+  from experiments import exit_status as _start_up
+  _start_up.stop_on_interrupt_during_start_up()
+
+import ml_collections  # pylint: disable=wrong-import-position
 from absl import app, flags, logging
 
 from experiments import exit_status, task_graph

@@ -23,7 +23,11 @@ import os
 import re
 import sys
 
-from absl import app, flags, logging
+if __name__ == "__main__":  # before the slower imports below
+  from experiments import exit_status as _start_up
+  _start_up.stop_on_interrupt_during_start_up()
+
+from absl import app, flags, logging  # pylint: disable=wrong-import-position
 from ml_collections import config_flags
 
 from experiments import configs

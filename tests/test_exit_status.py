@@ -3,14 +3,17 @@ exit_code and message, without a traceback; anything else propagates."""
 import errno
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from experiments import exit_status
 from rldjax import errors
 from rldjax.train import workdir
+from tests import foreground
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -173,3 +176,51 @@ def test_a_multiprocess_failure_ends_with_its_traceback_and_a_line_saying_what_h
   assert done.returncode == 1, done.stderr[-3000:]
   assert "Traceback (most recent call last)" in done.stderr
   assert done.stderr.strip().splitlines()[-1] == last_line, done.stderr[-3000:]
+
+
+_SLOW_CONFIG = """
+import pathlib, time
+def get_config():
+  pathlib.Path(__file__).with_suffix(".loading").touch()
+  time.sleep(120)
+"""
+
+
+def test_ctrl_c_during_start_up_ends_the_launcher_with_one_line_and_status_130(tmp_path):
+  """Ctrl-C while the launcher is still starting (here: loading its config,
+  which blocks) ends it at once with status 130 and one line, and nothing in
+  the workdir; it printed Python's KeyboardInterrupt traceback (inside a C
+  extension's import: an ImportError, status 1)."""
+  config = tmp_path / "slow.py"
+  config.write_text(_SLOW_CONFIG)
+  proc = foreground.launch(
+      [sys.executable, "-m", "experiments.train", f"--config={config}",
+       f"--workdir={tmp_path / 'run'}"], cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  deadline = time.time() + 120
+  while not config.with_suffix(".loading").exists() and time.time() < deadline:
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=30)
+  assert proc.returncode == 130, err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  assert err.strip().splitlines()[-1] == (
+      "error: interrupted (Ctrl-C or SIGINT) during start-up, before any run began"), err[-3000:]
+  assert not (tmp_path / "run").exists()
+
+
+def test_the_start_up_interrupt_handler_gives_way_to_the_run_and_respects_an_ignored_sigint():
+  previous = signal.getsignal(signal.SIGINT)
+  try:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    exit_status.stop_on_interrupt_during_start_up()
+    assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    # From the run on, Ctrl-C is a KeyboardInterrupt again (the run saves and records it).
+    assert exit_status.exit_on_run_error(
+        lambda: signal.getsignal(signal.SIGINT)) is signal.default_int_handler
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # started in the background: stays ignored
+    exit_status.stop_on_interrupt_during_start_up()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+  finally:
+    signal.signal(signal.SIGINT, previous)
