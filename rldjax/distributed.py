@@ -57,15 +57,16 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                  coordinator_address)
     who = (f"process {process_id} of {num_processes}: not all {num_processes} processes "
            f"connected to the coordinator at {coordinator_address} (process 0's)")
-    check = ("Start every process with the same --coordinator_address and --num_processes, each "
-             f"with its own --process_id (0 to {num_processes - 1}), and check that process 0's "
-             "host and port can be reached from every host")
+    check = ("Check that every process was started and has not stopped (see their logs), with "
+             "the same --coordinator_address and --num_processes and its own --process_id (0 "
+             f"to {num_processes - 1}), and that process 0's host and port can be reached from "
+             "every host")
     kwargs = {"coordinator_address": coordinator_address, "num_processes": num_processes,
               "process_id": process_id}
   else:
     logging.info("waiting up to %d s for the processes JAX detects to connect", timeout_seconds)
     who = "not all the processes JAX detected (config.distributed) connected to their coordinator"
-    check = "Check that every process of the job was started"
+    check = "Check that every process of the job was started and has not stopped (see their logs)"
     kwargs = {}
   message = (f"{who} within {timeout_seconds} s. {check}; or wait longer with "
              "--initialization_timeout=SECONDS.")

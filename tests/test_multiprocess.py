@@ -321,10 +321,11 @@ def test_a_process_whose_peers_never_connect_stops_with_status_2(base):
             f"coordinator at {addresses[i]}") in log
     assert log.strip().splitlines()[-1] == (
         f"error: process {i} of 2: not all 2 processes connected to the coordinator at "
-        f"{addresses[i]} (process 0's) within 5 s. Start every process with the same "
-        "--coordinator_address and --num_processes, each with its own --process_id (0 to 1), "
-        "and check that process 0's host and port can be reached from every host; or wait "
-        "longer with --initialization_timeout=SECONDS."), log[-3000:]
+        f"{addresses[i]} (process 0's) within 5 s. Check that every process was started and "
+        "has not stopped (see their logs), with the same --coordinator_address and "
+        "--num_processes and its own --process_id (0 to 1), and that process 0's host and port "
+        "can be reached from every host; or wait longer with --initialization_timeout=SECONDS."
+    ), log[-3000:]
     assert not (base / f"alone_{i}").exists()
 
 
