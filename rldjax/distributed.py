@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from rldjax import errors
+from rldjax import coordinator, errors
 
 _MESSAGE_BYTES = 16384
 
@@ -41,7 +41,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   C++ (status 134, "another task died"). Here the wait is logged, and after
   ``timeout_seconds`` the process ends itself first, with status 2 (a run
   that cannot start) and an ``error:`` line naming the settings to check;
-  JAX's own deadline is set 60 s later.
+  JAX's own deadline is set 60 s later. Explicit settings JAX cannot start
+  with (an address without a port, a --process_id out of range, a port in use
+  on process 0's host) stop the process at once (:mod:`rldjax.coordinator`).
   """
   given = [v is not None for v in (coordinator_address, num_processes, process_id)]
   if any(given) and not all(given):
@@ -52,6 +54,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     raise errors.ConfigError(f"--initialization_timeout: need a whole number of seconds >= 1, "
                              f"got {timeout_seconds!r}")
   if all(given):
+    coordinator.check_settings(coordinator_address, num_processes, process_id)
     logging.info("process %d of %d: waiting up to %d s for all %d processes to connect to the "
                  "coordinator at %s", process_id, num_processes, timeout_seconds, num_processes,
                  coordinator_address)

@@ -329,6 +329,32 @@ def test_a_process_whose_peers_never_connect_stops_with_status_2(base):
     assert not (base / f"alone_{i}").exists()
 
 
+def test_process_0_given_a_port_in_use_stops_with_status_2(base):
+  """Process 0 starts JAX's coordination service on the --coordinator_address
+  port; where another program listens there, the service crashed the process
+  (segmentation fault, status 139; another run's coordinator there was
+  aborted instead). Now it stops at once with status 2 and a line naming the
+  flag, before touching its workdir; a --process_id out of range likewise
+  (a ValueError traceback from JAX, status 1)."""
+  with socket.socket() as holder:
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    address = f"127.0.0.1:{holder.getsockname()[1]}"
+    cases = [("0", f"error: --coordinator_address={address}: process 0 cannot start the "
+              f"coordinator on port {holder.getsockname()[1]} of this host: the port is in use"),
+             ("2", "error: --process_id=2: need 0 to 1 with --num_processes=2 (each process "
+              "its own)")]
+    for process_id, message in cases:
+      done = subprocess.run(
+          [sys.executable, "-m", "experiments.train", CONFIG, f"--workdir={base / 'port'}",
+           f"--coordinator_address={address}", "--num_processes=2",
+           f"--process_id={process_id}", "--initialization_timeout=60"],
+          env=environment(base), capture_output=True, text=True, timeout=120, cwd=ROOT)
+      assert done.returncode == 2, done.stderr[-3000:]
+      assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr[-3000:]
+      assert not (base / "port").exists()
+
+
 def test_cluster_detection_where_there_is_no_cluster_stops_with_status_2(base):
   """config.distributed=True outside a cluster JAX can detect: status 2 and a
   line saying what the setting does and what to give instead (it was a
