@@ -52,6 +52,8 @@ def parse(argv=None):
                  help="a JAX persistent compilation cache directory (default: none)")
   p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
   args = p.parse_args(argv)
+  if args.workdir is not None and not args.workdir.strip():
+    p.error("--workdir: empty (an unset shell variable?); leave it out for a temporary one")
   for name in ("epochs", "steps_per_call", "batch"):
     if getattr(args, name) is not None and getattr(args, name) < 1:
       p.error(f"--{name}: need at least 1, got {getattr(args, name)}")

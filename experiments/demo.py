@@ -91,6 +91,10 @@ flags.DEFINE_string("compilation_cache", None, "JAX persistent compilation cache
                     "(default $RLDJAX_CACHE_DIR or ~/.cache/rldjax/jax); 'none' turns it off")
 flags.DEFINE_integer("parallel_runs", None, "runs trained side by side (threads); default: "
                      "one per CPU core on the CPU, else 1. The results do not depend on it")
+flags.register_validator(
+    "workdir", lambda value: bool(value.strip()),
+    "empty (an unset shell variable?): the demo would write into the current directory; "
+    "pass a directory, or leave the flag out for runs/demo")
 FLAGS = flags.FLAGS
 
 

@@ -49,6 +49,10 @@ flags.DEFINE_string("compilation_cache", None,
                     "JAX persistent compilation cache directory (default $RLDJAX_CACHE_DIR or "
                     "~/.cache/rldjax/jax); 'none' turns it off")
 flags.mark_flags_as_required(["config", "workdir"])
+flags.register_validator(
+    "workdir", lambda value: value is None or bool(value.strip()),
+    "empty (an unset shell variable?): the run would write into the current directory; "
+    "pass the run's directory")
 
 
 def _unknown_override(argv):

@@ -96,6 +96,10 @@ def test_benchmarks_end_like_the_launcher_on_a_run_they_cannot_make(tmp_path):
   assert small.returncode == 2, small.stderr[-3000:]
   assert "error: config.batch_size: 64 exceeds the training split (12 examples)" in small.stderr
   assert "Traceback" not in small.stderr
+  empty = subprocess.run([sys.executable, "benchmarks/schedule.py", "--workdir="], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env=env)
+  assert empty.returncode == 2, empty.stderr[-3000:]
+  assert "error: --workdir: empty (an unset shell variable?)" in empty.stderr, empty.stderr
   pair = subprocess.run(
       [sys.executable, "benchmarks/train_step.py", "--pair=res32x4_res9x4", "--no_torch"],
       cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)

@@ -140,6 +140,19 @@ def test_config_file_and_config_string_errors_are_one_line(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+def test_an_empty_workdir_is_a_flag_error_not_the_current_directory(tmp_path):
+  """``--workdir=$WORKDIR`` with the variable unset: status 1 naming the flag;
+  the run trained in the current directory, scattering its files there."""
+  for empty in ("", " "):
+    done = _launch(f"--config={ROOT}/experiments/configs/digits.py:method=vanilla,epochs=1",
+                   f"--workdir={empty}", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.startswith(
+        f"FATAL Flags parsing error: flag --workdir={empty}: empty (an unset shell variable?): "
+        "the run would write into the current directory; pass the run's directory"), done.stderr
+  assert not list(tmp_path.iterdir())
+
+
 def _batch(num_classes=100, seed=0):
   rng = np.random.default_rng(seed)
   s = jnp.asarray(rng.standard_normal((8, num_classes)) * 3, jnp.float32)

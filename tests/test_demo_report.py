@@ -172,6 +172,17 @@ def test_demo_flag_errors_exit_1_naming_the_flag(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_an_empty_demo_workdir_is_a_flag_error_not_the_current_directory(tmp_path):
+  root = pathlib.Path(__file__).resolve().parents[1]
+  proc = subprocess.run([sys.executable, "-m", "experiments.demo", "--workdir="],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="3"))
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "flag --workdir=: empty (an unset shell variable?): the demo would write into the " \
+      "current directory" in proc.stderr, proc.stderr[-3000:]
+  assert not list(tmp_path.iterdir())  # the demo ran in the current directory
+
+
 def test_demo_in_a_busy_workdir_exits_2_and_touches_nothing(tmp_path):
   """A second demo in a workdir where one is running stops at once with the
   launcher's status for a workdir in use, naming the lock, without a traceback."""
