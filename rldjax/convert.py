@@ -321,6 +321,8 @@ def main(argv=None):
   parser.add_argument("out", help="export directory (.pth) or root directory (.tar)")
   args = parser.parse_args(argv)
   from rldjax import export  # pylint: disable=import-outside-toplevel
+  if not args.out.strip():
+    parser.error("out: empty (an unset shell variable?): pass the output directory")
   if not os.path.exists(args.checkpoint):
     parser.error(f"no file at {args.checkpoint}")
   if os.path.isdir(args.checkpoint):

@@ -100,7 +100,8 @@ def test_load_torch_checkpoint_and_command(tmp_path):
                          jax.tree_util.tree_map(np.asarray, dict(variables)))
 
 
-def test_the_command_refuses_what_it_cannot_convert_with_one_message(tmp_path, capsys):
+def test_the_command_refuses_what_it_cannot_convert_with_one_message(tmp_path, capsys,
+                                                                     monkeypatch):
   torch = pytest.importorskip("torch", reason="the torch extra is not installed")
   _, variables = init_variables()
   good = tmp_path / "good.pth"
@@ -126,6 +127,17 @@ def test_the_command_refuses_what_it_cannot_convert_with_one_message(tmp_path, c
     assert stop.value.code == 2
     assert re.search(message, capsys.readouterr().err.splitlines()[-1]), arguments
   assert not (tmp_path / "out").exists()
+  # An empty output (an unset shell variable) wrote the export into the
+  # current directory.
+  (tmp_path / "cwd").mkdir()
+  monkeypatch.chdir(tmp_path / "cwd")
+  for out in ("", " "):
+    with pytest.raises(SystemExit) as stop:
+      convert.main(["--arch", "resnet14", str(good), out])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: out: empty (an unset shell variable?): pass the output directory")
+  assert not list((tmp_path / "cwd").iterdir())
 
 
 def test_damaged_files_end_with_status_2_however_the_unpickler_fails(tmp_path, capsys):
