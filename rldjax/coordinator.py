@@ -71,13 +71,15 @@ def check_settings(coordinator_address: str, num_processes, process_id) -> None:
 def _cannot_listen(host: str, port: int) -> str | None:
   """Why a TCP socket cannot be bound to (host, port) as the coordination
   service binds it, or None (also when the check itself cannot tell)."""
-  try:
-    candidates = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                    flags=socket.AI_PASSIVE)
-  except socket.gaierror:
-    return None  # the service reports an address it cannot resolve itself
-  if host in ("::", ""):  # every interface: the service falls back to IPv4 without IPv6
-    candidates.append((socket.AF_INET, socket.SOCK_STREAM, 0, "", ("0.0.0.0", port)))
+  if host in ("::", ""):  # every interface; the service falls back to IPv4 without IPv6
+    candidates = [(socket.AF_INET6, socket.SOCK_STREAM, 0, "", ("::", port)),
+                  (socket.AF_INET, socket.SOCK_STREAM, 0, "", ("0.0.0.0", port))]
+  else:
+    try:
+      candidates = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                      flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+      return None  # the service reports an address it cannot resolve itself
   for family, kind, proto, _, address in candidates:
     try:
       sock = socket.socket(family, kind, proto)

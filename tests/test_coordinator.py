@@ -103,3 +103,21 @@ def test_jax_s_bind_address_variable_is_the_address_checked(monkeypatch):
     monkeypatch.setenv("JAX_COORDINATOR_BIND_ADDRESS", "127.0.0.1")
     with pytest.raises(ConfigError, match=r"^\$JAX_COORDINATOR_BIND_ADDRESS=127.0.0.1: need"):
       coordinator.check_settings(f"127.0.0.1:{free_port()}", 2, 0)
+
+
+def test_a_host_without_ipv6_is_checked_on_ipv4(monkeypatch):
+  """Where IPv6 is off (no AF_INET6 sockets), the service binds 0.0.0.0: the
+  port is checked there."""
+  real_socket = socket.socket
+
+  def no_ipv6(family=socket.AF_INET, *args, **kwargs):
+    if family == socket.AF_INET6:
+      raise OSError(97, "Address family not supported by protocol")
+    return real_socket(family, *args, **kwargs)
+
+  with listening("0.0.0.0") as port:
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    with pytest.raises(ConfigError, match="the port is in use"):
+      coordinator.check_settings(f"10.0.0.1:{port}", 2, 0)
+    monkeypatch.undo()
+  coordinator.check_settings(f"10.0.0.1:{free_port()}", 2, 0)
