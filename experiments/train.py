@@ -13,11 +13,14 @@ process the same command plus ``--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I``; or ``--config.distributed=True`` alone to
 let JAX detect the cluster (TPU pod slices, SLURM, MPI). See the README.
 
-Exit status: 0 finished, 1 flag
-errors, 2 a run that cannot start (config, data, teacher, workdir; processes
-that do not all connect within --initialization_timeout), 3 diverged,
-4 storage failed (a file the run cannot write: fix it, rerun to resume),
-143 stopped by SIGTERM after saving a checkpoint (rerun to resume).
+Exit status: 0 finished, 1 flag errors (an empty --workdir included), 2 a
+run that cannot start (config, data, teacher, workdir; multi-process flags
+JAX cannot start with, such as a coordinator port in use on process 0's
+host; processes that do not all connect within --initialization_timeout),
+3 diverged, 4 storage failed (a file the run cannot write: fix it, rerun to
+resume), 130 interrupted by Ctrl-C or SIGINT (after saving a checkpoint once
+training has begun; at once during start-up), 143 stopped by SIGTERM after
+saving a checkpoint (rerun to resume).
 """
 import os
 import re
