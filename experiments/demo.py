@@ -30,7 +30,9 @@ error (a value the demo cannot run with is refused before anything is
 trained, naming the flag), 2 a run that cannot start (the demo's workdir in
 use by another demo, a run's workdir holding another experiment: rerun with a
 new ``--workdir``), 3 a run diverged, 4 a run's storage failed (a full disk:
-free space and rerun). No report is written unless every run finished.
+free space and rerun), 130 interrupted by Ctrl-C (the same command goes on:
+finished runs are reused, the others resume). No report is written unless
+every run finished.
 
 Compilation happens once for the teacher and once per student method and split
 (the loss weights are run-time arguments of the programs), in warm-up runs
