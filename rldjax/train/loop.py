@@ -272,17 +272,45 @@ def _run_locked(config, workdir, stop_after_epochs):
                            lambda: _epochs_done(workdir))
     return _Run(config, workdir, lock).run(stop_after_epochs)
   except Exception as err:  # pylint: disable=broad-except
-    if (distributed.is_primary() and lock.held and lock.lost() == "deleted"
-        and workdir_lib.storage_failure(err) is None):
-      # Our lock file is gone: the workdir was removed (or emptied) under the
-      # run, and what failed next (Orbax's metadata, say) is only a symptom.
+    if (distributed.is_primary() and lock.held and workdir_lib.storage_failure(err) is None
+        and (lock.lost() == "deleted"
+             or (not isinstance(err, errors.RunError) and _removed_soon(workdir)))):
+      # Our lock file is gone (or the workdir, within a second): the workdir
+      # was removed (or emptied) under the run, and what failed next
+      # (Orbax's metadata, say) is only a symptom.
       first = (str(err).strip().splitlines() or [""])[0][:200]
       raise FileNotFoundError(errno.ENOENT, "the workdir was removed while the run wrote to it "
                               f"({type(err).__name__}: {first})", workdir) from err
+    if (not distributed.is_primary() and not isinstance(err, errors.RunError) and workdir_lib.storage_failure(err) is None
+        and _removed_soon(workdir)):
+      # Only process 0 writes the run's files, so this process learns of
+      # their loss as a collective process 0 no longer joins (it stopped on
+      # the removal, status 4); the shared workdir being gone says why.
+      first = (str(err).strip().splitlines() or [""])[0][:200]
+      raise FileNotFoundError(errno.ENOENT, "the workdir was removed while the run wrote to it "
+                              f"(here: {type(err).__name__}: {first})", workdir) from err
     raise
   finally:
     if distributed.is_primary():
       lock.release()
+
+
+# How long a process whose run failed with an error that names no storage
+# looks for the workdir to be gone: a removal may still be deleting the
+# workdir's files (its run.lock among them) when the run fails on it, on
+# process 0 with an error of the checkpoint library's, on the others as a
+# collective process 0 no longer joins.
+REMOVAL_GRACE_SECONDS = 1.0
+
+
+def _removed_soon(workdir: str) -> bool:
+  """Whether ``workdir`` is gone now or within :data:`REMOVAL_GRACE_SECONDS`."""
+  deadline = time.monotonic() + REMOVAL_GRACE_SECONDS
+  while os.path.isdir(workdir):
+    if time.monotonic() >= deadline:
+      return False
+    time.sleep(0.05)
+  return True
 
 
 def _record_failure(workdir, status, message):
