@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -63,6 +64,11 @@ def small_config(data_dir, teacher, method="rld", epochs=2):
   return c
 
 
+# The tests that read straight_run run on one worker under `--dist loadgroup`
+# (make test): its runs are trained once, not once on each worker.
+STRAIGHT_RUN_GROUP = pytest.mark.xdist_group("straight_run")
+
+
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, data_dir, teacher_export):
   """``straight_run(method, epochs)``: the workdir and results of an
@@ -104,6 +110,7 @@ def read_json(path):
     return json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
 
 
+@STRAIGHT_RUN_GROUP
 def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, data_dir, teacher_export,
                                                    straight_run, monkeypatch):
   config = small_config(data_dir, teacher_export, epochs=3)
@@ -203,6 +210,7 @@ def test_evaluating_only_the_last_epochs_trains_the_same(tmp_path, data_dir, tea
   assert loop.train_and_evaluate(config, str(tmp_path / "last2"))["history"] == last2["history"]
 
 
+@STRAIGHT_RUN_GROUP
 def test_full_disk_stops_the_run_and_the_same_command_continues_exactly(
     tmp_path, data_dir, teacher_export, straight_run, monkeypatch):
   """The disk fills up at the 4th checkpoint (step 9, epoch 2): the run stops
@@ -277,9 +285,53 @@ def test_a_workdir_removed_under_the_run_is_a_storage_failure_whatever_fails_nex
       r"checkpoint")) as failed:
     loop.train_and_evaluate(config, str(tmp_path / "gone"))
   assert failed.value.exit_code == 4
+
+  def save_fails_while_removed(*args, **kwargs):  # the removal still deleting files
+    threading.Timer(0.3, shutil.rmtree, (tmp_path / "going",)).start()
+    raise ValueError("Save failed: 1/1 params are missing .zarray in checkpoint")
+  monkeypatch.setattr(ckpt_lib, "save", save_fails_while_removed)
+  with pytest.raises(errors.StorageError, match=(
+      r"storage failed in .*going: \[Errno 2\] the workdir was removed while the run wrote to "
+      r"it \(ValueError: Save failed: 1/1 params are missing")):
+    loop.train_and_evaluate(config, str(tmp_path / "going"))
   monkeypatch.setattr(ckpt_lib, "save", lambda *a, **k: (_ for _ in ()).throw(ValueError("bug")))
   with pytest.raises(ValueError, match="^bug$"):  # with the workdir in place: not storage
     loop.train_and_evaluate(config, str(tmp_path / "kept"))
+
+
+def test_a_process_other_than_0_reports_a_removed_workdir_as_the_storage_failure(
+    tmp_path, data_dir, teacher_export, monkeypatch):
+  """Only process 0 of a multi-process run writes its files. When the shared
+  workdir was removed and process 0 stopped on it (status 4), process 1
+  learnt of it as a collective that failed and ended with status 1 and a line
+  that another process had stopped (2 of 4 tries by hand, where the removal
+  raced a save). With the workdir gone, or gone within a second (the
+  removal may still be deleting files when process 0 stops), that failure is
+  now this storage failure (status 4) there too; with the workdir in place
+  it stays what it was. Here as process 1 of one, its collective failing as
+  gloo's does."""
+  config = small_config(data_dir, teacher_export, epochs=2)
+  monkeypatch.setattr(distributed, "is_primary", lambda: False)
+
+  def peer_gone(self, stop_after_epochs, remove_after):
+    del stop_after_epochs
+    if remove_after is not None:  # seconds: the removal still deleting files when it failed
+      threading.Timer(remove_after, shutil.rmtree, (self.workdir,)).start()
+    raise RuntimeError("UNAVAILABLE: Connection closed by peer [127.0.0.1]:45678\nmore")
+  for name, remove_after in (("gone", 0.0), ("going", 0.3)):
+    monkeypatch.setattr(loop._Run, "run", lambda self, n, r=remove_after: peer_gone(self, n, r))  # pylint: disable=protected-access
+    with pytest.raises(errors.StorageError, match=(
+        rf"storage failed in .*{name}: \[Errno 2\] the workdir was removed while the run wrote to "
+        r"it \(here: RuntimeError: UNAVAILABLE: Connection closed by peer \[127.0.0.1\]:45678\): "
+        r".*The run stopped with no complete checkpoint")) as failed:
+      loop.train_and_evaluate(config, str(tmp_path / name))
+    assert failed.value.exit_code == 4
+  monkeypatch.setattr(loop._Run, "run", lambda self, n: peer_gone(self, n, None))  # pylint: disable=protected-access
+  t0 = time.monotonic()
+  with pytest.raises(RuntimeError, match="^UNAVAILABLE: Connection closed by peer"):
+    loop.train_and_evaluate(config, str(tmp_path / "kept"))
+  assert time.monotonic() - t0 >= loop.REMOVAL_GRACE_SECONDS  # it looked, then gave up
+
 
 
 def test_a_run_whose_lock_file_disappears_stops_instead_of_writing_on(
@@ -345,6 +397,7 @@ def test_a_run_whose_lock_is_taken_over_stops_without_writing_on(
   assert not (workdir / "export").exists()
 
 
+@STRAIGHT_RUN_GROUP
 def test_unexpected_stops_say_so_in_results_and_the_same_command_continues_exactly(
     tmp_path, data_dir, teacher_export, straight_run, monkeypatch):
   """A bug at the end of epoch 1 of a new run, then Ctrl-C at the end of
@@ -408,6 +461,7 @@ def test_in_memory_evaluation_counts_every_example_once(eval_batch_size, n):
   check_evaluate_arrays(eval_batch_size, n)  # full batches, then the remainder
 
 
+@STRAIGHT_RUN_GROUP
 def test_device_and_host_paths_train_identically(tmp_path, data_dir, teacher_export,
                                                  straight_run):
   config = small_config(data_dir, teacher_export, method="kd", epochs=1)
@@ -419,6 +473,7 @@ def test_device_and_host_paths_train_identically(tmp_path, data_dir, teacher_exp
   assert_same_export(device_dir / "export" / "last", tmp_path / "host" / "export" / "last")
 
 
+@STRAIGHT_RUN_GROUP
 def test_corrupt_newest_checkpoint_is_moved_aside_and_replaced(tmp_path, data_dir, teacher_export,
                                                               straight_run, caplog):
   config = small_config(data_dir, teacher_export, epochs=2)
@@ -450,6 +505,7 @@ def test_corrupt_newest_checkpoint_is_moved_aside_and_replaced(tmp_path, data_di
   assert again["history"] == resumed["history"] and again["status"] == "finished"
 
 
+@STRAIGHT_RUN_GROUP
 def test_corrupt_best_checkpoint_does_not_break_the_end(tmp_path, data_dir, teacher_export,
                                                        straight_run):
   config = small_config(data_dir, teacher_export, epochs=2)
@@ -581,6 +637,7 @@ def test_labels_outside_num_classes_stop_before_training(tmp_path, data_dir):
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@STRAIGHT_RUN_GROUP
 def test_other_experiment_in_the_same_workdir_is_refused(tmp_path, data_dir, teacher_export,
                                                         straight_run):
   copy_run(straight_run("kd", 1)[0], tmp_path / "run")  # a finished 1-epoch kd run
@@ -602,6 +659,7 @@ def test_other_experiment_in_the_same_workdir_is_refused(tmp_path, data_dir, tea
   assert (tmp_path / "a_file").read_text() == "not a workdir"
 
 
+@STRAIGHT_RUN_GROUP
 def test_a_run_is_resumed_only_on_the_teacher_and_data_it_was_trained_on(
     tmp_path, data_dir, teacher_export, straight_run, monkeypatch, caplog):
   source, done = straight_run("kd", 1)
@@ -650,6 +708,7 @@ def test_a_run_is_resumed_only_on_the_teacher_and_data_it_was_trained_on(
   assert read_json(run / "inputs.json") == recorded
 
 
+@STRAIGHT_RUN_GROUP
 def test_a_damaged_results_json_is_set_aside_and_a_damaged_config_json_stops_the_run(
     tmp_path, data_dir, teacher_export, straight_run):
   source, done = straight_run("kd", 1)
