@@ -281,8 +281,8 @@ def _run_locked(config, workdir, stop_after_epochs):
       first = (str(err).strip().splitlines() or [""])[0][:200]
       raise FileNotFoundError(errno.ENOENT, "the workdir was removed while the run wrote to it "
                               f"({type(err).__name__}: {first})", workdir) from err
-    if (not distributed.is_primary() and not isinstance(err, errors.RunError) and workdir_lib.storage_failure(err) is None
-        and _removed_soon(workdir)):
+    if (not distributed.is_primary() and not isinstance(err, errors.RunError)
+        and workdir_lib.storage_failure(err) is None and _removed_soon(workdir)):
       # Only process 0 writes the run's files, so this process learns of
       # their loss as a collective process 0 no longer joins (it stopped on
       # the removal, status 4); the shared workdir being gone says why.
