@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(PY) -m experiments.demo --workdir=runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -q -rs --durations=20
+	$(PY) -m pytest -n 2 -q -rs --durations=20
 
 bench: $(STAMP)
 	$(PY) benchmarks/losses.py

@@ -14,11 +14,6 @@ import pytest
 from rldjax import losses
 from tests.conftest import PARITY_DIR, absent_reason
 
-# Every test here reads one module fixture that compiles one large program (20-35 s):
-# under `pytest -n 2 --dist loadgroup` (make test) they run on one worker, so it
-# is compiled once, not once on each.
-pytestmark = pytest.mark.xdist_group("losses_parity")
-
 ATOL, RTOL = 1e-5, 1e-4
 
 

@@ -19,11 +19,6 @@ from rldjax import train
 from rldjax.train import optim
 from tests.conftest import PARITY_DIR, parity_file
 
-# Every test here reads one module fixture that compiles one large program (20-35 s):
-# under `pytest -n 2 --dist loadgroup` (make test) they run on one worker, so it
-# is compiled once, not once on each.
-pytestmark = pytest.mark.xdist_group("recipes_parity")
-
 RECIPES = PARITY_DIR / "recipes_seed1.npz"
 
 

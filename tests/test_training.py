@@ -64,11 +64,6 @@ def small_config(data_dir, teacher, method="rld", epochs=2):
   return c
 
 
-# The tests that read straight_run run on one worker under `--dist loadgroup`
-# (make test): its runs are trained once, not once on each worker.
-STRAIGHT_RUN_GROUP = pytest.mark.xdist_group("straight_run")
-
-
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, data_dir, teacher_export):
   """``straight_run(method, epochs)``: the workdir and results of an
@@ -110,7 +105,6 @@ def read_json(path):
     return json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
 
 
-@STRAIGHT_RUN_GROUP
 def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, data_dir, teacher_export,
                                                    straight_run, monkeypatch):
   config = small_config(data_dir, teacher_export, epochs=3)
@@ -210,7 +204,6 @@ def test_evaluating_only_the_last_epochs_trains_the_same(tmp_path, data_dir, tea
   assert loop.train_and_evaluate(config, str(tmp_path / "last2"))["history"] == last2["history"]
 
 
-@STRAIGHT_RUN_GROUP
 def test_full_disk_stops_the_run_and_the_same_command_continues_exactly(
     tmp_path, data_dir, teacher_export, straight_run, monkeypatch):
   """The disk fills up at the 4th checkpoint (step 9, epoch 2): the run stops
@@ -397,7 +390,6 @@ def test_a_run_whose_lock_is_taken_over_stops_without_writing_on(
   assert not (workdir / "export").exists()
 
 
-@STRAIGHT_RUN_GROUP
 def test_unexpected_stops_say_so_in_results_and_the_same_command_continues_exactly(
     tmp_path, data_dir, teacher_export, straight_run, monkeypatch):
   """A bug at the end of epoch 1 of a new run, then Ctrl-C at the end of
@@ -461,7 +453,6 @@ def test_in_memory_evaluation_counts_every_example_once(eval_batch_size, n):
   check_evaluate_arrays(eval_batch_size, n)  # full batches, then the remainder
 
 
-@STRAIGHT_RUN_GROUP
 def test_device_and_host_paths_train_identically(tmp_path, data_dir, teacher_export,
                                                  straight_run):
   config = small_config(data_dir, teacher_export, method="kd", epochs=1)
@@ -473,7 +464,6 @@ def test_device_and_host_paths_train_identically(tmp_path, data_dir, teacher_exp
   assert_same_export(device_dir / "export" / "last", tmp_path / "host" / "export" / "last")
 
 
-@STRAIGHT_RUN_GROUP
 def test_corrupt_newest_checkpoint_is_moved_aside_and_replaced(tmp_path, data_dir, teacher_export,
                                                               straight_run, caplog):
   config = small_config(data_dir, teacher_export, epochs=2)
@@ -505,7 +495,6 @@ def test_corrupt_newest_checkpoint_is_moved_aside_and_replaced(tmp_path, data_di
   assert again["history"] == resumed["history"] and again["status"] == "finished"
 
 
-@STRAIGHT_RUN_GROUP
 def test_corrupt_best_checkpoint_does_not_break_the_end(tmp_path, data_dir, teacher_export,
                                                        straight_run):
   config = small_config(data_dir, teacher_export, epochs=2)
@@ -637,7 +626,6 @@ def test_labels_outside_num_classes_stop_before_training(tmp_path, data_dir):
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@STRAIGHT_RUN_GROUP
 def test_other_experiment_in_the_same_workdir_is_refused(tmp_path, data_dir, teacher_export,
                                                         straight_run):
   copy_run(straight_run("kd", 1)[0], tmp_path / "run")  # a finished 1-epoch kd run
@@ -659,7 +647,6 @@ def test_other_experiment_in_the_same_workdir_is_refused(tmp_path, data_dir, tea
   assert (tmp_path / "a_file").read_text() == "not a workdir"
 
 
-@STRAIGHT_RUN_GROUP
 def test_a_run_is_resumed_only_on_the_teacher_and_data_it_was_trained_on(
     tmp_path, data_dir, teacher_export, straight_run, monkeypatch, caplog):
   source, done = straight_run("kd", 1)
@@ -708,7 +695,6 @@ def test_a_run_is_resumed_only_on_the_teacher_and_data_it_was_trained_on(
   assert read_json(run / "inputs.json") == recorded
 
 
-@STRAIGHT_RUN_GROUP
 def test_a_damaged_results_json_is_set_aside_and_a_damaged_config_json_stops_the_run(
     tmp_path, data_dir, teacher_export, straight_run):
   source, done = straight_run("kd", 1)
