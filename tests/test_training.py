@@ -297,8 +297,8 @@ def test_a_process_other_than_0_reports_a_removed_workdir_as_the_storage_failure
   """Only process 0 of a multi-process run writes its files. When the shared
   workdir was removed and process 0 stopped on it (status 4), process 1
   learnt of it as a collective that failed and ended with status 1 and a line
-  that another process had stopped (2 of 4 tries by hand, where the removal
-  raced a save). With the workdir gone, or gone within a second (the
+  that another process had stopped (by hand, 1 or 2 of 4 tries, where the
+  removal raced a save). With the workdir gone, or gone within a second (the
   removal may still be deleting files when process 0 stops), that failure is
   now this storage failure (status 4) there too; with the workdir in place
   it stays what it was. Here as process 1 of one, its collective failing as
@@ -324,7 +324,6 @@ def test_a_process_other_than_0_reports_a_removed_workdir_as_the_storage_failure
   with pytest.raises(RuntimeError, match="^UNAVAILABLE: Connection closed by peer"):
     loop.train_and_evaluate(config, str(tmp_path / "kept"))
   assert time.monotonic() - t0 >= loop.REMOVAL_GRACE_SECONDS  # it looked, then gave up
-
 
 
 def test_a_run_whose_lock_file_disappears_stops_instead_of_writing_on(
