@@ -1,4 +1,5 @@
 """Shared test fixtures: the parity files in ../shared, skipped when absent."""
+import fcntl
 import json
 import os
 import pathlib
@@ -21,6 +22,35 @@ def parity_file(name: str) -> pathlib.Path:
   if not path.exists():
     pytest.skip(absent_reason(path))
   return path
+
+
+def computed_once(tmp_path_factory, name, compute):
+  """``compute()``, a dict ``{str: tuple of arrays}``, computed once per test
+  session: under ``pytest -n`` by the first worker that asks (the others wait
+  for it, holding a lock, then read its result back from the session's
+  directory; pytest-xdist's documented pattern for expensive session data).
+  For the parity modules' single large programs (20-50 s each), which
+  xdist's load scheduling may hand to both workers."""
+  if os.environ.get("PYTEST_XDIST_WORKER") is None:
+    return compute()
+  shared = tmp_path_factory.getbasetemp().parent  # this session's, shared by its workers
+  path = shared / f"{name}.npz"
+  with open(shared / f"{name}.lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+    if not path.exists():
+      result = compute()
+      flat = {f"{key}#{i}": np.asarray(a) for key, arrays in result.items()
+              for i, a in enumerate(arrays)}
+      with open(shared / f"{name}.tmp.npz", "wb") as f:
+        np.savez(f, **flat)
+      os.replace(shared / f"{name}.tmp.npz", path)
+      return result
+  with np.load(path) as stored:
+    result = {}
+    for flat_key in stored.files:
+      key, i = flat_key.rsplit("#", 1)
+      result.setdefault(key, {})[int(i)] = stored[flat_key]
+  return {key: tuple(arrays[i] for i in range(len(arrays))) for key, arrays in result.items()}
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rldjax import losses
-from tests.conftest import PARITY_DIR, absent_reason
+from tests.conftest import PARITY_DIR, absent_reason, computed_once
 
 ATOL, RTOL = 1e-5, 1e-4
 
@@ -60,11 +60,16 @@ def assert_close(actual, ref, what):
 
 
 @pytest.fixture(scope="module")
-def computed(losses_npz, losses_index):
+def computed(losses_npz, losses_index, tmp_path_factory):
   """Every entry's per-example values, batch mean and gradient of the batch
   mean, from one jitted program for all entries (the entries of a case share
   their inputs): one compilation instead of one per entry (or per case: 59 s
-  for three programs against 45 s for one on a 2-core CPU)."""
+  for three programs against 45 s for one on a 2-core CPU), once per session."""
+  return computed_once(tmp_path_factory, "losses_parity",
+                       lambda: _computed(losses_npz, losses_index))
+
+
+def _computed(losses_npz, losses_index):
   cases = sorted({entry["case"] for entry in losses_index})
   inputs = {case: [jnp.asarray(losses_npz[f"{case}/{x}"]) for x in ("student", "teacher", "labels")]
             for case in cases}

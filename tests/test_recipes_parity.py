@@ -17,7 +17,7 @@ import pytest
 
 from rldjax import train
 from rldjax.train import optim
-from tests.conftest import PARITY_DIR, parity_file
+from tests.conftest import PARITY_DIR, computed_once, parity_file
 
 RECIPES = PARITY_DIR / "recipes_seed1.npz"
 
@@ -48,10 +48,15 @@ def user_config(key):
 
 
 @pytest.fixture(scope="module")
-def objectives(recipes):
+def objectives(recipes, tmp_path_factory):
   """``{key: (values, student-logit gradients)}`` at the fixture's epochs, for
   every key, from one jitted program (each key's config is a constant of it;
-  the epochs are a vmapped argument): one compilation instead of one per key."""
+  the epochs are a vmapped argument): one compilation instead of one per key,
+  once per session."""
+  return computed_once(tmp_path_factory, "recipes_parity", lambda: _objectives(recipes))
+
+
+def _objectives(recipes):
   configs = {key: user_config(key) for key in _keys()}
 
   def run(inputs, epochs):
