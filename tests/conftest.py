@@ -26,9 +26,10 @@ def parity_file(name: str) -> pathlib.Path:
 
 def computed_once(tmp_path_factory, name, compute):
   """``compute()``, a dict ``{str: tuple of arrays}``, computed once per test
-  session: under ``pytest -n`` by the first worker that asks (the others wait
-  for it, holding a lock, then read its result back from the session's
-  directory; pytest-xdist's documented pattern for expensive session data).
+  session: under ``pytest -n`` by the first worker that asks, holding a lock
+  meanwhile (the others wait on it, then read the result back from the
+  session's directory; pytest-xdist's documented pattern for expensive
+  session data).
   For the parity modules' single large programs (20-50 s each), which
   xdist's load scheduling may hand to both workers."""
   if os.environ.get("PYTEST_XDIST_WORKER") is None:
