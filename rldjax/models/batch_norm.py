@@ -106,6 +106,12 @@ def _batch_norm_train_jvp(epsilon, axis_name, primals, tangents):
   y = xhat * scale + bias
   mean_dx = _sum(dx, axis_name) / n
   mean_xhat_dx = _sum(xhat * dx, axis_name) / n
-  dy = (scale * r) * (dx - mean_dx - xhat * mean_xhat_dx) + dscale * xhat + dbias
+  # The channel factor γr multiplies each term after its sum, not before: the
+  # transpose (reverse mode) then sums the cotangent g itself, Σg and Σg·x̂,
+  # the very sums of ∂β and ∂γ, which XLA computes once; written as
+  # γr·(ẋ − mean ẋ − x̂·mean(x̂ẋ)) it summed γr·g apart, one more pass over
+  # the activations (BENCHMARKS.md: the student's training pass ~4% faster).
+  c = scale * r
+  dy = c * dx - c * mean_dx - xhat * (c * mean_xhat_dx) + dscale * xhat + dbias
   dvar = 2.0 * mean_xhat_dx / r  # d/dx of mean((x - mu)^2) = 2 mean((x - mu) dx)
   return (y, shift + m, var), (dy, mean_dx, dvar)
