@@ -110,7 +110,7 @@ def _batch_norm_train_jvp(epsilon, axis_name, primals, tangents):
   # transpose (reverse mode) then sums the cotangent g itself, Σg and Σg·x̂,
   # the very sums of ∂β and ∂γ, which XLA computes once; written as
   # γr·(ẋ − mean ẋ − x̂·mean(x̂ẋ)) it summed γr·g apart, one more pass over
-  # the activations (BENCHMARKS.md: the student's training pass ~4% faster).
+  # the activations (BENCHMARKS.md: the student's training pass ~5% faster).
   c = scale * r
   dy = c * dx - c * mean_dx - xhat * (c * mean_xhat_dx) + dscale * xhat + dbias
   dvar = 2.0 * mean_xhat_dx / r  # d/dx of mean((x - mu)^2) = 2 mean((x - mu) dx)
