@@ -243,7 +243,7 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
   from experiments import report  # pylint: disable=import-outside-toplevel
   from experiments.configs import digits  # pylint: disable=import-outside-toplevel
   from rldjax import errors, runtime  # pylint: disable=import-outside-toplevel
-  from rldjax.train import loop, programs  # pylint: disable=import-outside-toplevel
+  from rldjax.train import loop, programs, results  # pylint: disable=import-outside-toplevel
   start = time.time()
   flush_pending_writes(workdir)  # before anything is timed (the module docstring)
   timings = {"warmup_s": 0.0, "runs": [], "parallel_runs": workers,
@@ -328,7 +328,7 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
   validation = {}  # selection run -> its top-1 on train[80%:], mean of the last 5 epochs
 
   def select_run(name, config):
-    scores = [h["top1"] for h in loop.evaluated_records(run(name, config)["history"])]
+    scores = [h["top1"] for h in results.evaluated_records(run(name, config)["history"])]
     scores = scores[-SELECTION_EPOCHS:]
     with lock:
       validation[name] = sum(scores) / len(scores)

@@ -52,7 +52,6 @@ stops every process the same way, before Orbax's first save would wait for it.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import time
@@ -71,6 +70,7 @@ from rldjax.train import config as config_lib
 from rldjax.train import data as data_lib
 from rldjax.train import programs as programs_lib
 from rldjax.train import recipe, step as step_lib, workdir as workdir_lib
+from rldjax.train import results as results_lib
 from rldjax.train import save_watchdog
 from rldjax.train.preemption import PreemptionWatcher
 from rldjax.train.writer import ScalarWriter
@@ -135,76 +135,11 @@ def _resolved(config) -> ml_collections.ConfigDict:
   return config
 
 
-def _epochs_done(workdir):
-  path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path):
-    return 0
-  with open(path) as f:
-    return int(json.load(f).get("epochs_completed") or 0)
-
-
-def _previous_times(workdir) -> tuple[float, float, float]:
-  """(wall, train, compile) seconds of the earlier sessions of this run."""
-  path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path):
-    return 0.0, 0.0, 0.0
-  with open(path) as f:
-    r = json.load(f)
-  return tuple(float(r.get(k) or 0.0) for k in ("wall_time_s", "train_time_s",
-                                                 "compile_time_s"))
-
-
-def _times_incomplete(workdir) -> bool:
-  """Whether a damaged results.json was set aside: the times of the sessions
-  before it are lost."""
-  return os.path.exists(os.path.join(workdir, "results.json" + workdir_lib.UNREADABLE_SUFFIX))
-
-
-def _set_aside_unreadable_results(workdir) -> None:
-  moved = workdir_lib.set_aside_unreadable(os.path.join(workdir, "results.json"))
-  if moved:
-    logging.warning("results.json in %s could not be read: moved to %s. It is rewritten from "
-                    "the checkpoints; the times of the sessions before this one are lost "
-                    "(results.json says \"times_incomplete\": true).", workdir, moved)
-
-
 def evaluates(config, epoch: int) -> bool:
   """Whether the run evaluates after the 1-based ``epoch``
   (``config.eval_last_epochs``: 0, every epoch; N, the last N)."""
   last = config.get("eval_last_epochs", 0)
   return not last or epoch > config.num_epochs - last
-
-
-def evaluated_records(history: list) -> list:
-  """The history records of the evaluated epochs (those with ``top1``)."""
-  return [h for h in history if "top1" in h]
-
-
-def best_record(history: list) -> dict | None:
-  """The first evaluated record with the highest top-1, or None."""
-  return max(evaluated_records(history), key=lambda h: h["top1"], default=None)
-
-
-def _results(workdir, config, history, status, wall, train_time, compile_time, extra=None):
-  best = best_record(history)
-  last = (evaluated_records(history) or [None])[-1]
-  out = {
-      "method": config.method, "student": config.student.tag,
-      "teacher": config.teacher.tag if config.method != "vanilla" else None,
-      "dataset": config.dataset.name, "train_split": config.dataset.train_split,
-      "eval_split": config.dataset.eval_split, "seed": config.seed,
-      "status": status, "finished": status == "finished",
-      "epochs_completed": len(history), "num_epochs": config.num_epochs,
-      "best_top1": best and best["top1"], "best_top5": best and best["top5"],
-      "best_epoch": best and best["epoch"],
-      "last_top1": last and last["top1"], "last_top5": last and last["top5"],
-      "wall_time_s": wall, "train_time_s": train_time, "compile_time_s": compile_time,
-      **({"times_incomplete": True} if _times_incomplete(workdir) else {}),
-      "history": history,
-      "config": config.to_dict(), "workdir": workdir,
-  }
-  out.update(extra or {})
-  return out
 
 
 def _export(workdir, name, tag, num_classes, variables, metadata):
@@ -237,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if cause is None:
       raise
     message = storage_failure_message(workdir, cause)
-    _record_failure(workdir, "storage_failed", message)
+    results_lib.record_failure(workdir, "storage_failed", message)
     raise errors.StorageError(message) from err
 
 
@@ -267,9 +202,9 @@ def _run_locked(config, workdir, stop_after_epochs):
   lock = run_lock.WorkdirLock(workdir)
   distributed.on_primary(lock.acquire)
   try:
-    distributed.on_primary(_set_aside_unreadable_results, workdir)
+    distributed.on_primary(results_lib.set_aside_unreadable, workdir)
     distributed.on_primary(workdir_lib.check_config, workdir, config.to_dict(),
-                           lambda: _epochs_done(workdir))
+                           lambda: results_lib.epochs_done(workdir))
     return _Run(config, workdir, lock).run(stop_after_epochs)
   except Exception as err:  # pylint: disable=broad-except
     if (distributed.is_primary() and lock.held and workdir_lib.storage_failure(err) is None
@@ -313,21 +248,6 @@ def _removed_soon(workdir: str) -> bool:
   return True
 
 
-def _record_failure(workdir, status, message):
-  """Best effort: results.json says ``status`` and ``error``, so that nothing
-  reading it takes the run for a running one (this write may fail too)."""
-  path = os.path.join(workdir, "results.json")
-  if not distributed.is_primary() or not os.path.exists(path):  # none yet: nothing to mislead
-    return
-  try:
-    with open(path) as f:
-      results = json.load(f)
-    results.update(status=status, finished=False, error=message)
-    workdir_lib.write_json(path, results)
-  except (OSError, ValueError) as err:
-    logging.warning("could not record the failure in %s: %s", path, err)
-
-
 def _unexpected_stop(err: BaseException) -> tuple[str, str] | None:
   """``(status, error)`` for results.json when ``err`` stops a run: ``failed``
   (``interrupted`` for Ctrl-C). None for the stops that record their own status
@@ -352,7 +272,8 @@ class _Run:
     self.config, self.workdir = config, workdir
     self.lock = lock  # run_lock.WorkdirLock, held by process 0
     self.start = time.time()
-    self.previous_wall, self.previous_train, self.previous_compile = _previous_times(workdir)
+    self.previous_wall, self.previous_train, self.previous_compile = (
+        results_lib.previous_times(workdir))
     self.counts_time = True  # False: a rerun of a finished run (this session trains nothing)
     self.train_time = 0.0
     self.compile_start = compile_clock.seconds()
@@ -385,13 +306,13 @@ class _Run:
     self.last_write = now
     compiled = compile_clock.seconds() - self.compile_start if self.counts_time else 0.0
     changes = {"machine_changes": self.machine_changes} if self.machine_changes else {}
-    results = _results(self.workdir, self.config, history, status, self.wall(),
+    results = results_lib.summary(self.workdir, self.config, history, status, self.wall(),
                        self.previous_train + (self.train_time if self.counts_time else 0.0),
                        self.previous_compile + compiled,
                        {**changes, **(extra or {})})
     if distributed.is_primary():
       workdir_lib.write_json(os.path.join(self.workdir, "history.json"), history)
-      workdir_lib.write_json(os.path.join(self.workdir, "results.json"), results)
+      workdir_lib.write_json(os.path.join(self.workdir, results_lib.FILE), results)
     return results
 
   def record_unexpected_stop(self, err: BaseException) -> None:
@@ -465,7 +386,7 @@ class _Run:
         logging.info("resumed from step %d (%d epochs done) in %s", int(state.step),
                      len(history), workdir)
         if len(history) >= config.num_epochs and os.path.exists(
-            os.path.join(workdir, "results.json")):
+            os.path.join(workdir, results_lib.FILE)):
           # Finished before: its recorded times stay those of the sessions that
           # trained it (this one's start-up would only lower its share in steps).
           self.counts_time = False
@@ -694,7 +615,7 @@ class _Run:
                f"deleted, while the run saved a checkpoint: '{self.workdir}'")
       message = storage_failure_message(self.workdir, cause)
       if distributed.is_primary():
-        _record_failure(self.workdir, "storage_failed", message)
+        results_lib.record_failure(self.workdir, "storage_failed", message)
       return message
     with save_watchdog.lock_watched(self.lock.path, stopped):
       return ckpt_lib.save(manager, state, history, **kwargs)
@@ -759,5 +680,5 @@ class _Run:
                         "test/loss": record["test_loss"], "train/epoch_loss": record["train_loss"]})
     logging.info("epoch %d/%d  train loss %.4f  test top-1 %.2f  top-5 %.2f  (best %.2f, %d "
                  "examples)", epoch + 1, c.num_epochs, record["train_loss"], record["top1"],
-                 record["top5"], best_record(history)["top1"], int(count))
+                 record["top5"], results_lib.best_record(history)["top1"], int(count))
     return state, history
