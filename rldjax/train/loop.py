@@ -72,54 +72,12 @@ from rldjax.train import programs as programs_lib
 from rldjax.train import recipe, step as step_lib, workdir as workdir_lib
 from rldjax.train import results as results_lib
 from rldjax.train import save_watchdog
+from rldjax.train import teacher as teacher_lib
 from rldjax.train.preemption import PreemptionWatcher
 from rldjax.train.writer import ScalarWriter
 
 CHUNK_SECONDS = 1.0  # about how often, at least, finite flags and stop requests are read
 RESULTS_SECONDS = 10.0  # how often, at most, a running run rewrites results.json
-
-
-def _load_teacher(config):
-  """The teacher's variables (None for vanilla), checked against the config."""
-  if config.method == "vanilla":
-    return None
-  path = config.teacher.checkpoint
-  if not os.path.exists(os.path.join(path, "model.json")):
-    raise errors.TeacherError(
-        f"config.teacher.checkpoint: no exported model at {os.path.abspath(path)}. Convert the "
-        "published teachers once with `python -m rldjax.convert cifar_teachers.tar "
-        "runs/cifar100/teachers` (ImageNet: `python -m rldjax.convert --arch imagenet/ResNet34 "
-        "resnet34-b627a593.pth runs/imagenet/teachers/ResNet34/export`), or pass "
-        "teacher=<a teacher run's workdir>/export/last in the config string")
-  tag, num_classes, variables = export.load_model(path)
-  if config.teacher.tag != tag:
-    raise errors.TeacherError(f"config.teacher.tag is {config.teacher.tag!r} but {path} holds "
-                              f"{tag!r}")
-  if num_classes != config.dataset.num_classes:
-    raise errors.TeacherError(f"config.teacher.checkpoint: teacher has {num_classes} classes, "
-                              f"the dataset {config.dataset.num_classes}")
-  return variables
-
-
-def _load_teacher_everywhere(config):
-  """:func:`_load_teacher` on every process, each from its own
-  ``config.teacher.checkpoint``: a process that cannot load it stops every
-  process, and the processes' teachers must hold the same weights. Returns
-  the variables (None for vanilla) and what identifies them (``{}`` for
-  vanilla; recorded in the workdir)."""
-  variables, error = None, None
-  try:
-    variables = _load_teacher(config)
-  except errors.RunError as err:
-    error = err
-  distributed.stop_if_any(error, "loading the teacher")
-  if variables is None:
-    return None, {}
-  identity = {workdir_lib.TEACHER_WEIGHTS: distributed.fingerprint(variables)}
-  distributed.check_same_as_primary(
-      "comparing this process's teacher with process 0's (config.teacher.checkpoint may be "
-      "another path on each process, but must hold the same model)", identity)
-  return variables, identity
 
 
 # Config fields that may differ between the processes of one run: where each
@@ -347,7 +305,7 @@ class _Run:
   def run(self, stop_after_epochs):
     config, workdir = self.config, self.workdir
     ckpt_lib.quiet_orbax_logs()
-    teacher_vars, teacher_identity = _load_teacher_everywhere(config)
+    teacher_vars, teacher_identity = teacher_lib.load_everywhere(config)
     devices = jax.devices()
     for field in ("batch_size", "eval_batch_size"):
       if config[field] % len(devices):
