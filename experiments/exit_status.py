@@ -24,7 +24,7 @@ import traceback
 
 from absl import logging
 
-from rldjax import errors
+from rldjax import errors, peer_stop
 
 
 # The shell's status for a process ended by SIGINT (128 + 2), as Python's own.
@@ -68,10 +68,13 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
   second Ctrl-C, or one during start-up): its peers wait in a
   collective it will never join, and a normal exit would wait for them in
   JAX's shutdown barrier (5 minutes, then every process aborted). It ends the
-  process at once instead; JAX's coordination service then ends the peers as
-  after a peer's death. Any other error escaping a multi-process run (a
-  collective that failed because a peer died, or a bug) likewise ends the
-  process at once after its traceback, with status 1: waiting in that
+  process at once instead. Process 0, which runs JAX's coordination service,
+  first tells its peers and waits for them to end (they end with its status
+  and a line saying so: :mod:`rldjax.peer_stop`); another process's peers
+  learn of its end from their next collective. Any other error escaping a
+  multi-process run (a collective that failed because a peer died, or a
+  bug) likewise ends the process at once after its traceback (process 0
+  telling its peers first), with status 1: waiting in that
   barrier for a dead peer ended with JAX's abort (status 134) 52-90 s later.
   Its last line says what happened (:func:`multiprocess_failure`): where the
   error is a collective that lost its peers (a peer stopped: Ctrl-C there
@@ -92,13 +95,18 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
   except Exception:  # pylint: disable=broad-except
     if _process_count() == 1:
       raise  # a bug: its traceback, status 1
+    peer_stop.mark_ending()
     traceback.print_exc()
+    message = multiprocess_failure(sys.exc_info()[1])
     try:
-      sys.stderr.write(f"error: {multiprocess_failure(sys.exc_info()[1])}\n")
+      sys.stderr.write(f"error: {message}\n")
     except OSError:
       pass
     _flush_quietly()
+    peer_stop.before_exit(1, message)
     os._exit(1)  # pylint: disable=protected-access
+  if ends_process_now:
+    peer_stop.mark_ending()
   # Out of the except block the error and its traceback are released, so what
   # only they held can be collected, and is, before the error line. A failed
   # save leaves its other writes' asyncio tasks, whose exception nobody
@@ -112,6 +120,7 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
     pass
   _flush_quietly()
   if ends_process_now:
+    peer_stop.before_exit(code, message)
     os._exit(code)  # pylint: disable=protected-access
   sys.exit(code)
 

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from rldjax import coordinator, errors
+from rldjax import coordinator, errors, peer_stop
 
 _MESSAGE_BYTES = 16384
 
@@ -87,6 +87,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         "give every process --coordinator_address, --num_processes and --process_id") from err
   finally:
     connected.set()
+  peer_stop.start_watching()  # process 0 ending alone ends the others with its status
 
 
 def _end_unless_connected(connected: threading.Event, seconds: float, message: str) -> None:

@@ -176,10 +176,11 @@ def test_two_processes_killed_and_relaunched_match_one_process(base):
 def test_a_storage_failure_on_one_process_ends_both(base):
   """Process 0 writes the run's files; when it cannot (files capped at 100
   kB: its first checkpoint's ~235 kB data file fails, its log fits), it ends
-  at once with status 4 and its error, and its peer, waiting in a
-  collective, is ended by JAX's coordination service, instead of both
-  waiting in Orbax's barriers (they did, for 20 minutes, with asynchronous
-  multi-process saves)."""
+  at once with status 4 and its error, instead of both waiting in Orbax's
+  barriers (they did, for 20 minutes, with asynchronous multi-process
+  saves). Its peer, waiting in a collective, ends with the same status and
+  says why (rldjax/peer_stop.py); before, JAX's client aborted it when
+  process 0 was gone (SIGABRT and a dump of extension modules, in every try)."""
   data_dir = base / "data_capped"
   builders.load_builder("rldjax_digits", str(data_dir))  # prepared before the cap
   workdir = base / "capped"
@@ -189,7 +190,9 @@ def test_a_storage_failure_on_one_process_ends_both(base):
   logs = logs_when_done(procs)
   assert procs[0].returncode == 4, logs[0][-4000:]
   assert f"error: storage failed in {workdir}: " in logs[0] and "File too large" in logs[0]
-  assert procs[1].returncode not in (0, None), logs[1][-4000:]
+  assert procs[1].returncode == 4, logs[1][-4000:]
+  assert logs[1].strip().splitlines()[-1].startswith(
+      f"error: process 0 stopped (status 4): storage failed in {workdir}: "), logs[1][-4000:]
   assert time.time() - t0 < 200
   assert not (workdir / "export").exists() and not (workdir / "run.lock").exists()
 
@@ -262,6 +265,40 @@ def test_a_pair_whose_process_1_is_interrupted_saves_and_stops_then_resumes(base
   assert logs[0].strip().splitlines()[-1].startswith(
       "error: process 0 stopped: a collective with the other processes failed ("), logs[0][-3000:]
   assert results(workdir)["status"] == "failed"
+  assert not (workdir / "run.lock").exists()
+
+
+def test_a_pair_whose_process_0_is_interrupted_twice_ends_both_with_its_status(base):
+  """Two Ctrl-C in process 0's terminal: the second stops it at once (130).
+  Process 0 runs JAX's coordination service, so its peer, blocked in a
+  collective with it, cannot learn of that from the collective as process 0
+  does in the test above; process 0 tells it first (rldjax/peer_stop.py) and
+  it ends with status 130 and a line saying so. Before, JAX's client aborted
+  it when process 0 was gone (SIGABRT, a dump of extension modules, no
+  word of why)."""
+  data_dir = base / "data_interrupted_0"
+  builders.load_builder("rldjax_digits", str(data_dir))
+  workdir = base / "interrupted_0"
+  procs = launch_pair(base, workdir, data_dir, "--config.num_epochs=400", config=STUDENT)
+  wait_for_a_checkpoint(workdir)  # both processes train: their handlers are set
+  procs[0].send_signal(signal.SIGINT)
+  # The second as soon as the first's handler has run (it logs after making
+  # the next one a KeyboardInterrupt), before the pair's save on the first
+  # one (a few hundred ms: a sleep of 0.3 s was too long) is done.
+  deadline = time.time() + 60
+  while "received signal 2 (Ctrl-C)" not in pathlib.Path(procs[0].log.name).read_text():
+    assert time.time() < deadline and procs[0].poll() is None
+    time.sleep(0.002)
+  procs[0].send_signal(signal.SIGINT)
+  logs = logs_when_done(procs, timeout=120)
+  assert [p.returncode for p in procs] == [130, 130], [log[-3000:] for log in logs]
+  interrupted = ("interrupted (Ctrl-C or SIGINT); the same command resumes the run from its "
+                 "last checkpoint (or starts it again if it wrote none)")
+  assert logs[0].strip().splitlines()[-1] == f"error: {interrupted}", logs[0][-3000:]
+  assert logs[1].strip().splitlines()[-1] == (
+      f"error: process 0 stopped (status 130): {interrupted}"), logs[1][-3000:]
+  assert "Extension modules" not in logs[1] and "Terminating process" not in logs[1]
+  assert results(workdir)["status"] != "finished"
   assert not (workdir / "run.lock").exists()
 
 

@@ -51,10 +51,10 @@ class PreemptionWatcher:
 
   def _interrupt(self, signum, frame):
     del frame
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one: KeyboardInterrupt
     logging.warning("received signal %d (Ctrl-C): saving a checkpoint and stopping; Ctrl-C again "
                     "stops at once", signum)
     self.interrupted = True
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one: KeyboardInterrupt
     if self._multi:
       os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier: the sync point
     else:

@@ -21,20 +21,19 @@ line ``error: storage failed in <workdir>: ...``, status 4), and ends at
 once: its peers are blocked in the save, where no exception reaches them.
 Process 0, which runs JAX's coordination service, waits ``2 * interval``
 more first, so that the others end with their own status and message
-rather than JAX's abort when the service goes.
+rather than JAX's abort when the service goes, and then waits for those
+that have not ended (:func:`rldjax.peer_stop.before_exit`).
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 from typing import Callable, Iterator
 
 import jax
-from absl import logging
 
-from rldjax import errors
+from rldjax import errors, peer_stop
 
 
 @contextlib.contextmanager
@@ -80,11 +79,4 @@ def lock_watched(lock_path: str, stopped: Callable[[], str],
 
 
 def _end_process(message: str) -> None:
-  try:
-    logging.error("StorageError: %s", message)
-    logging.flush()
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
-  except OSError:
-    pass
-  os._exit(errors.StorageError.exit_code)  # pylint: disable=protected-access
+  peer_stop.end_now(errors.StorageError.exit_code, message, logged=f"StorageError: {message}")

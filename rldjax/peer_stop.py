@@ -1,0 +1,163 @@
+"""Ending the processes of a multi-process run together when process 0 ends
+alone.
+
+Process 0 runs JAX's coordination service. When it ends at once on an error
+that may be its own (a storage failure: only process 0 writes the run's
+files; a Ctrl-C that reached it alone; a bug), its peers are blocked in a
+collective it will never join, and when its process is gone JAX's C++
+client aborts them (SIGABRT, status -6/134, "the JAX distributed service
+detected fatal errors", and a dump of Python's extension modules): their
+logs did not say why. Seen in every try of a pair whose process 0 could not
+write its first checkpoint (``tests/test_multiprocess.py``), and in 4 of 34
+tries of a workdir removed under a pair.
+
+So, before it ends, process 0 publishes its status and message in the
+coordination service's key-value store (:func:`announce_end`). Every other
+process watches for them from a thread started when the distributed runtime
+starts (:func:`start_watching`): found, it says so (``error: process 0
+stopped (status N): <message>``) and ends with the same status. Process 0
+waits, up to :data:`ACK_SECONDS`, until each peer has said that it ends
+(the service must outlive them), then ends itself. A peer ending on its own
+error at the same time marks that first (:func:`mark_ending`): process 0's
+announcement then leaves it to end with its own status and message, and it
+says that it ends right before it does (:func:`before_exit`).
+
+With one process everything here is a no-op.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import sys
+import threading
+import time
+
+END_KEY = "rldjax/process_0_ends"  # process 0's {"status", "message"}
+ENDED_KEY = "rldjax/ends/{}"  # set by each other process as it ends
+POLL_SECONDS = 0.2  # how often a peer looks for END_KEY
+ACK_SECONDS = 5.0  # how long process 0 waits for its peers to end first
+
+_ending = threading.Event()  # this process is ending on its own error
+_watching = threading.Event()  # set to stop the watcher (at exit)
+
+
+def _runtime():
+  """``(client, process index, process count)`` of JAX's started distributed
+  runtime (its coordination client), or None with one process or before it
+  starts. Nothing is imported: without JAX's distributed module loaded there
+  is no runtime."""
+  state = getattr(sys.modules.get("jax._src.distributed"), "global_state", None)
+  client = getattr(state, "client", None)
+  if client is None or (state.num_processes or 1) < 2:
+    return None
+  return client, state.process_id, state.num_processes
+
+
+def start_watching() -> None:
+  """On processes other than 0 of a started multi-process runtime: a daemon
+  thread that ends this process as process 0 announced (:func:`announce_end`).
+  Stopped at exit, before JAX shuts its client down (atexit handlers run
+  last-registered first; JAX registers its own when it is imported)."""
+  runtime = _runtime()
+  if runtime is None or runtime[1] == 0:
+    return
+  watcher = threading.Thread(target=_watch, args=(runtime[0],), daemon=True,
+                             name="rldjax-process-0-watcher")
+  watcher.start()
+
+  def stop():
+    _watching.set()
+    watcher.join(timeout=2 * POLL_SECONDS + 1.0)
+  atexit.register(stop)
+
+
+def _watch(client) -> None:
+  while not _watching.wait(POLL_SECONDS):
+    try:
+      announced = json.loads(client.key_value_try_get(END_KEY))
+    except Exception:  # pylint: disable=broad-except
+      continue  # not announced (NOT_FOUND), or the service is gone: JAX's client handles that
+    if _ending.is_set():
+      return  # ending on its own error, with its own message: before_exit tells process 0
+    end_now(int(announced["status"]),
+            f"process 0 stopped (status {announced['status']}): {announced['message']}")
+
+
+def _set_ended(client, index: int) -> None:
+  try:
+    client.key_value_set(ENDED_KEY.format(index), "1", allow_overwrite=True)
+  except Exception:  # pylint: disable=broad-except
+    pass  # best effort: process 0 then waits ACK_SECONDS at most
+
+
+def end_now(status: int, message: str, logged: str | None = None) -> None:
+  """Ends this process at once (``os._exit``, from any thread) with
+  ``status``: ``logged`` (default ``message``) in the log, ``error:
+  <message>`` as the last line on stderr, then :func:`before_exit`."""
+  mark_ending()
+  try:
+    from absl import logging  # pylint: disable=import-outside-toplevel
+    logging.error("%s", message if logged is None else logged)
+    logging.flush()
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+  except OSError:
+    pass
+  before_exit(status, message)
+  os._exit(status)  # pylint: disable=protected-access
+
+
+def mark_ending() -> None:
+  """This process ends on its own error: called when it starts saying so,
+  before :func:`before_exit`. An announcement of process 0's from then on
+  does not end it (it ends with its own status and message)."""
+  _ending.set()
+
+
+def before_exit(status: int, message: str) -> list[int]:
+  """Right before this process ends at once (``os._exit``) with ``status``
+  and ``message``: process 0 announces it and waits for the others
+  (:func:`announce_end`, whose result this returns); another process says
+  that it ends, which is what process 0 waits for. With one process a no-op."""
+  runtime = _runtime()
+  if runtime is None:
+    return []
+  if runtime[1] == 0:
+    return announce_end(status, message)
+  _set_ended(runtime[0], runtime[1])
+  return []
+
+
+def announce_end(status: int, message: str, timeout: float = ACK_SECONDS) -> list[int]:
+  """On process 0 of a multi-process run, before it ends at once with
+  ``status``: publishes ``status`` and ``message`` for the other processes
+  and waits until each has said it ends (or is no longer alive), at most
+  ``timeout`` seconds. Returns the processes still alive that did not say
+  so in time (empty when all did). Elsewhere a no-op (returns ``[]``)."""
+  runtime = _runtime()
+  if runtime is None or runtime[1] != 0:
+    return []
+  client, _, count = runtime
+  try:
+    client.key_value_set(END_KEY, json.dumps({"status": status, "message": message}),
+                         allow_overwrite=True)
+  except Exception:  # pylint: disable=broad-except
+    return list(range(1, count))
+  waiting = set(range(1, count))
+  deadline = time.monotonic() + timeout
+  while waiting and time.monotonic() < deadline:
+    for index in sorted(waiting):
+      try:
+        client.key_value_try_get(ENDED_KEY.format(index))
+        waiting.discard(index)
+      except Exception:  # pylint: disable=broad-except
+        pass
+    if waiting:
+      try:
+        alive = client.get_live_nodes(sorted(waiting))
+        waiting &= set(alive)
+      except Exception:  # pylint: disable=broad-except
+        pass
+      time.sleep(POLL_SECONDS / 4)
+  return sorted(waiting)
