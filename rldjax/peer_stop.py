@@ -7,9 +7,11 @@ files; a Ctrl-C that reached it alone; a bug), its peers are blocked in a
 collective it will never join, and when its process is gone JAX's C++
 client aborts them (SIGABRT, status -6/134, "the JAX distributed service
 detected fatal errors", and a dump of Python's extension modules): their
-logs did not say why. Seen in every try of a pair whose process 0 could not
-write its first checkpoint (``tests/test_multiprocess.py``), and in 4 of 34
-tries of a workdir removed under a pair.
+logs did not say why. Seen in 2 of 3 tries of a pair whose process 0 could
+not write its first checkpoint (``tests/test_multiprocess.py``; in the
+third, process 1's save watchdog found the lock file process 0 had just
+released gone and said the workdir had been removed, which it had not),
+and in 4 of 34 tries of a workdir removed under a pair.
 
 So, before it ends, process 0 publishes its status and message in the
 coordination service's key-value store (:func:`announce_end`). Every other
@@ -34,9 +36,10 @@ import threading
 import time
 
 END_KEY = "rldjax/process_0_ends"  # process 0's {"status", "message"}
-ENDED_KEY = "rldjax/ends/{}"  # set by each other process as it ends
-POLL_SECONDS = 0.2  # how often a peer looks for END_KEY
-ACK_SECONDS = 5.0  # how long process 0 waits for its peers to end first
+ENDED_DIR = "rldjax/ends/"
+ENDED_KEY = ENDED_DIR + "{}"  # set by each other process as it ends
+POLL_SECONDS = 1.0  # how long each of a peer's waits for END_KEY lasts (one request each)
+ACK_SECONDS = 1.0  # how long process 0 waits for its peers to end first
 
 _ending = threading.Event()  # this process is ending on its own error
 _watching = threading.Event()  # set to stop the watcher (at exit)
@@ -68,16 +71,21 @@ def start_watching() -> None:
 
   def stop():
     _watching.set()
-    watcher.join(timeout=2 * POLL_SECONDS + 1.0)
+    watcher.join(timeout=POLL_SECONDS + 1.0)  # its wait ends within POLL_SECONDS
   atexit.register(stop)
 
 
 def _watch(client) -> None:
-  while not _watching.wait(POLL_SECONDS):
-    try:
-      announced = json.loads(client.key_value_try_get(END_KEY))
+  while not _watching.is_set():
+    start = time.monotonic()
+    try:  # the service answers as soon as the key is set, or after POLL_SECONDS
+      announced = json.loads(client.blocking_key_value_get(END_KEY, int(POLL_SECONDS * 1000)))
     except Exception:  # pylint: disable=broad-except
-      continue  # not announced (NOT_FOUND), or the service is gone: JAX's client handles that
+      # Not announced (DEADLINE_EXCEEDED), or the client is shutting down
+      # (this process's exit) or has lost the service (JAX's client ends the
+      # process then): never faster than POLL_SECONDS.
+      _watching.wait(max(0.0, POLL_SECONDS - (time.monotonic() - start)))
+      continue
     if _ending.is_set():
       return  # ending on its own error, with its own message: before_exit tells process 0
     end_now(int(announced["status"]),
@@ -147,17 +155,15 @@ def announce_end(status: int, message: str, timeout: float = ACK_SECONDS) -> lis
   waiting = set(range(1, count))
   deadline = time.monotonic() + timeout
   while waiting and time.monotonic() < deadline:
-    for index in sorted(waiting):
-      try:
-        client.key_value_try_get(ENDED_KEY.format(index))
-        waiting.discard(index)
-      except Exception:  # pylint: disable=broad-except
-        pass
+    try:  # one request for every peer's key
+      waiting -= {int(key.rsplit("/", 1)[-1]) for key, _ in client.key_value_dir_get(ENDED_DIR)}
+    except Exception:  # pylint: disable=broad-except
+      pass
     if waiting:
       try:
         alive = client.get_live_nodes(sorted(waiting))
         waiting &= set(alive)
       except Exception:  # pylint: disable=broad-except
         pass
-      time.sleep(POLL_SECONDS / 4)
+      time.sleep(0.02)
   return sorted(waiting)
