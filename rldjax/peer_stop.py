@@ -35,10 +35,13 @@ import sys
 import threading
 import time
 
-END_KEY = "rldjax/process_0_ends"  # process 0's {"status", "message"}
+# Process 0's {"status", "message"}, one key per other process: each waits
+# on its own, which its own exit also sets ({"stop_watching": true}) to end
+# the wait at once.
+END_KEY = "rldjax/process_0_ends/{}"
 ENDED_DIR = "rldjax/ends/"
 ENDED_KEY = ENDED_DIR + "{}"  # set by each other process as it ends
-POLL_SECONDS = 1.0  # how long each of a peer's waits for END_KEY lasts (one request each)
+WAIT_SECONDS = 60.0  # how long each of a peer's waits for its END_KEY lasts (one request each)
 ACK_SECONDS = 1.0  # how long process 0 waits for its peers to end first
 
 _ending = threading.Event()  # this process is ending on its own error
@@ -65,27 +68,36 @@ def start_watching() -> None:
   runtime = _runtime()
   if runtime is None or runtime[1] == 0:
     return
-  watcher = threading.Thread(target=_watch, args=(runtime[0],), daemon=True,
+  client, index, _ = runtime
+  watcher = threading.Thread(target=_watch, args=(client, index), daemon=True,
                              name="rldjax-process-0-watcher")
   watcher.start()
 
   def stop():
     _watching.set()
-    watcher.join(timeout=POLL_SECONDS + 1.0)  # its wait ends within POLL_SECONDS
+    try:  # ends the watcher's wait now (a normal exit waits for it in JAX's shutdown)
+      client.key_value_set(END_KEY.format(index), json.dumps({"stop_watching": True}),
+                           allow_overwrite=True)
+    except Exception:  # pylint: disable=broad-except
+      pass
+    watcher.join(timeout=1.0)
   atexit.register(stop)
 
 
-def _watch(client) -> None:
+def _watch(client, index: int) -> None:
   while not _watching.is_set():
     start = time.monotonic()
-    try:  # the service answers as soon as the key is set, or after POLL_SECONDS
-      announced = json.loads(client.blocking_key_value_get(END_KEY, int(POLL_SECONDS * 1000)))
+    try:  # the service answers as soon as the key is set, or after WAIT_SECONDS
+      announced = json.loads(client.blocking_key_value_get(END_KEY.format(index),
+                                                           int(WAIT_SECONDS * 1000)))
     except Exception:  # pylint: disable=broad-except
       # Not announced (DEADLINE_EXCEEDED), or the client is shutting down
       # (this process's exit) or has lost the service (JAX's client ends the
-      # process then): never faster than POLL_SECONDS.
-      _watching.wait(max(0.0, POLL_SECONDS - (time.monotonic() - start)))
+      # process then): never again within a second.
+      _watching.wait(max(0.0, 1.0 - (time.monotonic() - start)))
       continue
+    if _watching.is_set() or "stop_watching" in announced:
+      return
     if _ending.is_set():
       return  # ending on its own error, with its own message: before_exit tells process 0
     end_now(int(announced["status"]),
@@ -147,12 +159,14 @@ def announce_end(status: int, message: str, timeout: float = ACK_SECONDS) -> lis
   if runtime is None or runtime[1] != 0:
     return []
   client, _, count = runtime
-  try:
-    client.key_value_set(END_KEY, json.dumps({"status": status, "message": message}),
-                         allow_overwrite=True)
-  except Exception:  # pylint: disable=broad-except
-    return list(range(1, count))
   waiting = set(range(1, count))
+  for index in range(1, count):
+    try:
+      client.key_value_set(END_KEY.format(index),
+                           json.dumps({"status": status, "message": message}),
+                           allow_overwrite=True)
+    except Exception:  # pylint: disable=broad-except
+      pass  # the service is failing: JAX's client ends the others
   deadline = time.monotonic() + timeout
   while waiting and time.monotonic() < deadline:
     try:  # one request for every peer's key

@@ -22,7 +22,7 @@ if index == 1:
   if mode == "own_error":  # ending on its own error: only acknowledges process 0's end
     peer_stop.mark_ending()
     flag.touch()
-    distributed.global_state.client.blocking_key_value_get(peer_stop.END_KEY, 60_000)
+    distributed.global_state.client.blocking_key_value_get(peer_stop.END_KEY.format(1), 60_000)
     time.sleep(0.5)  # the watcher has seen it too
     peer_stop.before_exit(7, "its own error")
     os._exit(7)
