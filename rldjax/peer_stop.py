@@ -29,11 +29,14 @@ With one process everything here is a no-op.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import sys
 import threading
 import time
+
+from absl import logging
 
 # Process 0's {"status", "message"}, one key per other process: each waits
 # on its own, which its own exit also sets ({"stop_watching": true}) to end
@@ -75,13 +78,26 @@ def start_watching() -> None:
 
   def stop():
     _watching.set()
-    try:  # ends the watcher's wait now (a normal exit waits for it in JAX's shutdown)
-      client.key_value_set(END_KEY.format(index), json.dumps({"stop_watching": True}),
-                           allow_overwrite=True)
-    except Exception:  # pylint: disable=broad-except
-      pass
+    # Ends the watcher's wait now (a normal exit waits for it in JAX's
+    # shutdown); where the service cannot be reached, the join's timeout.
+    _request("ending this process's wait for process 0", client.key_value_set,
+             END_KEY.format(index), json.dumps({"stop_watching": True}), allow_overwrite=True)
     watcher.join(timeout=1.0)
   atexit.register(stop)
+
+
+_FAILED = object()  # what _request returns for a request that failed
+
+
+def _request(what: str, call, *args, **kwargs):
+  """``call(*args, **kwargs)`` to the coordination service; when it fails,
+  a warning saying ``what`` could not be done and why, and :data:`_FAILED`."""
+  try:
+    return call(*args, **kwargs)
+  except Exception as err:  # pylint: disable=broad-except
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    logging.warning("%s failed: %s", what, first)
+    return _FAILED
 
 
 def _watch(client, index: int) -> None:
@@ -105,10 +121,10 @@ def _watch(client, index: int) -> None:
 
 
 def _set_ended(client, index: int) -> None:
-  try:
-    client.key_value_set(ENDED_KEY.format(index), "1", allow_overwrite=True)
-  except Exception:  # pylint: disable=broad-except
-    pass  # best effort: process 0 then waits ACK_SECONDS at most
+  """Tells process 0 that this process ends (failing, process 0 waits
+  ACK_SECONDS for it at most)."""
+  _request(f"telling process 0 that process {index} ends", client.key_value_set,
+           ENDED_KEY.format(index), "1", allow_overwrite=True)
 
 
 def end_now(status: int, message: str, logged: str | None = None) -> None:
@@ -116,14 +132,11 @@ def end_now(status: int, message: str, logged: str | None = None) -> None:
   ``status``: ``logged`` (default ``message``) in the log, ``error:
   <message>`` as the last line on stderr, then :func:`before_exit`."""
   mark_ending()
-  try:
-    from absl import logging  # pylint: disable=import-outside-toplevel
+  with contextlib.suppress(OSError):  # the log or stderr may be gone: the status still says it
     logging.error("%s", message if logged is None else logged)
     logging.flush()
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
-  except OSError:
-    pass
   before_exit(status, message)
   os._exit(status)  # pylint: disable=protected-access
 
@@ -153,31 +166,36 @@ def announce_end(status: int, message: str, timeout: float = ACK_SECONDS) -> lis
   """On process 0 of a multi-process run, before it ends at once with
   ``status``: publishes ``status`` and ``message`` for the other processes
   and waits until each has said it ends (or is no longer alive), at most
-  ``timeout`` seconds. Returns the processes still alive that did not say
-  so in time (empty when all did). Elsewhere a no-op (returns ``[]``)."""
+  ``timeout`` seconds. Returns the processes told and still alive that did
+  not say so in time (empty when all did); a request that fails is a
+  warning in the log, and one it could not tell is not waited for.
+  Elsewhere a no-op (returns ``[]``)."""
   runtime = _runtime()
   if runtime is None or runtime[1] != 0:
     return []
   client, _, count = runtime
-  waiting = set(range(1, count))
-  for index in range(1, count):
-    try:
-      client.key_value_set(END_KEY.format(index),
-                           json.dumps({"status": status, "message": message}),
-                           allow_overwrite=True)
-    except Exception:  # pylint: disable=broad-except
-      pass  # the service is failing: JAX's client ends the others
+  payload = json.dumps({"status": status, "message": message})
+  # Only the processes told are waited for (one not told cannot answer).
+  waiting = {index for index in range(1, count)
+             if _request(f"telling process {index} that process 0 ends", client.key_value_set,
+                         END_KEY.format(index), payload, allow_overwrite=True) is not _FAILED}
   deadline = time.monotonic() + timeout
+  ask_alive = True
   while waiting and time.monotonic() < deadline:
-    try:  # one request for every peer's key
-      waiting -= {int(key.rsplit("/", 1)[-1]) for key, _ in client.key_value_dir_get(ENDED_DIR)}
-    except Exception:  # pylint: disable=broad-except
-      pass
-    if waiting:
-      try:
-        alive = client.get_live_nodes(sorted(waiting))
+    ended = _request("reading which processes have ended", client.key_value_dir_get, ENDED_DIR)
+    if ended is _FAILED:
+      break  # the service fails: JAX's client ends the others, as before this module
+    waiting -= {int(key.rsplit("/", 1)[-1]) for key, _ in ended}
+    if waiting and ask_alive:
+      alive = _request("asking which processes are alive", client.get_live_nodes,
+                       sorted(waiting))
+      ask_alive = alive is not _FAILED  # asked once more only if it answered
+      if ask_alive:
         waiting &= set(alive)
-      except Exception:  # pylint: disable=broad-except
-        pass
+    if waiting:
       time.sleep(0.02)
+  if waiting:
+    logging.warning("processes %s did not say within %.1f s that they end; process 0 ends "
+                    "now (JAX's client aborts any of them still running)", sorted(waiting),
+                    timeout)
   return sorted(waiting)

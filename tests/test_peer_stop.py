@@ -1,13 +1,16 @@
 """rldjax/peer_stop.py with two real processes: process 0 ending alone
 tells its peer, which ends with process 0's status and a line saying so,
 unless it is already ending on its own error (then it keeps its own status,
-and process 0 waits until it has ended). The launcher's cases (a full disk on
-process 0, two Ctrl-C there) are in tests/test_multiprocess.py."""
+and process 0 waits until it has ended). Then process 0's waiting against a
+stand-in for the coordination service: dead and silent peers, requests that
+fail (each a warning in the log, never an exception). The launcher's cases
+(a full disk on process 0, two Ctrl-C there) are in tests/test_multiprocess.py."""
 import json
 import os
 import subprocess
 import sys
 
+from rldjax import peer_stop
 from tests.test_multiprocess import ROOT, free_port
 
 _PROCESS = """
@@ -61,3 +64,78 @@ def test_a_peer_ending_on_its_own_error_keeps_its_status_and_process_0_waits_for
   assert codes == [4, 7], outputs
   assert json.loads(outputs[0][0]) == {"missing": []}
   assert "process 0 stopped" not in outputs[1][1], outputs[1]
+
+
+class _Service:
+  """A coordination client for announce_end alone: key-value requests, with
+  ``fail`` naming the keys (or request kinds) that raise."""
+
+  def __init__(self, fail=(), ended=(), alive=None):
+    self.keys, self.fail = {}, set(fail)
+    self.keys.update({peer_stop.ENDED_KEY.format(i): "1" for i in ended})
+    self.alive = alive
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    del allow_overwrite
+    if key in self.fail:
+      raise RuntimeError(f"UNAVAILABLE: cannot set {key}\nmore")
+    self.keys[key] = value
+
+  def key_value_dir_get(self, directory):
+    if "dir_get" in self.fail:
+      raise RuntimeError("UNAVAILABLE: the service is gone")
+    return [(k, v) for k, v in self.keys.items() if k.startswith(directory)]
+
+  def get_live_nodes(self, ids):
+    if "live" in self.fail:
+      raise RuntimeError("UNIMPLEMENTED")
+    return {i: 1 for i in ids if self.alive is None or i in self.alive}
+
+
+def _as_process_0(monkeypatch, service, count):
+  monkeypatch.setattr(peer_stop, "_runtime", lambda: (service, 0, count))
+
+
+def test_announce_end_tells_every_peer_and_returns_once_they_have_ended(monkeypatch):
+  service = _Service(ended=(1, 2))
+  _as_process_0(monkeypatch, service, 3)
+  assert peer_stop.announce_end(4, "disk full") == []
+  for i in (1, 2):
+    assert json.loads(service.keys[peer_stop.END_KEY.format(i)]) == {"status": 4,
+                                                                      "message": "disk full"}
+
+
+def test_announce_end_waits_for_a_silent_live_peer_only_until_its_timeout(monkeypatch, caplog):
+  service = _Service(ended=(1,))
+  _as_process_0(monkeypatch, service, 3)
+  assert peer_stop.announce_end(4, "disk full", timeout=0.1) == [2]
+  assert "processes [2] did not say within 0.1 s that they end" in caplog.text
+
+
+def test_announce_end_does_not_wait_for_dead_peers(monkeypatch):
+  _as_process_0(monkeypatch, _Service(alive=()), 3)
+  assert peer_stop.announce_end(4, "disk full", timeout=30) == []
+
+
+def test_announce_end_reports_failed_requests_and_does_not_wait_on_them(monkeypatch, caplog):
+  service = _Service(fail={peer_stop.END_KEY.format(2)}, ended=(1,))
+  _as_process_0(monkeypatch, service, 3)
+  assert peer_stop.announce_end(4, "disk full", timeout=30) == []  # process 2 was not told
+  assert f"telling process 2 that process 0 ends failed: UNAVAILABLE: cannot set " \
+         f"{peer_stop.END_KEY.format(2)}" in caplog.text
+  caplog.clear()
+  _as_process_0(monkeypatch, _Service(fail={"dir_get"}), 3)
+  assert peer_stop.announce_end(4, "disk full", timeout=30) == [1, 2]  # at once
+  assert "reading which processes have ended failed: UNAVAILABLE: the service is gone" \
+      in caplog.text
+  caplog.clear()
+  _as_process_0(monkeypatch, _Service(fail={"live"}), 3)
+  assert peer_stop.announce_end(4, "disk full", timeout=0.1) == [1, 2]
+  assert caplog.text.count("asking which processes are alive failed: UNIMPLEMENTED") == 1
+
+
+def test_a_peer_that_cannot_tell_process_0_says_so_in_its_log(monkeypatch, caplog):
+  service = _Service(fail={peer_stop.ENDED_KEY.format(1)})
+  monkeypatch.setattr(peer_stop, "_runtime", lambda: (service, 1, 2))
+  assert peer_stop.before_exit(4, "disk full") == []
+  assert "telling process 0 that process 1 ends failed: UNAVAILABLE" in caplog.text
