@@ -97,14 +97,12 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
       raise  # a bug: its traceback, status 1
     peer_stop.mark_ending()
     traceback.print_exc()
-    message = multiprocess_failure(sys.exc_info()[1])
-    try:
-      sys.stderr.write(f"error: {message}\n")
-    except OSError:
-      pass
-    _flush_quietly()
-    peer_stop.before_exit(1, message)
-    os._exit(1)  # pylint: disable=protected-access
+    failure = multiprocess_failure(sys.exc_info()[1])
+
+    def say_failure():
+      sys.stderr.write(f"error: {failure}\n")
+      _flush_quietly()
+    peer_stop.exit_now(1, failure, say_failure)
   if ends_process_now:
     peer_stop.mark_ending()
   # Out of the except block the error and its traceback are released, so what
@@ -113,15 +111,17 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
   # retrieved; asyncio logs each, with a traceback, when the task is
   # collected, which during exit came after the error line.
   gc.collect()
-  try:  # the log may be on the storage that failed: the status still says it
-    logging.error("%s: %s", name, message)
-    sys.stderr.write(f"error: {message}\n")
-  except OSError:
-    pass
-  _flush_quietly()
+
+  def say():
+    try:  # the log may be on the storage that failed: the status still says it
+      logging.error("%s: %s", name, message)
+      sys.stderr.write(f"error: {message}\n")
+    except OSError:
+      pass
+    _flush_quietly()
   if ends_process_now:
-    peer_stop.before_exit(code, message)
-    os._exit(code)  # pylint: disable=protected-access
+    peer_stop.exit_now(code, message, say)
+  say()
   sys.exit(code)
 
 

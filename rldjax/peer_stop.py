@@ -22,7 +22,10 @@ waits, up to :data:`ACK_SECONDS`, until each peer has said that it ends
 (the service must outlive them), then ends itself. A peer ending on its own
 error at the same time marks that first (:func:`mark_ending`): process 0's
 announcement then leaves it to end with its own status and message, and it
-says that it ends right before it does (:func:`before_exit`).
+says that it ends right before it does (:func:`exit_now`). Process 0
+announces before it writes its own last lines, so that they stay last (after
+any warning of the announcement); the others say that they end after theirs,
+so that process 0 and its service outlive them.
 
 With one process everything here is a no-op.
 """
@@ -115,7 +118,7 @@ def _watch(client, index: int) -> None:
     if _watching.is_set() or "stop_watching" in announced:
       return
     if _ending.is_set():
-      return  # ending on its own error, with its own message: before_exit tells process 0
+      return  # ending on its own error, with its own message: exit_now tells process 0
     end_now(int(announced["status"]),
             f"process 0 stopped (status {announced['status']}): {announced['message']}")
 
@@ -128,47 +131,48 @@ def _set_ended(client, index: int) -> None:
 
 
 def end_now(status: int, message: str, logged: str | None = None) -> None:
-  """Ends this process at once (``os._exit``, from any thread) with
-  ``status``: ``logged`` (default ``message``) in the log, ``error:
-  <message>`` as the last line on stderr, then :func:`before_exit`."""
-  mark_ending()
-  with contextlib.suppress(OSError):  # the log or stderr may be gone: the status still says it
+  """:func:`exit_now` with ``logged`` (default ``message``) in the log and
+  ``error: <message>`` as the last line on stderr (from any thread)."""
+  def say():
     logging.error("%s", message if logged is None else logged)
     logging.flush()
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
-  before_exit(status, message)
+  exit_now(status, message, say)
+
+
+def exit_now(status: int, message: str, say) -> None:
+  """Ends this process at once (``os._exit``) with ``status``, ``say()``
+  writing its last lines (an OSError there is ignored: the log or stderr may
+  be on the storage that failed, and the status still says it). With several
+  processes, process 0 first announces ``status`` and ``message`` and waits
+  for the others (:func:`announce_end`); another process says that it ends
+  after its lines, which is what process 0 waits for."""
+  mark_ending()
+  runtime = _runtime()
+  if runtime is not None and runtime[1] == 0:
+    announce_end(status, message)
+  with contextlib.suppress(OSError):
+    say()
+  if runtime is not None and runtime[1] != 0:
+    _set_ended(runtime[0], runtime[1])
   os._exit(status)  # pylint: disable=protected-access
 
 
 def mark_ending() -> None:
   """This process ends on its own error: called when it starts saying so,
-  before :func:`before_exit`. An announcement of process 0's from then on
+  before :func:`exit_now`. An announcement of process 0's from then on
   does not end it (it ends with its own status and message)."""
   _ending.set()
-
-
-def before_exit(status: int, message: str) -> list[int]:
-  """Right before this process ends at once (``os._exit``) with ``status``
-  and ``message``: process 0 announces it and waits for the others
-  (:func:`announce_end`, whose result this returns); another process says
-  that it ends, which is what process 0 waits for. With one process a no-op."""
-  runtime = _runtime()
-  if runtime is None:
-    return []
-  if runtime[1] == 0:
-    return announce_end(status, message)
-  _set_ended(runtime[0], runtime[1])
-  return []
 
 
 def announce_end(status: int, message: str, timeout: float = ACK_SECONDS) -> list[int]:
   """On process 0 of a multi-process run, before it ends at once with
   ``status``: publishes ``status`` and ``message`` for the other processes
-  and waits until each has said it ends (or is no longer alive), at most
-  ``timeout`` seconds. Returns the processes told and still alive that did
-  not say so in time (empty when all did); a request that fails is a
-  warning in the log, and one it could not tell is not waited for.
+  and waits until each has said it ends, at most ``timeout`` seconds.
+  Returns the processes told that did not say so in time (empty when all
+  did); a request that fails is a warning in the log, and a process it
+  could not tell is not waited for.
   Elsewhere a no-op (returns ``[]``)."""
   runtime = _runtime()
   if runtime is None or runtime[1] != 0:
@@ -179,19 +183,16 @@ def announce_end(status: int, message: str, timeout: float = ACK_SECONDS) -> lis
   waiting = {index for index in range(1, count)
              if _request(f"telling process {index} that process 0 ends", client.key_value_set,
                          END_KEY.format(index), payload, allow_overwrite=True) is not _FAILED}
+  # A peer that died without a word is waited for too: JAX's query of live
+  # processes (get_live_nodes) waits until every process named has asked as
+  # well, so it cannot tell (seen: 100 s, until the dead peer's heartbeats
+  # timed out).
   deadline = time.monotonic() + timeout
-  ask_alive = True
   while waiting and time.monotonic() < deadline:
     ended = _request("reading which processes have ended", client.key_value_dir_get, ENDED_DIR)
     if ended is _FAILED:
       break  # the service fails: JAX's client ends the others, as before this module
     waiting -= {int(key.rsplit("/", 1)[-1]) for key, _ in ended}
-    if waiting and ask_alive:
-      alive = _request("asking which processes are alive", client.get_live_nodes,
-                       sorted(waiting))
-      ask_alive = alive is not _FAILED  # asked once more only if it answered
-      if ask_alive:
-        waiting &= set(alive)
     if waiting:
       time.sleep(0.02)
   if waiting:

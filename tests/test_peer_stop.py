@@ -2,13 +2,15 @@
 tells its peer, which ends with process 0's status and a line saying so,
 unless it is already ending on its own error (then it keeps its own status,
 and process 0 waits until it has ended). Then process 0's waiting against a
-stand-in for the coordination service: dead and silent peers, requests that
+stand-in for the coordination service: silent peers, requests that
 fail (each a warning in the log, never an exception). The launcher's cases
 (a full disk on process 0, two Ctrl-C there) are in tests/test_multiprocess.py."""
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from rldjax import peer_stop
 from tests.test_multiprocess import ROOT, free_port
@@ -27,8 +29,7 @@ if index == 1:
     flag.touch()
     distributed.global_state.client.blocking_key_value_get(peer_stop.END_KEY.format(1), 60_000)
     time.sleep(0.5)  # the watcher has seen it too
-    peer_stop.before_exit(7, "its own error")
-    os._exit(7)
+    peer_stop.exit_now(7, "its own error", lambda: print("its own last line", flush=True))
   flag.touch()
   time.sleep(60)  # waiting for process 0, as in a collective it will not join
   os._exit(9)
@@ -70,10 +71,9 @@ class _Service:
   """A coordination client for announce_end alone: key-value requests, with
   ``fail`` naming the keys (or request kinds) that raise."""
 
-  def __init__(self, fail=(), ended=(), alive=None):
+  def __init__(self, fail=(), ended=()):
     self.keys, self.fail = {}, set(fail)
     self.keys.update({peer_stop.ENDED_KEY.format(i): "1" for i in ended})
-    self.alive = alive
 
   def key_value_set(self, key, value, allow_overwrite=False):
     del allow_overwrite
@@ -85,11 +85,6 @@ class _Service:
     if "dir_get" in self.fail:
       raise RuntimeError("UNAVAILABLE: the service is gone")
     return [(k, v) for k, v in self.keys.items() if k.startswith(directory)]
-
-  def get_live_nodes(self, ids):
-    if "live" in self.fail:
-      raise RuntimeError("UNIMPLEMENTED")
-    return {i: 1 for i in ids if self.alive is None or i in self.alive}
 
 
 def _as_process_0(monkeypatch, service, count):
@@ -105,16 +100,11 @@ def test_announce_end_tells_every_peer_and_returns_once_they_have_ended(monkeypa
                                                                       "message": "disk full"}
 
 
-def test_announce_end_waits_for_a_silent_live_peer_only_until_its_timeout(monkeypatch, caplog):
+def test_announce_end_waits_for_a_silent_peer_only_until_its_timeout(monkeypatch, caplog):
   service = _Service(ended=(1,))
   _as_process_0(monkeypatch, service, 3)
   assert peer_stop.announce_end(4, "disk full", timeout=0.1) == [2]
   assert "processes [2] did not say within 0.1 s that they end" in caplog.text
-
-
-def test_announce_end_does_not_wait_for_dead_peers(monkeypatch):
-  _as_process_0(monkeypatch, _Service(alive=()), 3)
-  assert peer_stop.announce_end(4, "disk full", timeout=30) == []
 
 
 def test_announce_end_reports_failed_requests_and_does_not_wait_on_them(monkeypatch, caplog):
@@ -128,14 +118,37 @@ def test_announce_end_reports_failed_requests_and_does_not_wait_on_them(monkeypa
   assert peer_stop.announce_end(4, "disk full", timeout=30) == [1, 2]  # at once
   assert "reading which processes have ended failed: UNAVAILABLE: the service is gone" \
       in caplog.text
-  caplog.clear()
-  _as_process_0(monkeypatch, _Service(fail={"live"}), 3)
-  assert peer_stop.announce_end(4, "disk full", timeout=0.1) == [1, 2]
-  assert caplog.text.count("asking which processes are alive failed: UNIMPLEMENTED") == 1
+
+
+class _Exit(Exception):
+  pass
+
+
+def _fake_exit(status):
+  raise _Exit(status)
+
+
+def test_process_0_announces_before_its_last_lines_and_a_peer_says_it_ends_after(monkeypatch):
+  events = []
+  service = _Service(ended=(1,))
+  set_key = service.key_value_set
+  service.key_value_set = lambda key, *a, **k: (events.append(f"set {key}"), set_key(key, *a, **k))
+  monkeypatch.setattr(peer_stop.os, "_exit", _fake_exit)
+  _as_process_0(monkeypatch, service, 2)
+  with pytest.raises(_Exit, match="4"):
+    peer_stop.exit_now(4, "disk full", lambda: events.append("last lines"))
+  assert events == [f"set {peer_stop.END_KEY.format(1)}", "last lines"]
+  events.clear()
+  monkeypatch.setattr(peer_stop, "_runtime", lambda: (service, 1, 2))
+  with pytest.raises(_Exit, match="130"):
+    peer_stop.exit_now(130, "interrupted", lambda: events.append("last lines"))
+  assert events == ["last lines", f"set {peer_stop.ENDED_KEY.format(1)}"]
 
 
 def test_a_peer_that_cannot_tell_process_0_says_so_in_its_log(monkeypatch, caplog):
   service = _Service(fail={peer_stop.ENDED_KEY.format(1)})
   monkeypatch.setattr(peer_stop, "_runtime", lambda: (service, 1, 2))
-  assert peer_stop.before_exit(4, "disk full") == []
+  monkeypatch.setattr(peer_stop.os, "_exit", _fake_exit)
+  with pytest.raises(_Exit):
+    peer_stop.end_now(4, "disk full")
   assert "telling process 0 that process 1 ends failed: UNAVAILABLE" in caplog.text

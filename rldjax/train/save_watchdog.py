@@ -22,7 +22,7 @@ once: its peers are blocked in the save, where no exception reaches them.
 Process 0, which runs JAX's coordination service, waits ``2 * interval``
 more first, so that the others end with their own status and message
 rather than JAX's abort when the service goes, and then waits for those
-that have not ended (:func:`rldjax.peer_stop.before_exit`).
+that have not ended (:func:`rldjax.peer_stop.exit_now`).
 """
 from __future__ import annotations
 
