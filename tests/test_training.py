@@ -100,6 +100,17 @@ def assert_same_export(a, b):
     np.testing.assert_array_equal(x, y)
 
 
+def evaluation_of_export(config, export_dir):
+  """(top-1 %, mean loss) of an export on the run's in-memory evaluation
+  split, by the run's evaluation program."""
+  data = data_lib.load(config, step_lib.data_mesh(jax.devices()))
+  _, _, variables = export.load_model(str(export_dir))
+  sums = jax.device_get(programs.build(config, data.steps_per_epoch).evaluate_arrays(
+      variables, *data.device_eval))
+  count = float(sums["count"])
+  return 100.0 * float(sums["top1"]) / count, float(sums["loss"]) / count
+
+
 def read_json(path):
   with open(path) as f:
     return json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
@@ -888,6 +899,11 @@ def test_several_steps_per_call_train_the_same_and_stop_on_divergence(tmp_path, 
   _, _, vb = export.load_model(str(tmp_path / "chunked" / "export" / "last"))
   for x, y in zip(leaves(va), leaves(vb)):
     np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4)
+  # The last epoch's evaluation (dispatched with its last steps, before their
+  # results are read) is that of the final state, on both paths.
+  for name, result in (("one", one), ("chunked", chunked)):
+    top1, loss = evaluation_of_export(config, tmp_path / name / "export" / "last")
+    assert (result["history"][-1]["top1"], result["history"][-1]["test_loss"]) == (top1, loss)
   config.optimizer.decay_rate = 1e8  # the LR explodes after epoch 1
   with pytest.raises(errors.DivergedError, match=r"not finite at step \d+ \(epoch 2\)"):
     loop.train_and_evaluate(config, str(tmp_path / "diverging"))

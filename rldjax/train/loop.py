@@ -241,6 +241,7 @@ class _Run:
     self.learning_rates = {}
     self.history = None  # the epochs the checkpoints keep, once training has begun
     self.machine_changes = []  # workdir_lib.check_machine's record
+    self.evaluation_ahead = None  # (step, evaluation sums) dispatched by _evaluate_ahead
 
   # -- bookkeeping -----------------------------------------------------------
 
@@ -438,6 +439,7 @@ class _Run:
         t0, compile0 = time.time(), compile_clock.seconds()
         state, info = p.train_chunk(state, self.teacher_vars, self.weights, self.data_key,
                                     images, labels, perm, np.int32(count))
+        self._evaluate_ahead(state, step + count, end)
         info = jax.device_get(info)
         seconds = self._step_seconds(t0, compile0)
         if not info["finite"]:
@@ -470,6 +472,8 @@ class _Run:
     for batch in batches:
       state, metrics = run(state, batch)
       step += 1
+      if data.path == "device":
+        self._evaluate_ahead(state, step, end)
       self.pending.append((step, metrics))
       synced = step == self._next_stop(step - 1, end) or len(self.pending) >= self.max_chunk
       if synced:
@@ -482,6 +486,16 @@ class _Run:
     if step != end:
       raise RuntimeError(f"epoch {epoch + 1} ended at step {step}, expected {end}: the input "
                          "pipeline is short")
+
+  def _evaluate_ahead(self, state, step, end):
+    """At the epoch's last step of the in-memory path, dispatches the
+    epoch's evaluation right behind the steps, before their results are
+    read: the device runs it while the host reads and logs them, instead of
+    idling until :meth:`_end_epoch` asks for it (nothing is read back here;
+    the time in steps still ends when the steps' results are ready)."""
+    epoch = end // self.data.steps_per_epoch  # 1-based
+    if step == end and evaluates(self.config, epoch):
+      self.evaluation_ahead = (end, self._evaluate(state))
 
   def _to_global(self, batches):
     return data_lib.to_global(batches, self.mesh)
@@ -607,7 +621,11 @@ class _Run:
     c = self.config
     eval_sums = None
     if evaluates(c, epoch + 1):
-      eval_sums = self._evaluate(state)
+      # Dispatched at the epoch's last step (_evaluate_ahead), unless this
+      # session resumed at the epoch's end or the splits are not on the device.
+      ahead, self.evaluation_ahead = self.evaluation_ahead, None
+      end = (epoch + 1) * self.data.steps_per_epoch
+      eval_sums = ahead[1] if ahead is not None and ahead[0] == end else self._evaluate(state)
       # Dispatched before anything is read back; then one read for everything.
       state = self.programs.record_evaluation(state, eval_sums, np.int32(epoch + 1))
     eval_sums, sums, step = jax.device_get((eval_sums, state.epoch_sums, state.step))
