@@ -437,6 +437,7 @@ def main(argv):
         "the others from their last checkpoints")
   except ArgumentError as err:
     _flag_error(str(err))
+  exit_status.ignore_interrupts_from_now()  # done: a late Ctrl-C does not change status 0
 
 
 def _flag_error(message):

@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import traceback
 
 from absl import logging
@@ -80,7 +81,10 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
   error is a collective that lost its peers (a peer stopped: Ctrl-C there
   during start-up, a kill, a crash), that another process stopped and that
   the same commands resume the run (a peer stopped during start-up leaves
-  this one waiting in such a collective for JAX's 30 s first)."""
+  this one waiting in such a collective for JAX's 30 s first).
+
+  Once the status is decided, a further Ctrl-C is ignored while the
+  process ends (:func:`ignore_interrupts_from_now`)."""
   if signal.getsignal(signal.SIGINT) is _interrupted_during_start_up:
     signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
@@ -95,6 +99,7 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
   except Exception:  # pylint: disable=broad-except
     if _process_count() == 1:
       raise  # a bug: its traceback, status 1
+    ignore_interrupts_from_now()
     peer_stop.mark_ending()
     traceback.print_exc()
     failure = multiprocess_failure(sys.exc_info()[1])
@@ -103,6 +108,7 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
       sys.stderr.write(f"error: {failure}\n")
       _flush_quietly()
     peer_stop.exit_now(1, failure, say_failure)
+  ignore_interrupts_from_now()
   if ends_process_now:
     peer_stop.mark_ending()
   # Out of the except block the error and its traceback are released, so what
@@ -123,6 +129,24 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
     peer_stop.exit_now(code, message, say)
   say()
   sys.exit(code)
+
+
+def ignore_interrupts_from_now() -> None:
+  """Makes SIGINT ignored for the rest of the process (from the main thread;
+  elsewhere a no-op): for when its outcome is decided and it only ends.
+
+  A Ctrl-C held down reaches a stopped run while it exits (JAX's shutdown,
+  then the interpreter's teardown: up to ~1 s). Python raised it as a
+  KeyboardInterrupt into the exit's cleanup (a traceback after the last
+  line) or, during the teardown, where Python has restored SIGINT's default
+  action, it killed the process (status -2 instead of its own); process 0
+  killed so took JAX's coordination service with it, and JAX's client
+  aborted its peers (status -6). An ignored SIGINT stays ignored through the
+  teardown. Nothing is lost: the exit waits on nothing a Ctrl-C could cut
+  short (JAX's shutdown waits in C++, where a KeyboardInterrupt only came
+  after it)."""
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # What JAX's collectives and coordination client say when a peer process is

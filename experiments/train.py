@@ -134,6 +134,7 @@ def main(argv):
       run, FLAGS.config, FLAGS.workdir,
       on_interrupt="the same command resumes the run from its last checkpoint (or starts it "
       "again if it wrote none)")
+  exit_status.ignore_interrupts_from_now()  # finished: a late Ctrl-C does not change status 0
 
 
 def run(config, workdir):

@@ -18,6 +18,15 @@ from tests import foreground
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def sigint_restored():
+  """exit_on_run_error ignores SIGINT once the process's status is decided
+  (it only ends then); these tests call it in pytest's process."""
+  previous = signal.getsignal(signal.SIGINT)
+  yield
+  signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("error, code", [
     (errors.DivergedError("diverged at step 7"), 3),
     (errors.WorkdirError("workdir w is in use"), 2),
@@ -32,6 +41,7 @@ def test_run_errors_exit_with_their_status(error, code, capsys):
     exit_status.exit_on_run_error(fail)
   assert exited.value.code == code
   assert capsys.readouterr().err == f"error: {error}\n"
+  assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a late Ctrl-C changes nothing
 
 
 def test_an_interrupt_ends_with_one_line_and_status_130(capsys):
@@ -42,14 +52,18 @@ def test_an_interrupt_ends_with_one_line_and_status_130(capsys):
     exit_status.exit_on_run_error(interrupted, a=1, on_interrupt="rerun it")
   assert exited.value.code == 130
   assert capsys.readouterr().err == "error: interrupted (Ctrl-C or SIGINT); rerun it\n"
+  assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_other_errors_keep_their_traceback_and_results_pass_through():
+  signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal's foreground
   def bug():
     raise KeyError("a bug")
   with pytest.raises(KeyError, match="a bug"):
     exit_status.exit_on_run_error(bug)
   assert exit_status.exit_on_run_error(lambda a, b=0: a + b, 2, b=3) == 5
+  # Neither ends the process here: a Ctrl-C still interrupts what the caller does next.
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def _raised_from(cause, error):

@@ -306,6 +306,41 @@ def test_a_pair_whose_process_0_is_interrupted_twice_ends_both_with_its_status(b
   assert not (workdir / "run.lock").exists()
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_ctrl_c_pressed_on_while_a_stopped_run_exits_changes_nothing(base, processes):
+  """Ctrl-C held down: the run stops at the first one (130, checkpoint saved,
+  its last line), and the ones that reach it while it exits (JAX's shutdown,
+  then the interpreter's teardown: up to ~1 s here) are ignored. They raised a
+  KeyboardInterrupt into the exit's cleanup (a traceback after the last line)
+  or, during the teardown, where Python has restored SIGINT's default action,
+  killed the process (status -2, not 130)."""
+  data_dir = base / f"data_held_{processes}"
+  builders.load_builder("rldjax_digits", str(data_dir))
+  workdir = base / f"held_{processes}"
+  if processes == 1:
+    procs = [launch(base, workdir, data_dir, "--config.num_epochs=400", config=STUDENT)]
+  else:
+    procs = launch_pair(base, workdir, data_dir, "--config.num_epochs=400", config=STUDENT)
+  wait_for_a_checkpoint(workdir)
+  procs[0].send_signal(signal.SIGINT)
+  deadline = time.time() + 120
+  while "error: interrupted" not in pathlib.Path(procs[0].log.name).read_text():
+    assert time.time() < deadline and procs[0].poll() is None
+    time.sleep(0.002)
+  sent = 0
+  while procs[0].poll() is None:  # every 10 ms until it has exited
+    procs[0].send_signal(signal.SIGINT)
+    sent += 1
+    time.sleep(0.01)
+  logs = logs_when_done(procs, timeout=120)
+  assert sent >= 1, sent  # it was still exiting
+  assert [p.returncode for p in procs] == [130] * processes, [log[-3000:] for log in logs]
+  for log in logs:
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted (Ctrl-C or SIGINT) at step "), log[-3000:]
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]
+
+
 def test_processes_launched_with_different_configs_stop_before_training(base):
   """A pair whose process 1 got another seed would train on a mix of two data
   orders (each process gathers its share of its own permutation) without a
