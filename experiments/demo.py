@@ -72,8 +72,8 @@ import threading
 import time
 
 if __name__ == "__main__":  # before the slower imports below
-  from experiments import exit_status as _start_up
-  _start_up.stop_on_interrupt_during_start_up()
+  from experiments import start_up
+  start_up.begin()  # Ctrl-C's start-up handler; the restart with huge pages
 
 import ml_collections  # pylint: disable=wrong-import-position
 from absl import app, flags, logging
@@ -447,6 +447,4 @@ def _flag_error(message):
 
 
 if __name__ == "__main__":
-  from rldjax import runtime  # pylint: disable=ungrouped-imports
-  runtime.reexec_with_huge_pages()  # first: glibc reads its tunables at start-up
   app.run(main)

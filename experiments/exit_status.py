@@ -10,13 +10,12 @@ so a script can tell a diverged demo (3) from a busy workdir (2) from a bad
 flag (1).
 
 Before :func:`exit_on_run_error` runs (the imports, flag parsing and config
-loading of a start-up, ~2 s), :func:`stop_on_interrupt_during_start_up` makes
-Ctrl-C end the process at once with status 130 and one line, where Python
-printed a KeyboardInterrupt traceback from wherever start-up was (or, inside
-a C extension's import, an ``ImportError``, status 1).
+loading of a start-up, ~2 s), ``experiments/start_up.py`` makes Ctrl-C end
+the process at once with status 130 and one line, where Python printed a
+KeyboardInterrupt traceback from wherever start-up was (or, inside a C
+extension's import, an ``ImportError``, status 1).
 """
 import gc
-import os
 import re
 import signal
 import sys
@@ -25,32 +24,11 @@ import traceback
 
 from absl import logging
 
+from experiments import start_up
 from rldjax import errors, peer_stop
 
 
-# The shell's status for a process ended by SIGINT (128 + 2), as Python's own.
-INTERRUPTED = 130
-
-
-def _interrupted_during_start_up(signum, frame):
-  del signum, frame
-  try:
-    sys.stderr.write("\nerror: interrupted (Ctrl-C or SIGINT) during start-up, before any run "
-                     "began\n")
-    sys.stderr.flush()
-  except OSError:
-    pass
-  os._exit(INTERRUPTED)  # pylint: disable=protected-access
-
-
-def stop_on_interrupt_during_start_up() -> None:
-  """Makes SIGINT end the process at once (status 130, one line on stderr)
-  until :func:`exit_on_run_error` starts, which restores the
-  KeyboardInterrupt. For an entry point's ``__main__``, before its slower
-  imports: nothing of a run exists yet, so there is nothing to save or
-  record. A SIGINT the process was started ignoring stays ignored."""
-  if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    signal.signal(signal.SIGINT, _interrupted_during_start_up)
+INTERRUPTED = start_up.INTERRUPTED
 
 
 def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
@@ -85,7 +63,7 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
 
   Once the status is decided, a further Ctrl-C is ignored while the
   process ends (:func:`ignore_interrupts_from_now`)."""
-  if signal.getsignal(signal.SIGINT) is _interrupted_during_start_up:
+  if start_up.is_start_up_handler(signal.getsignal(signal.SIGINT)):
     signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
     return fn(*args, **kwargs)

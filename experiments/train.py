@@ -27,8 +27,8 @@ import re
 import sys
 
 if __name__ == "__main__":  # before the slower imports below
-  from experiments import exit_status as _start_up
-  _start_up.stop_on_interrupt_during_start_up()
+  from experiments import start_up
+  start_up.begin()  # Ctrl-C's start-up handler; the restart with huge pages
 
 from absl import app, flags, logging  # pylint: disable=wrong-import-position
 from ml_collections import config_flags
@@ -158,6 +158,4 @@ def run(config, workdir):
 
 
 if __name__ == "__main__":
-  from rldjax import runtime  # pylint: disable=ungrouped-imports
-  runtime.reexec_with_huge_pages()  # first: glibc reads its tunables at start-up
   app.run(main, flags_parser=parse_flags)

@@ -23,6 +23,10 @@
   with 4 KiB pages a res32x4 -> res8x4 CIFAR step took ~80,000 page faults;
   with huge pages 1,700-4,900, and the step ran 1.02-1.08x faster
   (``benchmarks/train_step.py --compare_huge_pages``, BENCHMARKS.md).
+  With ``hold_sigint`` (the launcher and the demo), SIGINT stays blocked
+  across the restart until the new process calls
+  :func:`release_held_sigint`, so a Ctrl-C meanwhile reaches the handler it
+  installs first (``experiments/start_up.py``).
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import gc
 import mmap
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -246,15 +251,41 @@ def huge_pages_environment(environ=None, thp_mode=_DETECT, glibc=_DETECT) -> dic
   return environ
 
 
-def reexec_with_huge_pages() -> None:
+# Set in the environment of a restart that holds SIGINT (reexec_with_huge_pages).
+SIGINT_HELD = "RLDJAX_SIGINT_HELD"
+
+
+def reexec_with_huge_pages(hold_sigint: bool = False) -> None:
   """Replaces this process by the same command (same interpreter, options
   and arguments, same pid) with :func:`huge_pages_environment`, when that is
   not None; otherwise returns. glibc reads its tunables only at start-up,
   hence the restart. Call it first thing in an entry point's
-  ``__main__`` block, before any thread, file or lock exists."""
+  ``__main__`` block, before any thread, file or lock exists.
+
+  ``hold_sigint``: SIGINT is blocked across the restart (a blocked signal
+  stays pending through ``execve``) until the new process calls
+  :func:`release_held_sigint`, once it has its handler: a Ctrl-C in between
+  reaches that handler instead of Python's start-up. The caller must call
+  :func:`release_held_sigint` first thing after the restart."""
   environ = huge_pages_environment()
   if environ is None:
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], environ)
+  if hold_sigint:
+    environ[SIGINT_HELD] = "1"
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+  try:
+    os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], environ)
+  finally:  # reached only when execve failed
+    if hold_sigint:
+      signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def release_held_sigint() -> None:
+  """In a process restarted by ``reexec_with_huge_pages(hold_sigint=True)``:
+  unblocks SIGINT (a Ctrl-C during the restart is delivered now, to the
+  handler installed before this call) and forgets the mark, so that no
+  child inherits it. Elsewhere a no-op."""
+  if os.environ.pop(SIGINT_HELD, None) is not None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from experiments import exit_status
+from experiments import exit_status, start_up
 from rldjax import errors
 from rldjax.train import workdir
 from tests import foreground
@@ -228,13 +228,54 @@ def test_the_start_up_interrupt_handler_gives_way_to_the_run_and_respects_an_ign
   previous = signal.getsignal(signal.SIGINT)
   try:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    exit_status.stop_on_interrupt_during_start_up()
+    start_up.stop_on_interrupt_during_start_up()
     assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     # From the run on, Ctrl-C is a KeyboardInterrupt again (the run saves and records it).
     assert exit_status.exit_on_run_error(
         lambda: signal.getsignal(signal.SIGINT)) is signal.default_int_handler
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # started in the background: stays ignored
-    exit_status.stop_on_interrupt_during_start_up()
+    start_up.stop_on_interrupt_during_start_up()
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
   finally:
     signal.signal(signal.SIGINT, previous)
+
+
+_RESTART = """
+import os, signal, sys
+from rldjax import runtime
+restarted = os.environ.get("STAGE") == "2"
+# The restart with huge pages, whatever this machine's THP mode: once.
+runtime.huge_pages_environment = lambda: None if restarted else dict(os.environ, STAGE="2")
+from experiments import start_up
+if restarted:
+  print("HELD", signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []), flush=True)
+  if sys.argv[1] == "interrupt":
+    os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C during the new process's start-up
+start_up.begin()
+print("BEGUN", os.environ.get(runtime.SIGINT_HELD),
+      signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []), flush=True)
+"""
+
+
+@pytest.mark.parametrize("interrupt", [True, False])
+def test_a_ctrl_c_during_the_restart_with_huge_pages_reaches_the_start_up_handler(interrupt):
+  """The launcher restarts itself (glibc's huge-page tunable) first thing;
+  SIGINT is held across the restart until the new process has its start-up
+  handler, so a Ctrl-C meanwhile ends it with the start-up line and status
+  130 (it got Python's KeyboardInterrupt traceback, status -2). Without one,
+  the new process goes on with SIGINT unblocked and no mark left for its
+  children."""
+  done = subprocess.run(
+      foreground.with_default_sigint([sys.executable, "-c", _RESTART,
+                                      "interrupt" if interrupt else "no"]),
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert done.stdout.splitlines()[0] == "HELD True", (done.stdout, done.stderr[-3000:])
+  if interrupt:
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert "BEGUN" not in done.stdout and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: interrupted (Ctrl-C or SIGINT) during start-up, before any run began")
+  else:
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[1] == "BEGUN None False", done.stdout
