@@ -40,6 +40,8 @@ def stop_on_interrupt_during_start_up() -> None:
 
 
 def is_start_up_handler(handler) -> bool:
+  """Whether ``handler`` (``signal.getsignal(signal.SIGINT)``) is the one
+  :func:`stop_on_interrupt_during_start_up` installs."""
   return handler is _interrupted_during_start_up
 
 
