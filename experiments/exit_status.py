@@ -15,6 +15,7 @@ the process at once with status 130 and one line, where Python printed a
 KeyboardInterrupt traceback from wherever start-up was (or, inside a C
 extension's import, an ``ImportError``, status 1).
 """
+import contextlib
 import gc
 import re
 import signal
@@ -97,11 +98,10 @@ def exit_on_run_error(fn, *args, on_interrupt: str = "", **kwargs):
   gc.collect()
 
   def say():
-    try:  # the log may be on the storage that failed: the status still says it
+    # The log may be on the storage that failed: the status still says it.
+    with contextlib.suppress(OSError):
       logging.error("%s: %s", name, message)
       sys.stderr.write(f"error: {message}\n")
-    except OSError:
-      pass
     _flush_quietly()
   if ends_process_now:
     peer_stop.exit_now(code, message, say)
@@ -150,12 +150,10 @@ def multiprocess_failure(err: BaseException) -> str:
 
 
 def _flush_quietly() -> None:
-  try:
+  with contextlib.suppress(OSError):
     logging.flush()
     sys.stderr.flush()
     sys.stdout.flush()
-  except OSError:
-    pass
 
 
 def _process_count() -> int:

@@ -11,6 +11,7 @@ import an ``ImportError``, status 1). From :func:`begin` on, until
 process at once with status 130 and one line: nothing of a run exists yet,
 so there is nothing to save or record.
 """
+import contextlib
 import os
 import signal
 import sys
@@ -21,12 +22,10 @@ INTERRUPTED = 130
 
 def _interrupted_during_start_up(signum, frame):
   del signum, frame
-  try:
+  with contextlib.suppress(OSError):  # stderr closed: the status still says it
     sys.stderr.write("\nerror: interrupted (Ctrl-C or SIGINT) during start-up, before any run "
                      "began\n")
     sys.stderr.flush()
-  except OSError:
-    pass  # stderr closed: the status still says it
   os._exit(INTERRUPTED)  # pylint: disable=protected-access
 
 

@@ -121,7 +121,7 @@ def test_announce_end_reports_failed_requests_and_does_not_wait_on_them(monkeypa
 
 
 class _Exit(Exception):
-  pass
+  """What the stand-in for ``os._exit`` raises, with the status."""
 
 
 def _fake_exit(status):
