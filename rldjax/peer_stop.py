@@ -18,8 +18,9 @@ coordination service's key-value store (:func:`announce_end`). Every other
 process watches for them from a thread started when the distributed runtime
 starts (:func:`start_watching`): found, it says so (``error: process 0
 stopped (status N): <message>``) and ends with the same status. Process 0
-waits, up to :data:`ACK_SECONDS`, until each peer has said that it ends
-(the service must outlive them), then ends itself. A peer ending on its own
+waits, up to :data:`ACK_SECONDS`, until each peer has said that it ends,
+then :data:`EXIT_GRACE_SECONDS` more (the service must outlive them: JAX's
+client aborts a process whose service is gone), then ends itself. A peer ending on its own
 error at the same time marks that first (:func:`mark_ending`): process 0's
 announcement then leaves it to end with its own status and message, and it
 says that it ends right before it does (:func:`exit_now`). Process 0
@@ -50,6 +51,13 @@ ENDED_DIR = "rldjax/ends/"
 ENDED_KEY = ENDED_DIR + "{}"  # set by each other process as it ends
 WAIT_SECONDS = 60.0  # how long each of a peer's waits for its END_KEY lasts (one request each)
 ACK_SECONDS = 1.0  # how long process 0 waits for its peers to end first
+# How long process 0's service outlives a peer's word that it ends: the
+# peer's request returns and it exits then, but if the service went before
+# the answer came back, JAX's client aborts the peer (status -6, a stack
+# dump after its last line). Seen once in CI; a peer 0.1 s slow to exit
+# after its word is aborted every time without this wait
+# (tests/test_peer_stop.py).
+EXIT_GRACE_SECONDS = 0.5
 
 _ending = threading.Event()  # this process is ending on its own error
 _watching = threading.Event()  # set to stop the watcher (at exit)
@@ -127,9 +135,9 @@ def _watch(client, index: int) -> None:
 def _set_ended(client, index: int) -> None:
   """Tells process 0 that this process ends: the last thing it does, after
   its last lines. A failure is not logged here, where it would follow them,
-  and where it can be false: process 0 ends as soon as it has read the key,
-  and its service can close the connection before the answer to the request
-  that set it arrives (``UNAVAILABLE: Socket closed``, seen once in CI).
+  and where it can be false: the key may have been set and process 0 gone
+  before the answer came back (``UNAVAILABLE: Socket closed``, seen once in
+  CI, before process 0 waited :data:`EXIT_GRACE_SECONDS` after the word).
   Process 0 is the one that knows: it waits :data:`ACK_SECONDS` at most for
   a peer it did not hear from, and its log names that peer
   (:func:`announce_end`)."""
@@ -173,11 +181,13 @@ def mark_ending() -> None:
   _ending.set()
 
 
-def announce_end(status: int, message: str, timeout: float = ACK_SECONDS) -> list[int]:
+def announce_end(status: int, message: str, timeout: float = ACK_SECONDS,
+                 grace: float = EXIT_GRACE_SECONDS) -> list[int]:
   """On process 0 of a multi-process run, before it ends at once with
   ``status``: publishes ``status`` and ``message`` for the other processes
-  and waits until each has said it ends, at most ``timeout`` seconds.
-  Returns the processes told that did not say so in time (empty when all
+  and waits until each has said it ends, at most ``timeout`` seconds, then
+  ``grace`` seconds more when any has (for it to exit while the service
+  runs). Returns the processes told that did not say so in time (empty when all
   did); a request that fails is a warning in the log, and a process it
   could not tell is not waited for.
   Elsewhere a no-op (returns ``[]``)."""
@@ -187,9 +197,10 @@ def announce_end(status: int, message: str, timeout: float = ACK_SECONDS) -> lis
   client, _, count = runtime
   payload = json.dumps({"status": status, "message": message})
   # Only the processes told are waited for (one not told cannot answer).
-  waiting = {index for index in range(1, count)
-             if _request(f"telling process {index} that process 0 ends", client.key_value_set,
-                         END_KEY.format(index), payload, allow_overwrite=True) is not _FAILED}
+  told = {index for index in range(1, count)
+          if _request(f"telling process {index} that process 0 ends", client.key_value_set,
+                      END_KEY.format(index), payload, allow_overwrite=True) is not _FAILED}
+  waiting = set(told)
   # A peer that died without a word is waited for too: JAX's query of live
   # processes (get_live_nodes) waits until every process named has asked as
   # well, so it cannot tell (seen: 100 s, until the dead peer's heartbeats
@@ -206,4 +217,6 @@ def announce_end(status: int, message: str, timeout: float = ACK_SECONDS) -> lis
     logging.warning("processes %s did not say within %.1f s that they end; process 0 ends "
                     "now (JAX's client aborts any of them still running)", sorted(waiting),
                     timeout)
+  if told - waiting:
+    time.sleep(grace)
   return sorted(waiting)

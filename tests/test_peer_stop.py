@@ -1,6 +1,7 @@
 """rldjax/peer_stop.py with two real processes: process 0 ending alone
-tells its peer, which ends with process 0's status and a line saying so,
-unless it is already ending on its own error (then it keeps its own status,
+tells its peer, which ends with process 0's status and a line saying so
+(also when it exits a while after saying that it ends: process 0's service
+outlives it), unless it is already ending on its own error (then it keeps its own status,
 and process 0 waits until it has ended). Then process 0's waiting against a
 stand-in for the coordination service: silent peers, requests that
 fail (each a warning in the log, never an exception). The launcher's cases
@@ -9,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -22,6 +24,18 @@ index, port, mode, flag = int(sys.argv[1]), sys.argv[2], sys.argv[3], pathlib.Pa
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=index)
 from jax._src import distributed
 from rldjax import peer_stop
+if mode == "slow_exit":  # process 1 exits a while after saying it ends (a loaded machine)
+  class SlowToExit:
+    def __init__(self, client):
+      self.client = client
+    def __getattr__(self, name):
+      return getattr(self.client, name)
+    def key_value_set(self, key, *args, **kwargs):
+      self.client.key_value_set(key, *args, **kwargs)
+      if key == peer_stop.ENDED_KEY.format(1):
+        time.sleep(0.1)
+  runtime = peer_stop._runtime()
+  peer_stop._runtime = lambda: (SlowToExit(runtime[0]),) + runtime[1:]
 peer_stop.start_watching()
 if index == 1:
   if mode == "own_error":  # ending on its own error: only acknowledges process 0's end
@@ -52,8 +66,9 @@ def _pair(tmp_path, mode):
   return [p.returncode for p in procs], outputs
 
 
-def test_a_waiting_peer_ends_with_process_0s_status_and_says_why(tmp_path):
-  codes, outputs = _pair(tmp_path, "waiting")
+@pytest.mark.parametrize("mode", ["waiting", "slow_exit"])
+def test_a_waiting_peer_ends_with_process_0s_status_and_says_why(tmp_path, mode):
+  codes, outputs = _pair(tmp_path, mode)
   assert codes == [4, 4], outputs
   assert json.loads(outputs[0][0]) == {"missing": []}  # it heard from its peer first
   assert outputs[1][1].strip().splitlines()[-1] == (
@@ -98,6 +113,17 @@ def test_announce_end_tells_every_peer_and_returns_once_they_have_ended(monkeypa
   for i in (1, 2):
     assert json.loads(service.keys[peer_stop.END_KEY.format(i)]) == {"status": 4,
                                                                       "message": "disk full"}
+
+
+def test_announce_end_gives_peers_that_answered_time_to_exit(monkeypatch):
+  _as_process_0(monkeypatch, _Service(ended=(1,)), 2)
+  start = time.monotonic()
+  assert peer_stop.announce_end(4, "disk full", grace=0.3) == []
+  assert time.monotonic() - start >= 0.3
+  _as_process_0(monkeypatch, _Service(fail={"dir_get"}), 2)  # none answered: no grace
+  start = time.monotonic()
+  assert peer_stop.announce_end(4, "disk full", grace=30) == [1]
+  assert time.monotonic() - start < 30
 
 
 def test_announce_end_waits_for_a_silent_peer_only_until_its_timeout(monkeypatch, caplog):
