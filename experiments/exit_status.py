@@ -121,10 +121,10 @@ def ignore_interrupts_from_now() -> None:
   killed so took JAX's coordination service with it, and JAX's client
   aborted its peers (status -6). An ignored SIGINT stays ignored through the
   teardown. Nothing is lost: what the exit waits for is bounded (process
-  0's wait for its peers' word, at most 1 s: rldjax/peer_stop.py; JAX's
-  shutdown barrier, which the other processes of a stop they agreed on
-  reach at once, and which waits in C++, where a KeyboardInterrupt only came
-  after it anyway)."""
+  0's wait for its peers' word and their exit, at most 1.5 s:
+  rldjax/peer_stop.py; JAX's shutdown barrier, which the other processes of
+  a stop they agreed on reach at once, and which waits in C++, where a
+  KeyboardInterrupt only came after it anyway)."""
   if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
