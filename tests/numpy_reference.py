@@ -18,10 +18,15 @@ def softmax(z):
 
 
 def kl(p_teacher_logits, q_student_logits):
-  """KL(softmax(t) || softmax(s)) over the last axis."""
-  lt = log_softmax(p_teacher_logits)
+  """KL(softmax(t) || softmax(s)) over the last axis; classes of teacher
+  probability 0 add nothing, and so a row whose teacher logits are all -inf
+  (no teacher distribution) is 0."""
+  t = np.asarray(p_teacher_logits, np.float64)
+  none = np.isneginf(t).all(-1, keepdims=True)
+  lt = log_softmax(np.where(none, 0.0, t))
   ls = log_softmax(q_student_logits)
-  return np.where(np.exp(lt) > 0, np.exp(lt) * (lt - ls), 0.0).sum(-1)
+  terms = np.where(none | (np.exp(lt) == 0), 0.0, np.exp(lt) * (lt - ls))
+  return terms.sum(-1)
 
 
 def standardize(z):

@@ -180,6 +180,50 @@ def test_ldrld_gradients_match_float64_differences(rank_by):
   _assert_close(g_t, _numeric_grad(lambda x: ref(s, x), t), "d/d teacher")
 
 
+_KEPT_TEACHER_CASES = {  # (loss(s, t, y), its float64 NumPy reference summed)
+    "kd": (lambda s, t, y: losses.kd(s, t), lambda s, t, y: np.sum(R.kd(s, t, 4.0))),
+    "dkd": (lambda s, t, y: losses.dkd(s, t, y),
+            lambda s, t, y: np.sum(np.array(R.dkd_terms(s, t, y, 4.0)) * [[1.0], [8.0]])),
+    "rld": (lambda s, t, y: losses.rld(s, t, y),
+            lambda s, t, y: np.sum(np.array(R.rld_terms(s, t, y, 4.0, 4.0)) * [[1.0], [8.0]])),
+    "ldrld": (lambda s, t, y: losses.ldrld(s, t, k=5),
+              lambda s, t, y: np.sum(np.array(R.ldrld_terms(s, t, 4.0, 5)) * [[10.5], [7.0]])),
+    "ldrld(rank_by=teacher)": (
+        lambda s, t, y: losses.ldrld(s, t, k=5, rank_by="teacher"),
+        lambda s, t, y: np.sum(np.array(R.ldrld_terms(s, t, 4.0, 5, "teacher"))
+                               * [[10.5], [7.0]])),
+    "swap_kd": (lambda s, t, y: losses.swap_kd(s, t, y),
+                lambda s, t, y: np.sum(R.swap_kd(s, t, y, 4.0))),
+}
+
+
+@pytest.mark.parametrize("name", _KEPT_TEACHER_CASES)
+def test_gradients_with_a_teacher_kept_for_its_top_classes_alone(name):
+  """A teacher whose logits are -inf outside its top 3 (a student finite
+  everywhere), labels inside and outside them: both gradients against float64
+  central differences of the NumPy reference (the teacher's at its finite
+  logits), and exactly 0 with respect to the teacher's -inf logits. It was
+  NaN there for rld and ldrld (an operand of -max/2 in their KL overflowed to
+  -inf in the backward pass, times a zero probability), and the losses of
+  dkd, rld and ldrld were NaN or wrong (tests/test_losses_properties.py)."""
+  s, t = _separated(16), _separated(17)
+  order = np.argsort(-t, axis=-1)
+  masked = np.zeros(t.shape, bool)
+  np.put_along_axis(masked, order[:, 3:], True, axis=-1)
+  t[masked] = -np.inf
+  y = order[np.arange(4), [0, 2, 3, 8]].astype(np.int32)  # teacher ranks 0, 2, 3, 8
+  loss, ref = _KEPT_TEACHER_CASES[name]
+  total = lambda s, t: jnp.sum(loss(s, t, y))
+  g_s, g_t = jax.jit(jax.grad(total, argnums=(0, 1)))(s, t)
+  with np.errstate(invalid="ignore", divide="ignore"):  # -inf - -inf in the reference
+    _assert_close(g_s, _numeric_grad(lambda x: ref(x, t, y), s), "d/d student")
+    expected_t = _numeric_grad(lambda x: ref(s, np.where(masked, -np.inf, x), y),
+                               np.where(masked, 0.0, t))
+  g_t = np.asarray(g_t)
+  assert (g_t[masked] == 0).all(), g_t[masked]
+  _assert_close(g_t[~masked], expected_t[~masked], "d/d teacher")
+
+
 def test_ldrld_on_a_large_class_axis_matches_brute_force():
   """C = 1000 takes the blocked top-k; values against float64 NumPy, both
   gradients against autodiff of the brute-force formulation (one masked

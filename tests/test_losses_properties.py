@@ -365,13 +365,15 @@ def test_a_nan_or_inf_logit_never_gives_a_finite_loss(name, which, value):
   assert not np.isfinite(out).any(), out
 
 
+@pytest.mark.parametrize("at", ["every class", "the label"])
 @pytest.mark.parametrize("name", ["kd", "dkd", "rld", "ldrld", "swap_kd"])
-def test_a_class_of_minus_inf_in_the_student_alone(name):
+def test_a_class_of_minus_inf_in_the_student_alone(name, at):
   """The teacher gives the class probability, the student none: the KL is
   +inf, and where the method drops the class (RLD's masked-correlation term),
-  the loss stays finite; both as the float64 NumPy reference."""
+  the loss stays finite; both as the float64 NumPy reference. At the label,
+  dkd's and rld's binary terms gave NaN (inf - inf)."""
   s, t, y = sample(15, shape=(C, C))
-  s[np.arange(C), (np.arange(C) + 3) % C] = -np.inf
+  s[np.arange(C), y if at == "the label" else (np.arange(C) + 3) % C] = -np.inf
   out = call(name, s, t, y)
   with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
     expected = reference(name, s, t, y)
@@ -413,6 +415,78 @@ def test_padding_masked_with_minus_inf_on_one_side_and_a_large_negative_on_the_o
   finite_side[np.isneginf(finite_side)] = fill
   np.testing.assert_allclose(call(name, s_pad, t_pad, y_pad), call(name, s, t, y),
                              rtol=1e-5, atol=1e-6)
+
+
+def teacher_kept_for_its_top(t, kept, fill):
+  """The teacher's logits with all but each row's ``kept`` largest set to
+  ``fill``, and labels at the teacher's ranks 0, 1, 2, 5, 9 and 11 (inside
+  and outside the kept classes)."""
+  order = np.argsort(-t, axis=-1, kind="stable")
+  t = t.copy()
+  for i in range(t.shape[0]):
+    t[i, order[i, kept:]] = fill
+  y = order[np.arange(t.shape[0]), [0, 1, 2, 5, 9, 11]].astype(np.int32)
+  return t, y
+
+
+@pytest.mark.parametrize("fill", [-np.inf, -1e9, float(np.finfo(np.float32).min)])
+@pytest.mark.parametrize("kept", [1, 2, 4, 8])
+@pytest.mark.parametrize("name", PER_EXAMPLE + ["ldrld(rank_by=teacher)"])
+def test_a_teacher_kept_for_its_top_classes_alone(name, kept, fill):
+  """Token-level distillation often stores the teacher's top classes only,
+  the rest -inf (or a large finite negative), while the student's logits are
+  all finite: the teacher gives those classes probability 0, and a class set
+  where it gives none a probability (RLD's masked-correlation set below a
+  true class it ranks last, an LDRLD pair, DKD's non-target classes of a
+  one-class teacher) has no teacher distribution and adds nothing (finite
+  masks are present classes: uniform there). The float64 NumPy reference
+  agrees. dkd, rld and ldrld gave NaN with -inf, and with -1e9 or finfo.min
+  values off by up to 1e24: their binary KLs and masked softmaxes cancelled
+  terms of size 1e9 / T."""
+  s, t, _ = sample(21)
+  t, y = teacher_kept_for_its_top(t, kept, fill)
+  with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # -inf - -inf
+    if name == "ldrld(rank_by=teacher)":
+      out = np.asarray(jax.jit(lambda s, t: losses.ldrld(s, t, rank_by="teacher"))(s, t))
+      local, rntk = R.ldrld_terms(s, t, 4.0, 7, rank_by="teacher")
+      expected = 10.5 * local + 7 * rntk
+    else:
+      out = call(name, s, t, y)
+      expected = reference(name, s, t, y)
+  assert np.isfinite(expected).all()
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_binary_kl_from_logit_gaps_at_any_magnitude():
+  """The 2-class KL from logit gaps against float64 log-probabilities, for
+  teacher and student gaps from 0 to +-inf (a class masked in one model
+  alone): finite where the teacher's probable classes are reachable, +inf
+  where the student gives one of them probability 0, 0 where the two agree
+  on a masked class, NaN from a NaN gap. The Bregman form returned NaN at
+  infinite gaps and rounding garbage (up to 1e24) at gaps of -1e9."""
+  from rldjax.losses._common import binary_kl_from_logit_gaps
+  values = np.array([-np.inf, -1e30, -1e9, -60.0, -30.0, -17.0, -16.0, -5.0, -0.3, 0.0,
+                     0.3, 5.0, 16.0, 17.0, 30.0, 60.0, 1e9, 1e30, np.inf])
+  d_t, d_s = (a.ravel() for a in np.meshgrid(values, values, indexing="ij"))
+  out = np.asarray(jax.jit(binary_kl_from_logit_gaps)(d_t.astype(np.float32),
+                                                      d_s.astype(np.float32)), np.float64)
+
+  def log_sigmoid(d):
+    return -np.logaddexp(0.0, -d)
+
+  with np.errstate(invalid="ignore", over="ignore"):
+    expected = np.zeros_like(d_t)
+    for sign in (1.0, -1.0):  # the class of the gap, then the other one
+      log_p_t, log_p_s = log_sigmoid(sign * d_t), log_sigmoid(sign * d_s)
+      expected += np.where(np.exp(log_p_t) > 0, np.exp(log_p_t) * (log_p_t - log_p_s), 0.0)
+  np.testing.assert_array_equal(np.isposinf(out), np.isposinf(expected))
+  assert np.isfinite(out[np.isfinite(expected)]).all()
+  finite = np.isfinite(expected)
+  np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-5, atol=1e-6)
+  assert (out[finite] >= 0).all()
+  nan_gap = np.asarray(binary_kl_from_logit_gaps(jnp.array([np.nan, 1.0]),
+                                                 jnp.array([1.0, np.nan])))
+  assert np.isnan(nan_gap).all()
 
 
 @pytest.mark.parametrize("closed_over", ["labels", "teacher"])

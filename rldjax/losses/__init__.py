@@ -6,6 +6,10 @@ default), compute in at least float32, and return one value per example
 A class whose logit is -inf in both the student and the teacher (a padded
 vocabulary) is absent: the per-example losses equal those of the logits without
 it (to float rounding), value and gradients, ``standardize=True`` included.
+A class whose logit is -inf (or -1e9, finfo.min) in the teacher alone, as in
+a teacher stored for its top classes only, has teacher probability 0: the
+losses are the KLs of the probabilities as computed, and a class set on which
+the teacher gives no class a probability adds nothing.
 :func:`chunked` computes a per-example loss a chunk of examples at a time, to
 bound the memory of large vocabularies. Logits sharded over a mesh of
 Explicit axes (the vocabulary too) are computed on Auto axes inside each loss

@@ -255,37 +255,40 @@ def scale_present(z, scale: Callable, temperature):
   return jnp.where(absent, -jnp.inf, scale(jnp.where(absent, 0.0, z)))
 
 
-def masked_logsumexp(z, mask):
-  """log sum_{c in mask} exp(z_c) over the last axis; -inf where mask is empty.
+def masked_log_softmax(z, mask):
+  """log softmax over the classes in ``mask`` (last axis), as ``z - m - log
+  sum_mask exp(z - m)`` with ``m`` the maximum over the mask.
 
-  Masked-out entries are excluded exactly (no large negative constants), and
-  gradients with respect to them are exactly zero.
+  Entries outside the mask are that same expression (finite for finite
+  logits: no NaN is computed there); callers exclude them. Shifting by the
+  maximum first keeps full accuracy at any magnitude: n equal logits of -1e9
+  (a class set masked with a large finite negative) give exactly log(1/n),
+  where ``z - logsumexp(z)`` lost everything to rounding. A row without a
+  logit other than -inf in the mask (an empty mask, or a teacher that gives
+  every class there probability 0) is -inf on the mask.
   """
-  any_kept = jnp.any(mask, axis=-1, keepdims=True)
-  zmax = jnp.max(jnp.where(mask, z, -jnp.inf), axis=-1, keepdims=True)
-  zmax = jax.lax.stop_gradient(jnp.where(any_kept, zmax, 0.0))
-  safe = jnp.where(mask, z - zmax, 0.0)  # masked entries never reach exp(+big)
-  total = jnp.sum(jnp.where(mask, jnp.exp(safe), 0.0), axis=-1, keepdims=True)
-  lse = jnp.log(jnp.where(any_kept, total, 1.0)) + zmax
-  return jnp.where(any_kept, lse, -jnp.inf)[..., 0]
+  m = jnp.max(jnp.where(mask, z, -jnp.inf), axis=-1, keepdims=True)
+  some = m != -jnp.inf  # NaN counts: it must propagate
+  shifted = z - jax.lax.stop_gradient(jnp.where(some, m, 0.0))
+  total = jnp.sum(jnp.where(mask, jnp.exp(jnp.where(mask, shifted, 0.0)), 0.0), axis=-1,
+                  keepdims=True)
+  return shifted - jnp.log(jnp.where(some, total, 1.0))
 
 
 def masked_kl(teacher_scaled, student_scaled, mask=None):
   """KL(softmax_mask(t) || softmax_mask(s)) over the last axis.
 
   Both distributions are renormalised over the classes in ``mask`` (all
-  classes if None). Rows whose mask is empty give exactly 0 with zero gradient.
+  classes if None). Rows whose mask is empty, or whose teacher logits are all
+  -inf on it (no teacher distribution there), give exactly 0 with zero
+  gradient.
   """
   if mask is None:
     log_pt = jax.nn.log_softmax(teacher_scaled, axis=-1)
     log_ps = jax.nn.log_softmax(student_scaled, axis=-1)
     return jnp.sum(teacher_weighted(jnp.exp(log_pt), log_pt - log_ps), axis=-1)
-  any_kept = jnp.any(mask, axis=-1)
-  lse_t = masked_logsumexp(teacher_scaled, mask)
-  lse_s = masked_logsumexp(student_scaled, mask)
-  finite = lambda v: jnp.where(any_kept, v, 0.0)[..., None]
-  log_pt = teacher_scaled - finite(lse_t)
-  log_ps = student_scaled - finite(lse_s)
+  log_pt = masked_log_softmax(teacher_scaled, mask)
+  log_ps = masked_log_softmax(student_scaled, mask)
   terms = teacher_weighted(jnp.exp(jnp.where(mask, log_pt, -jnp.inf)), log_pt - log_ps)
   return jnp.sum(terms, axis=-1)
 
@@ -306,25 +309,44 @@ def teacher_weighted(weight, value):
 def binary_kl_from_logit_gaps(teacher_gap, student_gap):
   r"""KL between the 2-class softmaxes of logit pairs, from their gaps z_i - z_j.
 
-  A 2-class softmax is :math:`[\sigma(d), \sigma(-d)]`, and the KL is the
-  Bregman divergence of softplus between :math:`-d_s` and :math:`-d_t`:
+  A 2-class softmax is :math:`[p, q] = [\sigma(d), \sigma(-d)]`, with
+  :math:`\log \sigma(d) = -\mathrm{softplus}(-d)`, so
 
-  .. math:: \mathrm{KL} = \mathrm{softplus}(-d_s) - \mathrm{softplus}(-d_t)
-            - \sigma(-d_t)\,(d_t - d_s)
+  .. math:: \mathrm{KL} = p_t\,\big(\mathrm{softplus}(-d_s)
+            - \mathrm{softplus}(-d_t)\big) + q_t\,\big(\mathrm{softplus}(d_s)
+            - \mathrm{softplus}(d_t)\big),
 
-  O(1) per pair instead of a softmax over all classes; its derivative in the
-  student gap is :math:`\sigma(-d_t) - \sigma(-d_s)`. Where the gaps are
-  close (:math:`|\delta| = |d_t - d_s| \le 1`) the first two terms cancel,
-  and the equivalent form :math:`\log(1 + q\,(e^\delta - 1)) - q\,\delta`,
-  :math:`q = \sigma(-d_t)`, keeps full relative accuracy (the KL is second
-  order in :math:`\delta`).
+  each term 0 where its teacher probability is 0. O(1) per pair instead of a
+  softmax over all classes; its derivative in the student gap is
+  :math:`\sigma(-d_t) - \sigma(-d_s)`. Where the gaps are close
+  (:math:`|\delta| = |d_t - d_s| \le 1`) the two terms cancel, and the
+  equivalent form :math:`\log(1 + q_t\,(e^\delta - 1)) - q_t\,\delta`
+  keeps full relative accuracy (the KL is second order in :math:`\delta`).
+
+  Any magnitude: a class masked with ``-inf``, ``-1e9`` or ``finfo.min`` in
+  one model alone (a gap of that size) gives the KL of the probabilities as
+  computed, +inf where the student gives probability 0 to a class of teacher
+  probability > 0, and a NaN gap gives NaN. (The Bregman form used before,
+  :math:`\mathrm{softplus}(-d_s) - \mathrm{softplus}(-d_t) - q_t\,\delta`,
+  cancelled two terms of size :math:`|d_t|` for large negative teacher gaps:
+  errors up to 1e24 at :math:`d_t = -10^9/T`, NaN at infinite gaps.)
   """
   q_t = jax.nn.sigmoid(-teacher_gap)
   delta = teacher_gap - student_gap
-  far = jax.nn.softplus(-student_gap) - jax.nn.softplus(-teacher_gap) - q_t * delta
   near = jnp.abs(delta) <= 1.0
   small = jnp.where(near, delta, 0.0)
   close = jnp.log1p(q_t * jnp.expm1(small)) - q_t * small
+
+  def term(prob_t, gap_t, gap_s):  # prob_t * (softplus(-gap_s) - softplus(-gap_t))
+    # 0 where prob_t is 0, with finite operands there, so that neither the
+    # value nor a gradient is 0 * inf.
+    absent = prob_t == 0
+    gap_t, gap_s = jnp.where(absent, 0.0, gap_t), jnp.where(absent, 0.0, gap_s)
+    return jnp.where(absent, 0.0,
+                     prob_t * (jax.nn.softplus(-gap_s) - jax.nn.softplus(-gap_t)))
+
+  far = (term(jax.nn.sigmoid(teacher_gap), teacher_gap, student_gap)
+         + term(q_t, -teacher_gap, -student_gap))
   return jnp.where(near, close, far)
 
 
@@ -366,6 +388,11 @@ def shifted_exp(kept, inv_temperature):
   return m, e, jnp.where(nonempty, total, 1.0), nonempty
 
 
+# Logit maxima (over a KL's class set) beyond which kl_and_student_grad shifts
+# the logits by them before it takes their differences.
+SHIFT_ABOVE = 1024.0
+
+
 def kl_and_student_grad(teacher, student, teacher_kept, student_kept, temperature):
   r"""Temperature-scaled KL over a class subset K, and its student gradient.
 
@@ -374,7 +401,10 @@ def kl_and_student_grad(teacher, student, teacher_kept, student_kept, temperatur
             \mathrm{softmax}_K(z^s/T)\big),\qquad
      \frac{\partial \ell}{\partial z^s_c} = T\,(p^s_c - p^t_c)\,[c \in K]
 
-  with the KL evaluated as :math:`\mathbb{E}_{p^t}[(z^t - z^s)/T] - \log Z^t + \log Z^s`.
+  with the KL evaluated as
+  :math:`\mathbb{E}_{p^t}[((z^t - m_t) - (z^s - m_s))/T] - \log Z^t + \log Z^s`,
+  :math:`m` the maxima over K and :math:`Z` the sums of :math:`e^{(z - m)/T}`
+  over K (the shifts by :math:`m` taken only where they matter, below).
 
   Args:
     teacher, student: logit rows [N, C] (unscaled).
@@ -383,22 +413,42 @@ def kl_and_student_grad(teacher, student, teacher_kept, student_kept, temperatur
     temperature: T > 0.
 
   Returns:
-    ``(loss [N], grad [N, C])``; rows with an empty K give exactly 0 and a
-    zero gradient.
+    ``(loss [N], grad [N, C])``; rows with an empty K, or whose teacher
+    logits are all -inf on K (no teacher distribution there), give exactly 0
+    and a zero gradient.
   """
   inv = 1.0 / temperature
   m_t, e_t, z_t, nonempty = shifted_exp(teacher_kept, inv)
   m_s, e_s, z_s, _ = shifted_exp(student_kept, inv)
+  # KL = sum_K p_t ((t - a) - (s - b)) / T + ((m_s - b) - (m_t - a)) / T
+  #      - log Z_t + log Z_s for any shifts a, b. With a = b = 0 (the plain
+  # form) the logits' differences round at their own magnitude, and a
+  # teacher whose classes in K all hold the same -1e9 came out as rounding
+  # garbage (4103 for an RLD loss of 62.4); with a = m_t, b = m_s they enter
+  # relative to their maxima over K, exact there. The shifted form made XLA:CPU's value and
+  # gradient at 1024 x 32000 1.11x (rld) and 1.26x (ldrld) as long, so a
+  # batch takes it only where some maximum exceeds SHIFT_ABOVE in magnitude
+  # (a conditional: the plain form's absolute error below is ~1e-4 / T).
   # A class the teacher excludes (outside K, or a logit of -inf) has e_t = 0
-  # and must add nothing, but teacher - student is -inf - -inf = NaN where
-  # both logits are -inf (a padded vocabulary). Both are clamped at -max/2
-  # first: finite logits are unchanged, and the difference is then 0 there.
+  # and must add nothing, but the difference is -inf - -inf = NaN where both
+  # logits are -inf (a padded vocabulary). Both sides are clamped at -2**100
+  # first: no class of teacher probability > 0 lies that far below m_t, the
+  # difference is then 0 or finite, and the teacher's gradient there,
+  # e_t' * diff * (its cotangent), is 0: with -max/2 the product overflowed
+  # to -inf for a teacher logit of -inf alone, and 0 * -inf made it NaN.
   # (A select here made XLA:CPU materialise the difference: LDRLD's value and
   # gradient at 1024 x 32000 took 1.2x as long; the clamps fuse.)
-  floor = -0.5 * jnp.finfo(teacher.dtype).max
-  diff = jnp.maximum(teacher, floor) - jnp.maximum(student, floor)
-  cross = jnp.sum(e_t * diff, axis=-1, keepdims=True) * inv / z_t
-  kl = cross - jnp.log(z_t) + jnp.log(z_s) + (m_s - m_t) * inv
+  floor = -(2.0 ** 100)
+
+  def cross(a, b):
+    diff = jnp.maximum(teacher - a, floor) - jnp.maximum(student - b, floor)
+    return (jnp.sum(e_t * diff, axis=-1, keepdims=True) * inv / z_t
+            + ((m_s - b) - (m_t - a)) * inv)
+
+  large = lambda m: jnp.any(jnp.abs(m) > SHIFT_ABOVE)  # NaN is not: it propagates either way
+  kl = jax.lax.cond(large(m_t) | large(m_s), lambda: cross(m_t, m_s),
+                    lambda: cross(jnp.zeros_like(m_t), jnp.zeros_like(m_s)))
+  kl = kl - jnp.log(z_t) + jnp.log(z_s)
   # A class in K of teacher probability > 0 where the student's logit is -inf:
   # the KL is +inf (the clamp alone would give a large finite number). The
   # probability as computed: a teacher masked with a large finite negative
@@ -407,7 +457,9 @@ def kl_and_student_grad(teacher, student, teacher_kept, student_kept, temperatur
   unreachable = jnp.any((student_kept == -jnp.inf) & (e_t > 0), axis=-1, keepdims=True)
   kl = jnp.where(unreachable, jnp.inf, kl)
   loss = jnp.where(nonempty, kl, 0.0)[:, 0] * temperature**2
-  grad = (e_s / z_s - e_t / z_t) * temperature
+  # `nonempty` is the teacher's: where it gives every class in K probability
+  # 0 (its logits there all -inf) the loss is 0, and so is its gradient.
+  grad = jnp.where(nonempty, e_s / z_s - e_t / z_t, 0.0) * temperature
   return loss, grad
 
 
@@ -420,8 +472,10 @@ def target_gap(z, index, inv_temperature):
   non-target classes (0 at the target): ``d gap / d z = (onehot - others) / T``.
   """
   others = jnp.arange(z.shape[-1]) != index[:, None]
-  m, e, total, _ = shifted_exp(exclude(z, others), inv_temperature)  # C >= 2: never empty
-  lse_others = (m * inv_temperature + jnp.log(total))[:, 0]
+  m, e, total, some = shifted_exp(exclude(z, others), inv_temperature)
+  # No other class (all -inf: a teacher that keeps only the target) is a gap
+  # of +inf, p = 1 (it was z_target / T).
+  lse_others = jnp.where(some, m * inv_temperature + jnp.log(total), -jnp.inf)[:, 0]
   chosen = jnp.take_along_axis(z, index[:, None], axis=-1)[:, 0] * inv_temperature
   return chosen - lse_others, e / total
 

@@ -58,11 +58,17 @@ def ldrld_loss_and_grad(s, t, alpha, beta, temperature, *, k, rank_by, irw_offse
   # derivative of a pair's KL in the student gap is q_t - q_s, q = sigmoid(-gap).
   first, second, weights, incidence = _rank_pairs(k, irw_offset, erd_scale, erd_rate)
   inv = 1.0 / temperature
-  t_gap = (t_top[:, first] - t_top[:, second]) * inv
+  # A pair whose two classes both have teacher logit -inf (a teacher kept for
+  # its top classes only, the rest -inf) has no teacher distribution: like a
+  # class of teacher probability 0 in a KL, it adds nothing (-inf - -inf
+  # made its gap, and the loss, NaN).
+  no_teacher = (t_top[:, first] == -jnp.inf) & (t_top[:, second] == -jnp.inf)
+  t_gap = jnp.where(no_teacher, 0.0, (t_top[:, first] - t_top[:, second]) * inv)
   s_gap = (s_top[:, first] - s_top[:, second]) * inv
-  weights = jnp.asarray(weights, s.dtype)
-  pairs = jnp.sum(c.binary_kl_from_logit_gaps(t_gap, s_gap) * weights, axis=-1)
-  gap_grad = (jax.nn.sigmoid(-t_gap) - jax.nn.sigmoid(-s_gap)) * weights
+  weights = jnp.where(no_teacher, 0.0, jnp.asarray(weights, s.dtype))
+  pairs = jnp.sum(c.teacher_weighted(weights, c.binary_kl_from_logit_gaps(t_gap, s_gap)),
+                  axis=-1)
+  gap_grad = c.teacher_weighted(weights, jax.nn.sigmoid(-t_gap) - jax.nn.sigmoid(-s_gap))
   pairs_grad = jnp.matmul(gap_grad, jnp.asarray(incidence, s.dtype),
                           precision=jax.lax.Precision.HIGHEST) * temperature
   # The top-k set as a whole (weight 1), then the remaining classes (RNTK).
