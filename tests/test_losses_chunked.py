@@ -85,6 +85,8 @@ def test_chunks_hold_less_temporary_memory():
     (lambda: losses.chunked(losses.kd, 0), ValueError, "`rows` must be a positive int, got 0"),
     (lambda: losses.chunked(losses.kd, 2.5), ValueError, "`rows` must be a positive int"),
     (lambda: losses.chunked(losses.kd, True), ValueError, "`rows` must be a positive int"),
+    (lambda: losses.chunked(lambda s, t: losses.kd(s, t), 2), TypeError,
+     "`loss`: <lambda> takes no `axis` keyword"),
     (lambda: losses.chunked(losses.ldrld, 2)(*_logits((6, 9), jnp.float32, 1)), TypeError,
      "`labels`: ldrld takes no labels"),
     (lambda: losses.chunked(losses.kd, 2)(jnp.zeros((6, 9)), jnp.zeros((6, 8))), ValueError,

@@ -61,6 +61,7 @@ def chunked(loss: Callable, rows: int) -> Callable:
   Raises:
     ValueError: ``loss`` is ``label_revision`` (a batch scalar in its
       published form), or ``rows`` is not a positive int.
+    TypeError: ``loss`` takes no ``axis`` keyword.
 
   Example: per-token RLD over a large vocabulary, 512 tokens at a time::
 
@@ -73,7 +74,13 @@ def chunked(loss: Callable, rows: int) -> Callable:
   if isinstance(rows, (bool, np.bool_)) or not isinstance(rows, (int, np.integer)) or rows < 1:
     raise ValueError(f"`rows` must be a positive int, got {rows!r}.")
   rows = int(rows)
-  takes_labels = "labels" in inspect.signature(loss, follow_wrapped=False).parameters
+  parameters = inspect.signature(loss, follow_wrapped=False).parameters
+  takes_labels = "labels" in parameters
+  if "axis" not in parameters and not any(
+      p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    raise TypeError(f"`loss`: {getattr(loss, '__name__', 'loss')} takes no `axis` keyword; "
+                    "chunked calls it with axis=-1 on [rows, C] chunks (wrap it: "
+                    "`lambda s, t, *, axis=-1: my_loss(s, t, axis=axis)`).")
 
   def block(student, teacher, labels, hparams):
     args = (student, teacher, labels) if takes_labels else (student, teacher)
