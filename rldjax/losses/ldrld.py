@@ -63,12 +63,12 @@ def ldrld_loss_and_grad(s, t, alpha, beta, temperature, *, k, rank_by, irw_offse
   # class of teacher probability 0 in a KL, it adds nothing (-inf - -inf
   # made its gap, and the loss, NaN).
   no_teacher = (t_top[:, first] == -jnp.inf) & (t_top[:, second] == -jnp.inf)
-  t_gap = jnp.where(no_teacher, 0.0, (t_top[:, first] - t_top[:, second]) * inv)
   s_gap = (s_top[:, first] - s_top[:, second]) * inv
-  weights = jnp.where(no_teacher, 0.0, jnp.asarray(weights, s.dtype))
-  pairs = jnp.sum(c.teacher_weighted(weights, c.binary_kl_from_logit_gaps(t_gap, s_gap)),
-                  axis=-1)
-  gap_grad = c.teacher_weighted(weights, jax.nn.sigmoid(-t_gap) - jax.nn.sigmoid(-s_gap))
+  t_gap = jnp.where(no_teacher, s_gap, (t_top[:, first] - t_top[:, second]) * inv)
+  weights = jnp.asarray(weights, s.dtype)
+  pair_kl = jnp.where(no_teacher, 0.0, c.binary_kl_from_logit_gaps(t_gap, s_gap))
+  pairs = jnp.sum(pair_kl * weights, axis=-1)
+  gap_grad = (jax.nn.sigmoid(-t_gap) - jax.nn.sigmoid(-s_gap)) * weights
   pairs_grad = jnp.matmul(gap_grad, jnp.asarray(incidence, s.dtype),
                           precision=jax.lax.Precision.HIGHEST) * temperature
   # The top-k set as a whole (weight 1), then the remaining classes (RNTK).

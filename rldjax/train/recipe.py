@@ -105,10 +105,12 @@ def warmup_factor(warmup_epochs: int, epoch):
 
 
 def cross_entropy(logits, labels):
-  """Per-example cross-entropy in float32. On logits sharded over Explicit
-  mesh axes (the classes too), computed on Auto axes as the losses are."""
+  """Per-example cross-entropy in at least float32 (float64 logits stay
+  float64). On logits sharded over Explicit mesh axes (the classes too),
+  computed on Auto axes as the losses are."""
   return loss_lib.on_auto_axes(
-      lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z.astype(jnp.float32), y),
+      lambda z, y: optax.softmax_cross_entropy_with_integer_labels(
+          z.astype(loss_lib.compute_dtype(z)), y),
       (logits, labels), lambda: loss_lib.batch_spec(logits, logits.ndim - 1))
 
 

@@ -17,10 +17,18 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
+from rldjax.losses._common import compute_dtype
 from rldjax.train import recipe as recipe_lib
 from rldjax.train.state import TrainState
 
 AXIS = "data"
+
+
+def at_least_float32(logits):
+  """Logits as the losses take them: bf16/f16 upcast to float32 (the
+  published step's float32 losses), float64 kept (a float64 model's step is
+  float64 throughout)."""
+  return logits.astype(compute_dtype(logits))
 
 
 def make_train_step(student: nn.Module, teacher: nn.Module | None, recipe: recipe_lib.Recipe,
@@ -45,18 +53,18 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, recipe: recip
     epoch = state.step // steps_per_epoch + 1  # 1-based, as in the published loop
     teacher_logits = None
     if recipe.uses_teacher and "teacher_logits" in batch:
-      teacher_logits = jax.lax.stop_gradient(batch["teacher_logits"].astype(jnp.float32))
+      teacher_logits = jax.lax.stop_gradient(at_least_float32(batch["teacher_logits"]))
     elif recipe.uses_teacher:
       if teacher is None:
         raise ValueError(f"method {recipe.method!r} needs a teacher, or the teacher's logits "
                          "in batch['teacher_logits']")
       teacher_logits = jax.lax.stop_gradient(
-          teacher.apply(teacher_variables, images, train=False).astype(jnp.float32))
+          at_least_float32(teacher.apply(teacher_variables, images, train=False)))
 
     def loss_fn(params):
       logits, updates = student.apply({"params": params, "batch_stats": state.batch_stats},
                                       images, train=True, mutable=["batch_stats"])
-      logits = logits.astype(jnp.float32)
+      logits = at_least_float32(logits)
       terms = recipe_lib.objective_terms(recipe, logits, teacher_logits, labels, epoch, weights)
       accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
       metrics = {"loss": terms["total"], "ce": terms["ce"], "distill": terms["distill"],
@@ -91,7 +99,7 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, recipe: recip
 def eval_sums(model: nn.Module, variables, images, labels, mask) -> dict:
   """This device's sums of loss, top-1 and top-5 hits and the count over the
   examples where ``mask`` is 1 (padding rows are 0)."""
-  logits = model.apply(variables, images, train=False).astype(jnp.float32)
+  logits = at_least_float32(model.apply(variables, images, train=False))
   mask = mask.astype(jnp.float32)
   loss = recipe_lib.cross_entropy(logits, labels)
   k = min(5, logits.shape[-1])
