@@ -224,6 +224,34 @@ def test_gradients_with_a_teacher_kept_for_its_top_classes_alone(name):
   _assert_close(g_t[~masked], expected_t[~masked], "d/d teacher")
 
 
+def test_ldrld_with_classes_absent_in_both_among_the_teachers_top_k():
+  """Ranked by a teacher kept for 3 classes, k = 7 reaches classes that are
+  -inf in the student too (absent in both): pairs of two such classes add
+  nothing. Value against float64 NumPy, both gradients against float64
+  differences at the finite logits and 0 at the -inf ones (the student's
+  gradient was NaN: such a pair's student gap is -inf - -inf)."""
+  s, t = _separated(18), _separated(19)
+  t[:, 3:] = -np.inf  # the teacher keeps classes 0-2; ranked by it, top-7 = 0..6
+  s[:, 5:] = -np.inf  # classes 5 and 6 of the top 7 are absent in both
+  hp = dict(k=7, rank_by="teacher")
+  total = lambda s, t: jnp.sum(losses.ldrld(s, t, **hp))
+
+  def ref(s, t):
+    local, rntk = R.ldrld_terms(s, t, 4.0, 7, "teacher")
+    return np.sum(10.5 * local + 7.0 * rntk)
+
+  with np.errstate(invalid="ignore", divide="ignore"):  # -inf - -inf in the reference
+    np.testing.assert_allclose(jax.jit(total)(s, t), ref(s, t), rtol=1e-5)
+    g_s, g_t = (np.asarray(g) for g in jax.jit(jax.grad(total, argnums=(0, 1)))(s, t))
+    for got, x, other, is_student in ((g_s, s, t, True), (g_t, t, s, False)):
+      masked = np.isneginf(x)
+      assert (got[masked] == 0).all(), got[masked]
+      f = (lambda v: ref(np.where(masked, -np.inf, v), other)) if is_student else (
+          lambda v: ref(other, np.where(masked, -np.inf, v)))
+      expected = _numeric_grad(f, np.where(masked, 0.0, x))
+      _assert_close(got[~masked], expected[~masked], "d/d student" if is_student else "d/d teacher")
+
+
 def test_ldrld_on_a_large_class_axis_matches_brute_force():
   """C = 1000 takes the blocked top-k; values against float64 NumPy, both
   gradients against autodiff of the brute-force formulation (one masked

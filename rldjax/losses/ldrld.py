@@ -60,14 +60,15 @@ def ldrld_loss_and_grad(s, t, alpha, beta, temperature, *, k, rank_by, irw_offse
   inv = 1.0 / temperature
   # A pair whose two classes both have teacher logit -inf (a teacher kept for
   # its top classes only, the rest -inf) has no teacher distribution: like a
-  # class of teacher probability 0 in a KL, it adds nothing (-inf - -inf
-  # made its gap, and the loss, NaN).
+  # class of teacher probability 0 in a KL, it adds nothing, value and
+  # gradient. Both its gaps are taken as 0 (KL 0, gap gradient 0): -inf - -inf
+  # made the teacher's gap, and the loss, NaN, and where the student's two
+  # logits are -inf as well (classes absent in both), its gradient.
   no_teacher = (t_top[:, first] == -jnp.inf) & (t_top[:, second] == -jnp.inf)
-  s_gap = (s_top[:, first] - s_top[:, second]) * inv
-  t_gap = jnp.where(no_teacher, s_gap, (t_top[:, first] - t_top[:, second]) * inv)
+  t_gap = jnp.where(no_teacher, 0.0, (t_top[:, first] - t_top[:, second]) * inv)
+  s_gap = jnp.where(no_teacher, 0.0, (s_top[:, first] - s_top[:, second]) * inv)
   weights = jnp.asarray(weights, s.dtype)
-  pair_kl = jnp.where(no_teacher, 0.0, c.binary_kl_from_logit_gaps(t_gap, s_gap))
-  pairs = jnp.sum(pair_kl * weights, axis=-1)
+  pairs = jnp.sum(c.binary_kl_from_logit_gaps(t_gap, s_gap) * weights, axis=-1)
   gap_grad = (jax.nn.sigmoid(-t_gap) - jax.nn.sigmoid(-s_gap)) * weights
   pairs_grad = jnp.matmul(gap_grad, jnp.asarray(incidence, s.dtype),
                           precision=jax.lax.Precision.HIGHEST) * temperature
