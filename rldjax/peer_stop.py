@@ -20,8 +20,9 @@ starts (:func:`start_watching`): found, it says so (``error: process 0
 stopped (status N): <message>``) and ends with the same status. Process 0
 waits, up to :data:`ACK_SECONDS`, until each peer has said that it ends,
 then :data:`EXIT_GRACE_SECONDS` more (the service must outlive them: JAX's
-client aborts a process whose service is gone), then ends itself. A peer ending on its own
-error at the same time marks that first (:func:`mark_ending`): process 0's
+client aborts a process whose service is gone), then ends itself. A peer
+ending on its own error at the same time marks that first
+(:func:`mark_ending`): process 0's
 announcement then leaves it to end with its own status and message, and it
 says that it ends right before it does (:func:`exit_now`). Process 0
 announces before it writes its own last lines, so that they stay last (after
