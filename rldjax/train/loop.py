@@ -375,7 +375,6 @@ class _Run:
 
   def train(self, state, history, manager, writer, watcher, stop_after_epochs):
     config, spe = self.config, self.data.steps_per_epoch
-    total = spe * config.num_epochs
     step = int(jax.device_get(state.step))
     # Epochs evaluated so far. A checkpoint saved on a stop request right at
     # an epoch's end holds that epoch trained but not yet evaluated.
@@ -385,24 +384,17 @@ class _Run:
                          f"{first_epoch} epochs of {spe} steps")
     last_epoch = config.num_epochs if stop_after_epochs is None else min(
         config.num_epochs, first_epoch + stop_after_epochs)
-    rate_mark = (step, self.train_time)
+    self.rate_mark = (step, self.train_time)
     for epoch in range(first_epoch, last_epoch):
       end = (epoch + 1) * spe
       for state, step, synced in self._advance(state, step, end, history):
         if watcher.requested(step):
           self._preempted(state, history, manager, step, watcher.interrupted)
-        if not synced:
+        if not synced or step == end:  # the epoch's end: _end_epoch logs it
           continue
-        if step % config.log_every_steps == 0 or step == end:
-          sums = jax.device_get(state.epoch_sums)
-          loss = sums["loss"] / max(sums["steps"], 1)
-          done_steps, train0 = rate_mark
-          rate = (step - done_steps) / max(self.train_time - train0, 1e-9)
-          writer.write(step, {"train/loss": loss, "train/lr": self._learning_rate(epoch + 1)})
-          logging.info("step %d/%d  epoch %d  train loss %.4f  %.1f steps/s  ETA %.0fs", step,
-                       total, epoch + 1, loss, rate, (total - step) / max(rate, 1e-9))
-          rate_mark = (step, self.train_time)
-        if step % config.checkpoint.every_steps == 0 and step != end:
+        if step % config.log_every_steps == 0:
+          self._log_progress(step, epoch, jax.device_get(state.epoch_sums), writer)
+        if step % config.checkpoint.every_steps == 0:
           self._stop_unless_lock_held()
           self._save(manager, state, history)
       state, history = self._end_epoch(state, history, epoch, manager, writer)
@@ -617,7 +609,23 @@ class _Run:
                               f"{run_lock.LOCK_NAME} deleted, while the run wrote to it",
                               self.workdir)
 
+  def _log_progress(self, step, epoch, sums, writer):
+    """The training loss of the epoch so far (``sums``: the state's epoch
+    sums, read), the learning rate and the steps per second since the last
+    such record: TensorBoard and the log."""
+    total = self.data.steps_per_epoch * self.config.num_epochs
+    loss = sums["loss"] / max(sums["steps"], 1)
+    done_steps, train0 = self.rate_mark
+    rate = (step - done_steps) / max(self.train_time - train0, 1e-9)
+    writer.write(step, {"train/loss": loss, "train/lr": self._learning_rate(epoch + 1)})
+    logging.info("step %d/%d  epoch %d  train loss %.4f  %.1f steps/s  ETA %.0fs", step, total,
+                 epoch + 1, loss, rate, (total - step) / max(rate, 1e-9))
+    self.rate_mark = (step, self.train_time)
+
   def _end_epoch(self, state, history, epoch, manager, writer):
+    """The epoch's evaluation, history record, checkpoint and writes. What
+    needs no evaluation result (the epoch's training metrics, read, logged
+    and written; the lock check) is done while the evaluation runs."""
     c = self.config
     eval_sums = None
     if evaluates(c, epoch + 1):
@@ -626,11 +634,16 @@ class _Run:
       ahead, self.evaluation_ahead = self.evaluation_ahead, None
       end = (epoch + 1) * self.data.steps_per_epoch
       eval_sums = ahead[1] if ahead is not None and ahead[0] == end else self._evaluate(state)
-      # Dispatched before anything is read back; then one read for everything.
-      state = self.programs.record_evaluation(state, eval_sums, np.int32(epoch + 1))
-    eval_sums, sums, step = jax.device_get((eval_sums, state.epoch_sums, state.step))
-    steps = max(float(sums["steps"]), 1.0)
+      # Dispatched before anything is read back. It replaces `best` alone, so
+      # the rest of the state is read below without waiting for it.
+      state = state.replace(best=self.programs.best_after_evaluation(
+          state.best, state.params, state.batch_stats, eval_sums, np.int32(epoch + 1)))
+    sums, step = jax.device_get((state.epoch_sums, state.step))
     step = int(step)
+    self._log_progress(step, epoch, sums, writer)
+    self._stop_unless_lock_held()
+    eval_sums = jax.device_get(eval_sums)  # waits for the evaluation
+    steps = max(float(sums["steps"]), 1.0)
     record = {"epoch": epoch + 1, "step": step}
     if eval_sums is not None:
       count = float(eval_sums["count"])
@@ -641,7 +654,6 @@ class _Run:
                   train_accuracy=100.0 * float(sums["accuracy"]) / steps,
                   lr=self._learning_rate(epoch + 1))
     history = history + [record]
-    self._stop_unless_lock_held()
     if (epoch + 1) % c.checkpoint.every_epochs == 0 or epoch + 1 == c.num_epochs:
       self._save(manager, state, history, force=True,
                  metrics={"top1": record["top1"]} if eval_sums is not None else None)

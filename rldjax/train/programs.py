@@ -44,7 +44,7 @@ from jax import lax
 from rldjax import models
 from rldjax.data import augment, order
 from rldjax.train import optim, recipe, step as step_lib
-from rldjax.train.state import TrainState, record_evaluation
+from rldjax.train.state import TrainState, best_after_evaluation
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Fields that change neither the programs nor what they compute.
@@ -69,7 +69,7 @@ class Programs:
   eval_step: Callable
   eval_step_raw: Callable
   evaluate_arrays: Callable
-  record_evaluation: Callable
+  best_after_evaluation: Callable
 
 
 def program_key(config) -> str:
@@ -231,5 +231,5 @@ def _build(key: str, steps_per_epoch: int, devices) -> Programs:
       eval_step=step_lib.shard(step_lib.make_eval_step(student), mesh, n_replicated=1),
       eval_step_raw=step_lib.shard(eval_step_raw, mesh, n_replicated=1),
       evaluate_arrays=step_lib.shard(evaluate_arrays, mesh, n_replicated=3, batch_last=False),
-      record_evaluation=jax.jit(record_evaluation, donate_argnums=(0,)))
+      best_after_evaluation=jax.jit(best_after_evaluation, donate_argnums=(0,)))
 

@@ -58,16 +58,25 @@ def top1_percent(eval_sums) -> jax.Array:
           / jnp.maximum(jnp.asarray(eval_sums["count"], jnp.float32), 1.0))
 
 
-def record_evaluation(state: TrainState, eval_sums, epoch) -> TrainState:
-  """``state`` with ``best`` replaced when this evaluation's top-1 (from the
-  sums ``top1`` and ``count``, see :func:`top1_percent`) beats it (strictly:
-  on a tie the earlier epoch stays best). Pure; jit it. Taking the sums, not
-  a host float, lets the loop dispatch it before reading anything back."""
+def best_after_evaluation(best, params, batch_stats, eval_sums, epoch) -> dict:
+  """``best`` (:attr:`TrainState.best`) replaced by ``params`` and
+  ``batch_stats`` when this evaluation's top-1 (from the sums ``top1`` and
+  ``count``, see :func:`top1_percent`) beats it (strictly: on a tie the
+  earlier epoch stays best). Pure; jit it. Taking the sums, not a host float,
+  lets the loop dispatch it before reading anything back; taking and
+  returning only ``best`` (not the whole state) leaves the rest of the state
+  readable while the evaluation runs, and makes one output per array of
+  ``best`` instead of one per array of the state."""
   top1 = top1_percent(eval_sums)
-  better = top1 > state.best["top1"]
+  better = top1 > best["top1"]
   pick = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), new, old)
-  best = {"params": pick(state.params, state.best["params"]),
-          "batch_stats": pick(state.batch_stats, state.best["batch_stats"]),
-          "top1": jnp.where(better, top1, state.best["top1"]),
-          "epoch": jnp.where(better, jnp.asarray(epoch, jnp.int32), state.best["epoch"])}
-  return state.replace(best=best)
+  return {"params": pick(params, best["params"]),
+          "batch_stats": pick(batch_stats, best["batch_stats"]),
+          "top1": jnp.where(better, top1, best["top1"]),
+          "epoch": jnp.where(better, jnp.asarray(epoch, jnp.int32), best["epoch"])}
+
+
+def record_evaluation(state: TrainState, eval_sums, epoch) -> TrainState:
+  """``state`` with ``best`` updated by :func:`best_after_evaluation`. Pure."""
+  return state.replace(best=best_after_evaluation(state.best, state.params, state.batch_stats,
+                                                  eval_sums, epoch))
