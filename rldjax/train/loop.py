@@ -624,8 +624,8 @@ class _Run:
 
   def _end_epoch(self, state, history, epoch, manager, writer):
     """The epoch's evaluation, history record, checkpoint and writes. What
-    needs no evaluation result (the epoch's training metrics, read, logged
-    and written; the lock check) is done while the evaluation runs."""
+    needs no evaluation result (the lock check; the epoch's training metrics,
+    read, logged and written) is done while the evaluation runs."""
     c = self.config
     eval_sums = None
     if evaluates(c, epoch + 1):
@@ -640,8 +640,8 @@ class _Run:
           state.best, state.params, state.batch_stats, eval_sums, np.int32(epoch + 1)))
     sums, step = jax.device_get((state.epoch_sums, state.step))
     step = int(step)
-    self._log_progress(step, epoch, sums, writer)
     self._stop_unless_lock_held()
+    self._log_progress(step, epoch, sums, writer)
     eval_sums = jax.device_get(eval_sums)  # waits for the evaluation
     steps = max(float(sums["steps"]), 1.0)
     record = {"epoch": epoch + 1, "step": step}
