@@ -909,6 +909,55 @@ def test_several_steps_per_call_train_the_same_and_stop_on_divergence(tmp_path, 
     loop.train_and_evaluate(config, str(tmp_path / "diverging"))
 
 
+def tensorboard_scalars(workdir):
+  """{step: {tag: value}} of the run's TensorBoard event files (TFRecord
+  frames: length, its CRC, the Event proto, its CRC), and the number of
+  events that held each (step, tag)."""
+  from tensorboard.compat.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  scalars, counts = {}, {}
+  for path in sorted(workdir.glob("events.out.tfevents*")):
+    data = path.read_bytes()
+    at = 0
+    while at < len(data):
+      (length,) = np.frombuffer(data[at:at + 8], "<u8")
+      event = event_pb2.Event.FromString(data[at + 12:at + 12 + int(length)])
+      at += 12 + int(length) + 4
+      for value in event.summary.value:
+        scalars.setdefault(event.step, {})[value.tag] = value.simple_value
+        counts[event.step, value.tag] = counts.get((event.step, value.tag), 0) + 1
+  return scalars, counts
+
+
+def test_tensorboard_holds_every_epochs_scalars_once(tmp_path, data_dir, teacher_export):
+  """Each epoch's end writes its training loss, learning rate and epoch loss
+  (and, when evaluated, its test top-1/top-5/loss) once, equal to its
+  history record; the steps logged mid-epoch write the loss so far and the
+  learning rate."""
+  config = small_config(data_dir, teacher_export, method="kd", epochs=3)  # 5 steps per epoch
+  config.log_every_steps = 2
+  config.eval_last_epochs = 2
+  config.steps_per_call = 4
+  result = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  scalars, counts = tensorboard_scalars(tmp_path / "run")
+  assert set(counts.values()) == {1}
+  train = {"train/loss", "train/lr"}
+  epoch_ends = {h["step"]: h for h in result["history"]}
+  assert sorted(epoch_ends) == [5, 10, 15]
+  assert set(scalars) == set(epoch_ends) | {2, 4, 6, 8, 12, 14}
+  f32 = lambda x: float(np.float32(x))
+  for step, tags in scalars.items():
+    record = epoch_ends.get(step)
+    if record is None:
+      assert set(tags) == train
+      continue
+    test = {"test/top1", "test/top5", "test/loss"} if record["epoch"] > 1 else set()
+    assert set(tags) == train | {"train/epoch_loss"} | test
+    assert tags["train/loss"] == tags["train/epoch_loss"] == f32(record["train_loss"])
+    assert tags["train/lr"] == f32(record["lr"])
+    for tag in test:
+      assert tags[tag] == f32(record[{"test/loss": "test_loss"}.get(tag, tag[5:])])
+
+
 def test_precomputed_teacher_logits_train_as_running_the_teacher(tmp_path, data_dir,
                                                                 teacher_export):
   config = small_config(data_dir, teacher_export, method="rld", epochs=2)
