@@ -45,11 +45,14 @@ files.
 
 Runs that do not depend on one another train side by side, ``--parallel_runs``
 at a time (threads of this process; default one per CPU core on the CPU,
-where one of these small runs leaves cores idle): the vanilla
-students while the teacher trains, the methods' selection and final runs as
-soon as what each needs is done (:mod:`experiments.task_graph`). Warm-ups
-(compilations) run by themselves. A run's results are the same whatever runs
-beside it.
+where one of these small runs leaves cores idle): the methods' selection runs
+as soon as what each needs is done (:mod:`experiments.task_graph`). Warm-ups
+(compilations) run by themselves, and so do the final runs (the reported
+ones; ``--nofinal_runs_alone``: side by side as well), so that their timings
+in the report are the training loop's own: beside another run on a 2-core CPU
+a final run's share of time in steps varied from 81% to 88% from run to run,
+alone 84-86% (BENCHMARKS.md); it makes the demo ~15% longer there. A run's
+results are the same whatever runs beside it.
 
 The demo first flushes the pending disk writes of its workdir's filesystem
 (:func:`flush_pending_writes`), so that the runs' timings measure the runs.
@@ -93,6 +96,10 @@ flags.DEFINE_string("compilation_cache", None, "JAX persistent compilation cache
                     "(default $RLDJAX_CACHE_DIR or ~/.cache/rldjax/jax); 'none' turns it off")
 flags.DEFINE_integer("parallel_runs", None, "runs trained side by side (threads); default: "
                      "one per CPU core on the CPU, else 1. The results do not depend on it")
+flags.DEFINE_boolean("final_runs_alone", True, "train the final (reported) runs one at a time, "
+                     "so that their timings are the loop's own, not shared with another run; "
+                     "false: side by side like the selection runs (a shorter demo). The "
+                     "results do not depend on it")
 flags.register_validator(
     "workdir", lambda value: bool(value.strip()),
     "empty (an unset shell variable?): the demo would write into the current directory; "
@@ -211,12 +218,14 @@ def check_arguments(seeds, teacher_epochs, student_epochs, methods, scales, sele
 
 def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
              methods=("vanilla", "kd", "dkd", "rld", "ldrld"), scales=(1.0, 0.25, 4.0),
-             data_dir="", selection_seeds=2, parallel_runs=None):
+             data_dir="", selection_seeds=2, parallel_runs=None, final_runs_alone=True):
   """Runs the whole demo; returns {"selection": {...}, "gains": ..., "timings": ...}.
 
   ``parallel_runs``: how many runs train side by side (threads of one
   process, :mod:`experiments.task_graph`); None: :func:`default_parallel_runs`.
-  The results do not depend on it.
+  ``final_runs_alone``: the final runs train one at a time (each with no other
+  run beside it). The results depend on neither. ``timings["runs"]`` lists
+  each timed run's ``start`` and ``end`` (seconds since the demo started).
 
   The demo holds ``WORKDIR/run.lock`` while it works
   (:class:`rldjax.run_lock.WorkdirLock`): a second demo in the same
@@ -234,11 +243,11 @@ def run_demo(workdir, seeds=5, teacher_epochs=30, student_epochs=30,
   with run_lock.WorkdirLock(workdir):
     return _run_demo(workdir, seeds, teacher_epochs, student_epochs, list(methods),
                      list(scales), data_dir or os.path.join(workdir, "tfds"), selection_seeds,
-                     workers)
+                     workers, bool(final_runs_alone))
 
 
 def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, data_dir,
-              selection_seeds, workers):
+              selection_seeds, workers, final_runs_alone):
   """:func:`run_demo`'s work, in the locked ``workdir`` (an absolute path)."""
   from experiments import report  # pylint: disable=import-outside-toplevel
   from experiments.configs import digits  # pylint: disable=import-outside-toplevel
@@ -247,7 +256,7 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
   start = time.time()
   flush_pending_writes(workdir)  # before anything is timed (the module docstring)
   timings = {"warmup_s": 0.0, "runs": [], "parallel_runs": workers,
-             "disk_flush_s": time.time() - start}
+             "final_runs_alone": final_runs_alone, "disk_flush_s": time.time() - start}
   if timings["disk_flush_s"] >= 0.5:
     print(f"[{time.time() - start:6.1f}s] flushed the pending disk writes "
           f"({timings['disk_flush_s']:.1f}s)", flush=True)
@@ -255,6 +264,7 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
 
   def run(name, config, record=True, stop_after_epochs=None):
     runtime.freeze_heap()  # a full GC in a run would scan every earlier run's objects
+    began = time.time() - start
     try:
       result = loop.train_and_evaluate(config, os.path.join(workdir, name), stop_after_epochs)
     except errors.RunError as err:  # the same error (and exit status), naming the run
@@ -262,7 +272,8 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
     if record:
       with lock:
         timings["runs"].append({"name": name, "wall_s": result["wall_time_s"],
-                                "steps_s": result["train_time_s"]})
+                                "steps_s": result["train_time_s"], "start": began,
+                                "end": time.time() - start})
       print(f"[{time.time() - start:6.1f}s] {name:<28} top-1 last {result['last_top1']:6.2f}, "
             f"best {result['best_top1']:6.2f} (epoch {result['best_epoch']}); "
             f"{result['train_time_s'] / max(result['wall_time_s'], 1e-9):.0%} of "
@@ -366,7 +377,7 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
     for seed in range(seeds):
       tasks.append(task_graph.Task(f"runs/{method}_seed{seed}",
                                    functools.partial(final_run, method, seed),
-                                   deps_of(method, False) + chosen_after))
+                                   deps_of(method, False) + chosen_after, alone=final_runs_alone))
   task_graph.run_graph(tasks, workers)
   selection = {m: selection[m] for m in tuned}  # in the listed order, whatever ended first
 
@@ -394,8 +405,14 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
   for method, sel in selection.items():
     lines.append(f"| {method} | " + " | ".join(f"{sel['scores'][f'{s:g}']:.2f}" for s in scales)
                  + f" | ×{sel['chosen']:g} |")
-  side = (f"up to {workers} runs side by side (threads), so run times below add up to more "
-          "than the total; " if workers > 1 else "one run at a time; ")
+  if workers == 1:
+    side = "one run at a time; "
+  elif final_runs_alone:
+    side = (f"up to {workers} runs side by side (threads; the final runs one at a time), so "
+            "run times below may add up to more than the total; ")
+  else:
+    side = (f"up to {workers} runs side by side (threads), so run times below add up to more "
+            "than the total; ")
   lines += ["", f"Timing: {time.time() - start:.0f}s in all, {side}compilation "
             f"{timings['warmup_s']:.0f}s of run time, once for the teacher and once per method "
             "and split (warm-up runs stopped after one epoch). Share of each run's wall time "
@@ -433,7 +450,7 @@ def main(argv):
     exit_status.exit_on_run_error(
         run_demo, FLAGS.workdir, FLAGS.seeds, FLAGS.teacher_epochs, FLAGS.student_epochs,
         FLAGS.methods, scales, FLAGS.data_dir, FLAGS.selection_seeds, FLAGS.parallel_runs,
-        on_interrupt="the same command goes on, reusing the runs that finished and resuming "
+        FLAGS.final_runs_alone, on_interrupt="the same command goes on, reusing the runs that finished and resuming "
         "the others from their last checkpoints")
   except ArgumentError as err:
     _flag_error(str(err))

@@ -74,11 +74,23 @@ def test_demo_writes_report_from_results(tmp_path):
   assert {p.name for p in (workdir / "warmup").iterdir()} == {
       "teacher", "rld_val", "rld_full", "vanilla_full"}
   assert runs["rld_seed0"]["config"]["teacher"]["precompute_logits"] is True
-  # Runs trained side by side (threads) give what the same run gives alone.
-  assert summary["timings"]["parallel_runs"] == 2 and "2 runs side by side" in md
+  # The selection runs train side by side (threads); the final runs one at a
+  # time, each with no other run beside it.
+  assert summary["timings"]["parallel_runs"] == 2 and summary["timings"]["final_runs_alone"]
+  assert "up to 2 runs side by side (threads; the final runs one at a time)" in md
+  spans = {r["name"]: (r["start"], r["end"]) for r in summary["timings"]["runs"]}
+  assert set(spans) == {"teacher", *(f"runs/{name}" for name in runs),
+                        "selection/rld_x1_seed0", "selection/rld_x0.25_seed0"}
+  overlap = lambda a, b: spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+  for name in runs:
+    assert not [other for other in spans if other != f"runs/{name}"
+                and overlap(f"runs/{name}", other)]
+  assert overlap("selection/rld_x1_seed0", "selection/rld_x0.25_seed0")
+  # A run trained beside another gives what the same run gives alone.
+  beside = workdir / "selection" / "rld_x1_seed0"
   alone = tmp_path / "alone"
-  loop.train_and_evaluate(ml_collections.ConfigDict(runs["rld_seed1"]["config"]), str(alone))
-  beside = workdir / "runs" / "rld_seed1"
+  loop.train_and_evaluate(ml_collections.ConfigDict(
+      json.loads((beside / "results.json").read_text())["config"]), str(alone))
   assert (alone / "history.json").read_bytes() == (beside / "history.json").read_bytes()
   for name in ("last", "best"):
     for f in ("model.json", "variables.npz"):
@@ -151,10 +163,18 @@ def test_demo_refuses_arguments_it_cannot_run_with(tmp_path, arguments, message)
 
 
 def test_vanilla_alone_needs_no_weight_factors(tmp_path):
+  """Also: with ``final_runs_alone=False`` the final runs train side by side
+  (the vanilla students beside the teacher)."""
   demo.check_arguments(1, 1, 1, ["vanilla"], [], 1, 1)  # nothing to choose: accepted
-  demo.run_demo(str(tmp_path / "demo"), seeds=1, teacher_epochs=1, student_epochs=1,
-                methods=["vanilla"], scales=[], selection_seeds=1, parallel_runs=1)
+  summary = demo.run_demo(str(tmp_path / "demo"), seeds=2, teacher_epochs=1, student_epochs=1,
+                          methods=["vanilla"], scales=[], selection_seeds=1, parallel_runs=2,
+                          final_runs_alone=False)
+  spans = {r["name"]: (r["start"], r["end"]) for r in summary["timings"]["runs"]}
+  assert set(spans) == {"teacher", "runs/vanilla_seed0", "runs/vanilla_seed1"}
+  (t0, t1), (v0, v1) = spans["teacher"], spans["runs/vanilla_seed0"]
+  assert t0 < v1 and v0 < t1  # they overlapped
   md = (tmp_path / "demo" / "report.md").read_text()
+  assert "up to 2 runs side by side (threads), so run times" in md
   assert "No distillation method was run (`--methods`), so no weights were chosen." in md
   assert "| method |" not in md and "How the distillation weights were chosen" not in md
   assert "| — → digits/resnet8 | rldjax_digits train → test | — |" in md
