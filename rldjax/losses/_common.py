@@ -359,7 +359,7 @@ def one_hot_mask(index, num_classes: int):
 
 
 # --------------------------------------------------------------------------
-# Masked softmaxes with closed-form student gradients (RLD, LDRLD).
+# Masked softmaxes with closed-form student gradients (KD, swap_kd, RC, RLD, LDRLD).
 # Excluded classes are set to -inf, and exp(-inf) = 0 exactly: they leave the
 # normaliser and get exactly zero probability and gradient. Temperatures are
 # applied inside the exponentials, so no scaled copy of the logits is made.

@@ -4,7 +4,8 @@ Reverse-mode autodiff of a masked softmax KL keeps every intermediate
 [N, C] array of the forward pass and replays it backwards. The gradient with
 respect to the student logits has a closed form that reuses the forward
 pass's exponentials (for a KL over softmaxes it is ``(p_s - p_t) / T``), so the
-losses that need speed (RLD, LDRLD) compute it themselves:
+losses that need speed (KD, its label swap and RC variants, RLD, LDRLD)
+compute it themselves:
 :func:`closed_form_student_gradient` wraps a ``loss_and_grad`` function into a
 differentiable per-example loss.
 

@@ -13,6 +13,14 @@ import jax
 import jax.numpy as jnp
 
 from rldjax.losses import _common as c
+from rldjax.losses._gradients import closed_form_student_gradient
+
+# T^2 KL(softmax(t/T) || softmax(s/T)) of each row [N, C], with its student
+# gradient T (p_s - p_t) in closed form (rldjax/losses/_gradients.py): at
+# 1024 x 32000 on XLA:CPU the value and gradient take 0.59x the time of
+# autodiff through the log-softmaxes, at 512 x 1000 0.72x (BENCHMARKS.md).
+_kl_rows = closed_form_student_gradient(
+    lambda s, t, temperature: c.kl_and_student_grad(t, s, t, s, temperature))
 
 
 def kd(student_logits, teacher_logits, *, temperature: float = 4.0,
@@ -22,6 +30,11 @@ def kd(student_logits, teacher_logits, *, temperature: float = 4.0,
   .. math::
      \ell = T^2 \, \mathrm{KL}\big(\mathrm{softmax}(z^t / T) \,\|\,
      \mathrm{softmax}(z^s / T)\big)
+
+  The student gradient :math:`T\,(p^s - p^t)` is computed in closed form
+  behind a ``jax.custom_jvp``, as in :func:`rldjax.losses.rld`; teacher and
+  temperature gradients, forward mode and Hessians go through ordinary
+  autodiff.
 
   Args:
     student_logits: float array ``[..., C, ...]`` (bf16/f16/f32/f64).
@@ -39,15 +52,9 @@ def kd(student_logits, teacher_logits, *, temperature: float = 4.0,
   c.check_positive("temperature", temperature)
 
   def rows(s, t, _):
-    return c.masked_kl(*over_t(t, s, temperature)) * temperature**2
+    return _kl_rows(s, t, temperature)
 
   return c.per_example(rows, student_logits, teacher_logits, None, axis, standardize)
-
-
-def over_t(teacher, student, temperature):
-  """Both logit rows divided by T (absent classes stay -inf)."""
-  over = lambda z: z / temperature
-  return c.scale_present(teacher, over, temperature), c.scale_present(student, over, temperature)
 
 
 def swapped_teacher_logits(teacher_logits, labels):
@@ -87,8 +94,7 @@ def swap_kd(student_logits, teacher_logits, labels, *, temperature: float = 4.0,
   c.check_positive("temperature", temperature)
 
   def rows(s, t, y):
-    t = swapped_teacher_logits(t, y)
-    return c.masked_kl(*over_t(t, s, temperature)) * temperature**2
+    return _kl_rows(s, swapped_teacher_logits(t, y), temperature)
 
   return c.per_example(rows, student_logits, teacher_logits, labels, axis, standardize)
 
@@ -127,7 +133,6 @@ def rc(student_logits, teacher_logits, labels, *, temperature: float = 4.0,
   def rows(s, _, y):
     idx = jnp.arange(s.shape[0])
     target = s.at[idx, y].add(jnp.max(s, axis=-1))
-    target = jax.lax.stop_gradient(target)
-    return c.masked_kl(*over_t(target, s, temperature)) * temperature**2
+    return _kl_rows(s, jax.lax.stop_gradient(target), temperature)
 
   return c.per_example(rows, student_logits, teacher_logits, labels, axis, standardize)
