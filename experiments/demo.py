@@ -450,7 +450,8 @@ def main(argv):
     exit_status.exit_on_run_error(
         run_demo, FLAGS.workdir, FLAGS.seeds, FLAGS.teacher_epochs, FLAGS.student_epochs,
         FLAGS.methods, scales, FLAGS.data_dir, FLAGS.selection_seeds, FLAGS.parallel_runs,
-        FLAGS.final_runs_alone, on_interrupt="the same command goes on, reusing the runs that finished and resuming "
+        FLAGS.final_runs_alone,
+        on_interrupt="the same command goes on, reusing the runs that finished and resuming "
         "the others from their last checkpoints")
   except ArgumentError as err:
     _flag_error(str(err))

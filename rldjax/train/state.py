@@ -74,9 +74,3 @@ def best_after_evaluation(best, params, batch_stats, eval_sums, epoch) -> dict:
           "batch_stats": pick(batch_stats, best["batch_stats"]),
           "top1": jnp.where(better, top1, best["top1"]),
           "epoch": jnp.where(better, jnp.asarray(epoch, jnp.int32), best["epoch"])}
-
-
-def record_evaluation(state: TrainState, eval_sums, epoch) -> TrainState:
-  """``state`` with ``best`` updated by :func:`best_after_evaluation`. Pure."""
-  return state.replace(best=best_after_evaluation(state.best, state.params, state.batch_stats,
-                                                  eval_sums, epoch))
