@@ -22,9 +22,9 @@ waits, up to :data:`ACK_SECONDS`, until each peer has said that it ends,
 then :data:`EXIT_GRACE_SECONDS` more (the service must outlive them: JAX's
 client aborts a process whose service is gone), then ends itself. A peer
 ending on its own error at the same time marks that first
-(:func:`mark_ending`): process 0's
-announcement then leaves it to end with its own status and message, and it
-says that it ends right before it does (:func:`exit_now`). Process 0
+(:func:`mark_ending`): process 0's announcement then leaves it to end with
+its own status and message, and it says that it ends right before it does
+(:func:`exit_now`). Process 0
 announces before it writes its own last lines, so that they stay last (after
 any warning of the announcement); the others say that they end after theirs,
 so that process 0 and its service outlive them, and without a word when
