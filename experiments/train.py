@@ -73,13 +73,17 @@ def _unknown_override(argv):
     path = arg[len("--config."):].split("=", 1)[0]
     node, parts = config, path.split(".")
     for depth, part in enumerate(parts):
-      if not hasattr(node, "keys") or part not in node:
-        parent = "config" + "".join(f".{p}" for p in parts[:depth])
-        fields = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a group)"
+      parent = "config" + "".join(f".{p}" for p in parts[:depth])
+      if not hasattr(node, "keys"):
+        return arg, (f"config.{path}: no such field; {parent} is not a group of fields "
+                     f"(it holds {node!r})")
+      if part not in node:
+        fields = ", ".join(sorted(node.keys()))
         hint = ""
         if parent == "config.loss":
           hint = f" (the hyperparameters of method {config.method!r})"
-        return arg, (f"config.{path}: no such field; {parent} has: {fields or '(nothing)'}"
+        missing = f"{parent}.{part}"
+        return arg, (f"{missing}: no such field; {parent} has: {fields or '(nothing)'}"
                      f"{hint}")
       node = node[part]
   return None
@@ -118,7 +122,7 @@ def parse_flags(argv):
     sys.stderr.write(f"FATAL Flags parsing error: {missing}\n")
   except flags.Error as err:
     sys.stderr.write(f"FATAL Flags parsing error: {_config_string_error(err) or err}\n")
-  except AttributeError as err:
+  except (AttributeError, KeyError) as err:  # ml_collections: an unknown field or group
     unknown = _unknown_override(argv)
     message = f"{unknown[0]}: {unknown[1]}" if unknown else str(err)
     sys.stderr.write(f"FATAL Flags parsing error: {message}\n")

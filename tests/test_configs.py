@@ -122,6 +122,22 @@ def test_command_line_errors_name_the_field_before_any_work(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("override,message", [
+    ("--config.distill.k=3", "--config.distill.k=3: config.distill: no such field; config has: "
+     "batch_size,"),
+    ("--config.loss.k.top=3", "--config.loss.k.top=3: config.loss.k.top: no such field; "
+     "config.loss.k is not a group of fields (it holds 7)")])
+def test_an_override_below_a_missing_group_or_a_value_is_one_line(tmp_path, override, message):
+  """ml_collections raises KeyError (not AttributeError) for these: status 1
+  and the flag error line, not its traceback."""
+  config = f"--config={ROOT}/experiments/configs/digits.py:method=ldrld,model=student"
+  result = _launch(config, f"--workdir={tmp_path / 'run'}", override, cwd=tmp_path)
+  assert result.returncode == 1
+  assert f"FATAL Flags parsing error: {message}" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
 def test_config_file_and_config_string_errors_are_one_line(tmp_path):
   """A bad config-string argument or a missing config file: status 1 (a flag
   error) and one line naming the flag, not ml_collections' traceback."""
