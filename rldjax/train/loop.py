@@ -349,6 +349,9 @@ class _Run:
           # Finished before: its recorded times stay those of the sessions that
           # trained it (this one's start-up would only lower its share in steps).
           self.counts_time = False
+          logging.info("the run had finished (%d of %d epochs): nothing left to train; its "
+                       "exports and results.json are written again from the checkpoint",
+                       len(history), config.num_epochs)
       self.history = history
       try:
         with PreemptionWatcher() as watcher:
