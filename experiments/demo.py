@@ -387,15 +387,15 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
     low, high = f"{min(share, default=0):.0%}", f"{max(share, default=0):.0%}"
     return low if low == high else f"{low}–{high}"
 
+  scored = _count(min(SELECTION_EPOCHS, student_epochs), "epoch")  # what a candidate's score reads
   lines = ["Teacher `digits/resnet14` (vanilla, last epoch) and students `digits/resnet8` on "
            "`rldjax_digits` (1438 training / 359 test images, 10 classes). Students train "
-           f"{student_epochs} epochs, the teacher {teacher_epochs}; {_count(seeds, 'seed')} per "
-           "method.", ""]
+           f"{_count(student_epochs, 'epoch')}, the teacher {teacher_epochs}; "
+           f"{_count(seeds, 'seed')} per method.", ""]
   if selection:
     lines += ["**How the distillation weights were chosen** (never on the test split): each "
               "method's recipe weights times a factor, trained on `train[:80%]` and scored on "
-              f"`train[80%:]` (top-1 over the last "
-              f"{_count(min(SELECTION_EPOCHS, student_epochs), 'epoch')}, mean of "
+              f"`train[80%:]` (top-1 over the last {scored}, mean of "
               f"{_count(selection_seeds, 'seed')}); "
               "the best factor was kept for the final runs:", "",
               "| method | " + " | ".join(f"×{s:g}" for s in scales) + " | chosen |",
@@ -419,7 +419,7 @@ def _run_demo(workdir, seeds, teacher_epochs, student_epochs, methods, scales, d
             f"spent in training steps: final runs {shares('runs/')} (the rest: evaluation "
             "every epoch, checkpoints, exports)"
             + (f", selection runs {shares('selection/')} (evaluated in their last "
-               f"{SELECTION_EPOCHS} epochs only)" if tuned else "")
+               f"{scored} only)" if tuned else "")
             + f", the teacher {shares('teacher')}."]
   table, _, gains, _ = report.write_report(
       [os.path.join(workdir, "teacher"), os.path.join(workdir, "runs")], workdir,

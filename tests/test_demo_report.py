@@ -56,6 +56,7 @@ def test_demo_writes_report_from_results(tmp_path):
   assert "How the distillation weights were chosen" in md and "never on the test split" in md
   # What the score read: 2 epochs (the runs are shorter than the 5 it reads otherwise).
   assert "(top-1 over the last 2 epochs, mean of 1 seed)" in md and "2 seeds per method" in md
+  assert "Students train 2 epochs, the teacher 1;" in md
   # Every number in the last-epoch table comes from a results.json.
   row = next(line for line in md.splitlines() if line.startswith("| digits/resnet14 → digits/resnet8"))
   header = md.splitlines()[md.splitlines().index(row) - 2]
@@ -68,7 +69,7 @@ def test_demo_writes_report_from_results(tmp_path):
   assert cells["teacher"] == f"{teacher['last_top1']:.2f} (n=1)"
   assert "Paired gain over vanilla" in md
   assert re.search(r"in training steps: final runs \d+%(–\d+%)? .*, selection runs \d+%(–\d+%)? "
-                   r"\(evaluated in their last 5 epochs only\), the teacher \d+%\.", md)
+                   r"\(evaluated in their last 2 epochs only\), the teacher \d+%\.", md)
   assert not (workdir / "run.lock").exists()  # released at the end
   # Programs are compiled once per method and split: both weight factors share one.
   assert {p.name for p in (workdir / "warmup").iterdir()} == {
