@@ -124,6 +124,8 @@ def parse_flags(argv):
     sys.stderr.write(f"FATAL Flags parsing error: {_config_string_error(err) or err}\n")
   except (AttributeError, KeyError) as err:  # ml_collections: an unknown field or group
     unknown = _unknown_override(argv)
+    if unknown is None and isinstance(err, KeyError):
+      raise  # not an override naming no field: its traceback says more than its key
     message = f"{unknown[0]}: {unknown[1]}" if unknown else str(err)
     sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
   sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
