@@ -450,7 +450,11 @@ def main(argv=None):
   missing = [d for d in args.run_dirs if not os.path.isdir(d)]
   if missing:
     parser.error("not a directory: " + ", ".join(missing))
-  table, _, _, unfinished = write_report(args.run_dirs, args.out or args.run_dirs[0])
+  out = args.out or args.run_dirs[0]
+  try:
+    table, _, _, unfinished = write_report(args.run_dirs, out)
+  except OSError as err:  # an --out that is a file, or on a full or read-only disk
+    parser.exit(1, f"{parser.prog}: error: cannot write the report in {out}: {err}\n")
   print(table)
   runs = collect(args.run_dirs)
   for line in mixed_inputs(runs):

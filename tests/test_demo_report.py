@@ -444,6 +444,18 @@ def test_the_report_command_refuses_a_directory_that_does_not_exist(tmp_path, ca
   assert "vanilla" in (tmp_path / "report.md").read_text()
 
 
+def test_the_report_command_says_when_it_cannot_write_the_report(tmp_path, capsys):
+  _write(tmp_path, "v0", "vanilla", 0, 70.5, 70.0)
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(SystemExit) as stopped:
+    report.main([str(tmp_path), "--out", str(tmp_path / "a_file" / "out")])
+  assert stopped.value.code == 1
+  err = capsys.readouterr().err
+  assert err.startswith(f"python -m experiments.report: error: cannot write the report in "
+                        f"{tmp_path}/a_file/out: [Errno 20] Not a directory")
+  assert "Traceback" not in err
+
+
 def test_weight_factors_that_tie_but_for_float_rounding_go_to_the_first_listed():
   scales = [1.0, 0.25, 4.0]
   # What a demo got: the same accuracies in another summation order.
