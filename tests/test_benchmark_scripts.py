@@ -45,3 +45,13 @@ def test_train_step_benchmark_times_the_ldrld_step_against_pytorch():
   assert "method=ldrld" in out
   assert re.search(rf"torch step +{NUMBER} ms +{NUMBER} img/s", out), out
   assert re.search(rf"rldjax step / torch step throughput ratio: {NUMBER}", out), out
+
+
+def test_input_pipeline_benchmark_prints_speed_memory_and_resume(tmp_path):
+  out = _run("benchmarks/input_pipeline.py", "--dataset=rldjax_jpeg_images/small",
+             f"--data_dir={tmp_path}", "--rounds=1", "--batch=8", "--image_size=32",
+             "--shuffle_buffer=16", "--host_threads=1")
+  assert "6 steps per epoch, medians of 1 (host_threads 1)" in out, out
+  assert re.search(rf"epoch: {NUMBER} images/s; peak resident memory \d+ MB\n", out), out
+  assert re.search(rf"first batch: at step 0 {NUMBER} s; resumed at step 4 {NUMBER} s "
+                   rf"\({NUMBER}x\)\n", out), out

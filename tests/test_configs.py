@@ -70,6 +70,8 @@ def test_every_loss_hyperparameter_is_a_config_field(method):
     ("kd_weight", -1.0, "config.kd_weight"),
     ("warmup_epochs", -2, "config.warmup_epochs"),
     ("eval_last_epochs", -1, "config.eval_last_epochs"),
+    ("dataset.host_threads", -1, "config.dataset.host_threads: must be an int >= 0, got -1"),
+    ("dataset.shuffle_buffer", 0, "config.dataset.shuffle_buffer: must be a positive int"),
     ("seed", 2**32, "config.seed"),  # would alias seed 0 (32-bit PRNG seeds)
     ("seed", -1, "config.seed"),
     ("optimizer.lr", float("inf"), "config.optimizer.lr: must be a finite number > 0, got inf"),

@@ -1,7 +1,10 @@
 """The in-memory data path: the training order, the on-device augmentation
 against a NumPy reference, process-count invariance, the host-fed path's
-batches, the array cache (damaged caches, damaged prepared files), label checks,
-and the streaming path naming image files that do not decode."""
+batches, the array cache (damaged caches, damaged prepared files), label
+checks; the streaming path: image files that do not decode, and a prepared
+dataset (rldjax_jpeg_images, laid out as ImageNet) read in per-process shares,
+decoded after the shuffle buffer, and resumed mid-epoch without decoding what
+it skips."""
 import os
 import re
 
@@ -224,6 +227,105 @@ def test_a_prepared_dataset_listing_names_its_slices_wherever_it_is(tmp_path):
   shutil.copytree(tmp_path / "a", tmp_path / "b")
   assert builders.split_listing(builders.load_builder("rldjax_digits", str(tmp_path / "b")),
                                 "train") == listing
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory):
+  """rldjax_jpeg_images/small: 48 training and 12 test JPEGs of 40-72 pixels."""
+  return builders.load_builder("rldjax_jpeg_images/small", str(tmp_path_factory.mktemp("jpegs")))
+
+
+def test_the_jpeg_dataset_is_built_offline_as_documented(jpegs):
+  from rldjax.data import jpeg_images  # pylint: disable=import-outside-toplevel
+  assert {s: jpegs.info.splits[s].num_examples for s in ("train", "test")} == {
+      "train": 48, "test": 12}
+  examples = list(jpegs.as_dataset(split="test", shuffle_files=False).as_numpy_iterator())
+  for ex in examples:
+    h, w, c = ex["image"].shape
+    assert 40 <= h <= 72 and 40 <= w <= 72 and c == 3 and 0 <= ex["label"] < 4
+  undecoded = jpegs.as_dataset(split="test", shuffle_files=False,
+                               decoders={"image": tfds_skip_decoding()})
+  stored = sorted(bytes(ex["image"]) for ex in undecoded.as_numpy_iterator())
+  made = sorted(jpeg_images.example(i, (40, 72), 4, 6.0, 90)["image"] for i in range(48, 60))
+  assert stored == made  # the JPEG bytes the docstring's recipe makes, stored as they are
+
+
+def tfds_skip_decoding():
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  return tfds.decode.SkipDecoding()
+
+
+def test_images_left_encoded_decode_to_the_pixels_tfds_gives(jpegs):
+  from rldjax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+  encoded = input_pipeline._process_dataset(jpegs, "test", drop_remainder=False, decode=False)
+  decoded = [input_pipeline.decode_image(jpegs, ex["image"]).numpy() for ex in encoded]
+  plain = [ex["image"] for ex in
+           jpegs.as_dataset(split="test", shuffle_files=False).as_numpy_iterator()]
+  assert len(decoded) == len(plain) == 12
+  for a, b in zip(decoded, plain):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_resumed_epoch_is_the_rest_of_the_epoch_and_decodes_only_it(jpegs, monkeypatch):
+  """train_batches(start_step=k) gives the epoch's batches k.. exactly, and the
+  k skipped batches' images are never decoded (they are skipped while still
+  encoded, after the shuffle buffer); every image that is decoded is counted."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from rldjax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+  decoded = []
+  real = input_pipeline.decode_image
+
+  def counted(builder, encoded):
+    passed = tf.py_function(lambda e: (decoded.append(1), e)[1], [encoded], tf.string)
+    return real(builder, tf.ensure_shape(passed, []))
+  monkeypatch.setattr(input_pipeline, "decode_image", counted)
+
+  def epoch(e, start_step=0, seed=3):
+    return list(input_pipeline.train_batches(jpegs, "train", global_batch=4, epoch=e, seed=seed,
+                                             image_size=16, start_step=start_step,
+                                             shuffle_buffer=20))
+  full = epoch(1)
+  assert len(full) == 12 and len(decoded) == 48
+  for a, b in zip(full, epoch(1)):  # a pure function of (seed, epoch, step)
+    np.testing.assert_array_equal(a["image"], b["image"])
+  assert not np.array_equal(np.concatenate([b["image"] for b in full]),
+                            np.concatenate([b["image"] for b in epoch(2)]))
+  del decoded[:]
+  resumed = epoch(1, start_step=9)
+  assert len(decoded) == 3 * 4
+  assert len(resumed) == 3
+  for a, b in zip(resumed, full[9:]):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_each_process_reads_its_own_share_of_a_prepared_dataset(jpegs, monkeypatch):
+  """Training: equal, disjoint shares (TFDS even splits), files shuffled per
+  epoch; evaluation: every example counted once over the processes."""
+  from rldjax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+
+  def as_process(index, count=2):
+    monkeypatch.setattr(jax, "process_count", lambda: count)
+    monkeypatch.setattr(jax, "process_index", lambda: index)
+
+  def train_share(index, file_seed=5):
+    as_process(index)
+    ds = input_pipeline._process_dataset(jpegs, "train", drop_remainder=True,
+                                         file_seed=file_seed, decode=False)
+    return [bytes(ex["image"]) for ex in ds.as_numpy_iterator()]
+  shares = [train_share(0), train_share(1)]
+  assert [len(s) for s in shares] == [24, 24] and not set(shares[0]) & set(shares[1])
+  assert sorted(shares[0]) == sorted(train_share(0, file_seed=6))
+
+  def evaluated(index, count):
+    as_process(index, count)
+    batches = list(input_pipeline.eval_batches(jpegs, "test", global_batch=4, image_size=16))
+    return len(batches), [img.tobytes() for b in batches
+                          for img, m in zip(b["image"], b["mask"]) if m]
+  steps_one, whole = evaluated(0, 1)
+  (steps_a, part_a), (steps_b, part_b) = evaluated(0, 2), evaluated(1, 2)
+  assert steps_one == 3 and steps_a == steps_b == 3  # 6 examples each, 2 per local batch
+  assert len(whole) == 12 and sorted(part_a + part_b) == sorted(whole)
 
 
 def test_runs_starting_together_prepare_the_dataset_once(tmp_path, monkeypatch):

@@ -889,6 +889,37 @@ def test_streaming_run_resumed_mid_epoch_equals_uninterrupted_run(tmp_path):
                        tmp_path / "resumed" / "export" / name)
 
 
+def test_a_prepared_dataset_streams_and_resumes_with_other_host_threads(tmp_path):
+  """ImageNet's path, a prepared TFDS dataset of JPEGs (rldjax_jpeg_images,
+  built offline): a run resumed in the middle of an epoch, with another
+  thread count for its pipeline (``dataset.host_threads`` may change: the
+  batches do not), ends bit-identical to one that was not stopped."""
+  config = config_lib.base_config()
+  config_lib.apply_method(config, "vanilla")
+  config.student.tag = "cifar/resnet8"
+  config.dataset.update(name="rldjax_jpeg_images/small", data_dir=str(tmp_path / "data"),
+                        kind="imagenet", image_size=32, num_classes=4, in_memory=False,
+                        shuffle_buffer=16, host_threads=1)
+  config.batch_size = 8  # 6 steps an epoch
+  config.num_epochs = 2
+  config.checkpoint.every_steps = 4
+  straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
+  first = loop.train_and_evaluate(config, str(tmp_path / "resumed"), stop_after_epochs=1)
+  assert first["epochs_completed"] == 1
+  shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "6")  # resume from step 4 of epoch 1
+  config.dataset.host_threads = 0
+  resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert straight["finished"] and resumed["finished"]
+  assert [h["step"] for h in straight["history"]] == [6, 12]
+  assert straight["history"] == resumed["history"]
+  for name in ("last", "best"):
+    assert_same_export(tmp_path / "straight" / "export" / name,
+                       tmp_path / "resumed" / "export" / name)
+  inputs = read_json(tmp_path / "resumed" / "inputs.json")
+  assert inputs["train split 'train' (examples)"] == 48
+  assert inputs["eval split 'test' (examples)"] == 12
+
+
 def test_several_steps_per_call_train_the_same_and_stop_on_divergence(tmp_path, data_dir,
                                                                       teacher_export):
   config = small_config(data_dir, teacher_export, method="kd", epochs=2)

@@ -35,8 +35,8 @@ def _missing(name: str, data_dir: str | None) -> DatasetNotFoundError:
 
 def _open(name: str, data_dir: str | None):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  # Registers the builders shipped with rldjax (the offline digits dataset).
-  from rldjax.data import digits  # pylint: disable=import-outside-toplevel,unused-import
+  # Registers the builders shipped with rldjax (the offline digits and JPEG datasets).
+  from rldjax.data import digits, jpeg_images  # pylint: disable=import-outside-toplevel,unused-import
   try:
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:

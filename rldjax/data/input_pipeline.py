@@ -54,22 +54,30 @@ def keep_tensorflow_on_host() -> None:
 
 
 def _process_dataset(builder, split: str, drop_remainder: bool,
-                     file_seed: int | None = None) -> tf.data.Dataset:
+                     file_seed: int | None = None, decode: bool = True) -> tf.data.Dataset:
   """This process's share of ``split``: equal shares (``drop_remainder``) for
   training, every example exactly once over all processes for evaluation.
   ``file_seed`` shuffles the order of the split's files (deterministically;
-  training passes a new seed every epoch)."""
+  training passes a new seed every epoch). Without ``decode``, images stay
+  encoded (:func:`decode_image` decodes them as TFDS would)."""
   count, index = jax.process_count(), jax.process_index()
   if isinstance(builder, tfds.ImageFolder):  # no even_splits: shard the stream
-    ds = image_folder_dataset(builder, split)
+    ds = image_folder_dataset(builder, split, decode=decode)
     if drop_remainder:
       ds = ds.take(num_examples(builder, split) // count * count)
     return ds.shard(count, index)
   sub = tfds.even_splits(split, n=count, drop_remainder=drop_remainder)[index]
+  decoders = None if decode else {"image": tfds.decode.SkipDecoding()}
   if file_seed is None:
-    return builder.as_dataset(split=sub, shuffle_files=False)
-  return builder.as_dataset(split=sub, shuffle_files=True,
+    return builder.as_dataset(split=sub, shuffle_files=False, decoders=decoders)
+  return builder.as_dataset(split=sub, shuffle_files=True, decoders=decoders,
                             read_config=tfds.ReadConfig(shuffle_seed=file_seed))
+
+
+def decode_image(builder, encoded):
+  """An image left encoded by ``decode=False``, decoded by the dataset's own
+  image feature: the pixels TFDS's default decoding gives."""
+  return builder.info.features["image"].decode_example(encoded)
 
 
 def image_folder_dataset(builder, split: str, decode: bool = True) -> tf.data.Dataset:
@@ -107,36 +115,47 @@ def steps_per_epoch(builder, split: str, global_batch: int) -> int:
   return local // (global_batch // jax.process_count())
 
 
-def _options():
+def _options(host_threads: int):
+  """Deterministic order (whatever the threads: every random op is seeded per
+  example); ``host_threads`` > 0 caps the pipeline's threads, 0 leaves tf.data
+  a pool sized to the host's cores."""
   options = tf.data.Options()
   options.deterministic = True
-  options.threading.private_threadpool_size = 2
+  options.threading.private_threadpool_size = host_threads
   return options
 
 
 def train_batches(builder, split: str, *, global_batch: int, epoch: int, seed: int,
-                  image_size: int, start_step: int = 0,
-                  shuffle_buffer: int = 16_384) -> Iterator[dict]:
-  """Local numpy batches {image, label} of one training epoch (0-based)."""
+                  image_size: int, start_step: int = 0, shuffle_buffer: int = 16_384,
+                  host_threads: int = 0) -> Iterator[dict]:
+  """Local numpy batches {image, label} of one training epoch (0-based).
+
+  The shuffle buffer holds encoded images, which are decoded after it, and a
+  resumed epoch (``start_step`` > 0) skips its first batches before they are
+  decoded: the batches are the same as decoding first, for the memory of the
+  encoded files and without decoding what a resumed run does not train on."""
   keep_tensorflow_on_host()
   local_batch = global_batch // jax.process_count()
   epoch_seed = int(np.random.default_rng([seed, epoch]).integers(2**31))
-  ds = _process_dataset(builder, split, drop_remainder=True, file_seed=epoch_seed)
-  ds = ds.with_options(_options()).enumerate()
+  ds = _process_dataset(builder, split, drop_remainder=True, file_seed=epoch_seed,
+                        decode=False)
+  ds = ds.with_options(_options(host_threads)).enumerate()
   ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+  ds = ds.skip(start_step * local_batch)
   preprocess = make_preprocess(train=True, image_size=image_size)
 
   def prepare(index, example):
     op_seed = tf.stack([tf.cast(epoch_seed, tf.int64), index])
-    return {"image": preprocess(example["image"], op_seed),
+    return {"image": preprocess(decode_image(builder, example["image"]), op_seed),
             "label": tf.cast(example["label"], tf.int32)}
 
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(local_batch, drop_remainder=True).skip(start_step).prefetch(2)
+  ds = ds.batch(local_batch, drop_remainder=True).prefetch(2)
   yield from numpy_batches(ds, builder, split)
 
 
-def eval_batches(builder, split: str, *, global_batch: int, image_size: int) -> Iterator[dict]:
+def eval_batches(builder, split: str, *, global_batch: int, image_size: int,
+                 host_threads: int = 0) -> Iterator[dict]:
   """Local numpy batches {image, label, mask}, the same count on every host."""
   keep_tensorflow_on_host()
   local_batch = global_batch // jax.process_count()
@@ -144,7 +163,7 @@ def eval_batches(builder, split: str, *, global_batch: int, image_size: int) -> 
   steps = math.ceil(math.ceil(total / jax.process_count()) / local_batch)
   ds = _process_dataset(builder, split, drop_remainder=False)
   preprocess = make_preprocess(train=False, image_size=image_size)
-  ds = ds.with_options(_options()).map(
+  ds = ds.with_options(_options(host_threads)).map(
       lambda ex: {"image": preprocess(ex["image"], tf.zeros([2], tf.int64)),
                   "label": tf.cast(ex["label"], tf.int32)},
       num_parallel_calls=tf.data.AUTOTUNE)

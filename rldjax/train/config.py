@@ -74,7 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = ml_collections.ConfigDict(dict(
       name="cifar100", data_dir="", download=False, train_split="train",
       eval_split="test", kind="cifar", image_size=32, num_classes=100,
-      in_memory=True, shuffle_buffer=16_384))
+      in_memory=True, shuffle_buffer=16_384, host_threads=0))
+  # dataset.host_threads: the threads of a streaming pipeline (decoding and
+  # augmentation on the host); 0 lets tf.data size its pool to the host's
+  # cores. Any value gives the same batches.
   c.student = ml_collections.ConfigDict(dict(tag="cifar/resnet8x4", dtype="float32"))
   # precompute_logits: compute the teacher's logits of the training split once
   # per run and gather them per batch instead of running the teacher in every
@@ -235,7 +238,8 @@ def validate(config) -> None:
     _fail("student.dtype", f"must be float32 or bfloat16, got {config.student.dtype!r}")
   for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "dataset.num_classes",
                 "dataset.image_size", "checkpoint.every_steps", "checkpoint.every_epochs",
-                "checkpoint.keep_latest", "checkpoint.keep_best", "steps_per_call"):
+                "checkpoint.keep_latest", "checkpoint.keep_best", "steps_per_call",
+                "dataset.shuffle_buffer"):
     value = _field(config, field)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       _fail(field, f"must be a positive int, got {value!r}")
@@ -250,7 +254,8 @@ def validate(config) -> None:
       _fail(field, f"must be a finite number >= 0, got {value!r}")
   if not config.optimizer.momentum < 1:  # heavy-ball SGD with momentum >= 1 never settles
     _fail("optimizer.momentum", f"must be in [0, 1), got {config.optimizer.momentum!r}")
-  for field in ("warmup_epochs", "optimizer.lr_warmup_epochs", "eval_last_epochs"):
+  for field in ("warmup_epochs", "optimizer.lr_warmup_epochs", "eval_last_epochs",
+                "dataset.host_threads"):
     value = _field(config, field)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
       _fail(field, f"must be an int >= 0, got {value!r}")

@@ -458,7 +458,8 @@ class _Run:
       batches = self._to_global(self._checked(input_pipeline.train_batches(
           data.builder, c.dataset.train_split, global_batch=c.batch_size, epoch=epoch,
           seed=c.seed, image_size=c.dataset.image_size,
-          start_step=step - epoch * data.steps_per_epoch, shuffle_buffer=c.dataset.shuffle_buffer),
+          start_step=step - epoch * data.steps_per_epoch, shuffle_buffer=c.dataset.shuffle_buffer,
+          host_threads=c.dataset.host_threads),
           c.dataset.train_split))
       run = lambda s, b: p.train_step(s, self.teacher_vars, self.weights, b)
     # Steps are dispatched asynchronously; their finite flags are read (one
@@ -557,7 +558,8 @@ class _Run:
         from rldjax.data import input_pipeline  # pylint: disable=import-outside-toplevel
         batches = self._checked(input_pipeline.eval_batches(
             data.builder, c.dataset.eval_split, global_batch=c.eval_batch_size,
-            image_size=c.dataset.image_size), c.dataset.eval_split)
+            image_size=c.dataset.image_size, host_threads=c.dataset.host_threads),
+            c.dataset.eval_split)
         fn = p.eval_step
       sums = None
       for batch in data_lib.to_global(batches, self.mesh):

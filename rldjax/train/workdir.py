@@ -10,7 +10,8 @@
   a data or teacher error, the new config is recorded instead and the earlier
   launch's records move to ``superseded/``); logging, checkpoint and evaluation cadence
   (which epochs are evaluated: the training is the same), the data
-  location, the data path (in memory or not: same batches) and a larger
+  location, the data path (in memory or not: same batches), the input
+  pipeline's threads (``dataset.host_threads``: same batches) and a larger
   ``num_epochs`` (continue training) may change.
 * :func:`check_inputs`: ``<workdir>/inputs.json`` records what identifies
   the files a run reads (CRC-32 of the teacher's weights and of the in-memory
@@ -62,7 +63,7 @@ SUPERSEDED_DIR = "superseded"
 UNREADABLE_SUFFIX = ".unreadable"  # a damaged record, kept aside (set_aside_unreadable)
 # Fields that may differ between the runs of one workdir.
 MAY_CHANGE = ("checkpoint", "log_every_steps", "steps_per_call", "eval_batch_size",
-              "eval_last_epochs", "dataset.data_dir",
+              "eval_last_epochs", "dataset.data_dir", "dataset.host_threads",
               "dataset.download", "dataset.in_memory", "distributed", "num_epochs")
 # Fields added to the config after runs were recorded without them: in an older
 # config.json, an absent field means this value.
