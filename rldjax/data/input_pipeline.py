@@ -7,8 +7,11 @@ fit in memory, decoded and augmented on the host.
   steps. An image folder's TFDS slices (``train[:90%]``) are read here:
   ``tfds.ImageFolder`` reads whole splits only. The share's files are
   reshuffled every epoch (prepared datasets) and its examples shuffled in a
-  buffer; epoch ``e`` is a pure function of (seed, e), and ``start_step``
-  skips batches already trained on.
+  buffer that holds them still encoded (decoding comes after it); epoch ``e``
+  is a pure function of (seed, e), and ``start_step`` skips the batches
+  already trained on before their images are decoded. The pipeline's
+  threads (``host_threads``, 0: as many as the host has cores) change
+  nothing in the batches.
 * Evaluation: each process reads its share without dropping anything, batches
   are padded to the same count on every host, and ``mask`` marks the real
   examples, so every example is counted exactly once.
