@@ -894,13 +894,11 @@ def test_a_prepared_dataset_streams_and_resumes_with_other_host_threads(tmp_path
   built offline): a run resumed in the middle of an epoch, with another
   thread count for its pipeline (``dataset.host_threads`` may change: the
   batches do not), ends bit-identical to one that was not stopped."""
-  config = config_lib.base_config()
-  config_lib.apply_method(config, "vanilla")
-  config.student.tag = "cifar/resnet8"
+  from experiments.configs import imagenet  # pylint: disable=import-outside-toplevel
+  config = imagenet.get_config("arch=ResNet18")  # README's command, "Streaming"
   config.dataset.update(name="rldjax_jpeg_images/small", data_dir=str(tmp_path / "data"),
-                        kind="imagenet", image_size=32, num_classes=4, in_memory=False,
-                        shuffle_buffer=16, host_threads=1)
-  config.batch_size = 8  # 6 steps an epoch
+                        eval_split="test", image_size=32, shuffle_buffer=16, host_threads=1)
+  config.batch_size = config.eval_batch_size = 8  # 6 steps an epoch
   config.num_epochs = 2
   config.checkpoint.every_steps = 4
   straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
