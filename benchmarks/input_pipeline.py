@@ -73,8 +73,9 @@ def main():
   parser.add_argument("--host_threads", type=int, default=0)
   parser.add_argument("--child", choices=("epoch", "resume", "start"), help=argparse.SUPPRESS)
   args = parser.parse_args()
-  if args.rounds < 1:
-    parser.error(f"--rounds: need at least 1, got {args.rounds}")
+  for name in ("rounds", "batch", "image_size", "shuffle_buffer"):
+    if getattr(args, name) < 1:
+      parser.error(f"--{name}: need at least 1, got {getattr(args, name)}")
   if args.host_threads < 0:
     parser.error(f"--host_threads: 0 (the host's cores) or more, got {args.host_threads}")
   if not 0.0 <= args.resume_at < 1.0:
@@ -86,9 +87,12 @@ def main():
   print(describe())
   with tempfile.TemporaryDirectory() as tmp:
     args.data_dir = args.data_dir or tmp
-    from rldjax.data import builders
+    from rldjax.data import builders, input_pipeline
     t0 = time.perf_counter()
-    builders.load_builder(args.dataset, args.data_dir)
+    builder = builders.load_builder(args.dataset, args.data_dir)
+    if input_pipeline.steps_per_epoch(builder, "train", args.batch) < 1:
+      parser.error(f"--batch: {args.batch} is more than the {args.dataset} training split "
+                   f"holds ({builder.info.splits['train'].num_examples})")
     print(f"dataset {args.dataset} in {args.data_dir} ({time.perf_counter() - t0:.1f} s to open "
           "or prepare)")
     passed = [f"--{k}={v}" for k, v in vars(args).items() if k not in ("child", "rounds")]
