@@ -497,9 +497,10 @@ def test_what_one_process_cannot_read_stops_both(base):
 def test_a_streaming_pair_killed_mid_epoch_resumes_bit_identical(base):
   """The streaming (tf.data) path with two processes, each reading its own
   share of an image folder: both killed after a checkpoint in the middle of
-  the second epoch and relaunched, the pair ends with the history and weights
-  of a pair that was not stopped, and evaluation counts every test image
-  once."""
+  the second epoch and relaunched (process 1 with another
+  ``dataset.host_threads``, which may differ between processes), the pair
+  ends with the history and weights of a pair that was not stopped, and
+  evaluation counts every test image once."""
   root = write_image_folder(base / "image_folder", (("train", 40), ("test", 11)), separable=True)
   streaming = [f"--config.dataset.name=image_folder:{root}", "--config.dataset.kind=imagenet",
                "--config.dataset.image_size=32", "--config.dataset.num_classes=2",
@@ -509,7 +510,10 @@ def test_a_streaming_pair_killed_mid_epoch_resumes_bit_identical(base):
   workdir = base / "stream_killed"
   _, steps = kill_after_a_checkpoint(
       launch_pair(base, workdir, base / "unused", *streaming), workdir, 11, 20)
-  logs = finish(launch_pair(base, workdir, base / "unused", *streaming))
+  address = f"127.0.0.1:{free_port()}"
+  logs = finish([launch(base, workdir, base / "unused", f"--coordinator_address={address}",
+                        "--num_processes=2", f"--process_id={i}", *streaming,
+                        f"--config.dataset.host_threads={i}") for i in (0, 1)])
   # Step 15 (mid-epoch) unless the kill came late.
   assert f"resumed from step {max(steps)} " in logs[0]
   straight, resumed = results(base / "stream_straight"), results(workdir)

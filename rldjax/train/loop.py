@@ -81,8 +81,9 @@ RESULTS_SECONDS = 10.0  # how often, at most, a running run rewrites results.jso
 
 
 # Config fields that may differ between the processes of one run: where each
-# process finds the same files.
-PER_PROCESS_FIELDS = ("dataset.data_dir", "teacher.checkpoint")
+# process finds the same files, and how many threads its host gives its input
+# pipeline (the batches are the same).
+PER_PROCESS_FIELDS = ("dataset.data_dir", "teacher.checkpoint", "dataset.host_threads")
 
 
 def _resolved(config) -> ml_collections.ConfigDict:
@@ -152,7 +153,8 @@ def _run_locked(config, workdir, stop_after_epochs):
   """The run in ``workdir``, holding its lock."""
   distributed.check_same_as_primary(
       "comparing this process's config with process 0's (launch every process with the same "
-      "command; only config.dataset.data_dir and config.teacher.checkpoint may differ)",
+      "command; only config.dataset.data_dir, config.teacher.checkpoint and "
+      "config.dataset.host_threads may differ)",
       {f"config.{k}": v for k, v in workdir_lib.flatten_config(config.to_dict()).items()
        if k not in PER_PROCESS_FIELDS})
   distributed.on_primary(workdir_lib.ensure_workdir, workdir)
