@@ -45,6 +45,9 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, recipe: recip
   updated batch statistics are ``pmean``-ed over ``'data'``, so every device
   ends the step with the same state. ``metrics["finite"]`` is 1.0 when the
   loss and every gradient entry are finite (one reduction), 0.0 otherwise.
+  The state it returns has the types of the one it takes (a float64 model's
+  metrics are summed into the state's float32 epoch sums), so a jitted step
+  compiles once and can be the body of a ``lax.scan``.
   """
   recipe = recipe_lib.Recipe.from_config(recipe)
 
@@ -87,8 +90,8 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, recipe: recip
     params = optax.apply_updates(state.params, updates)
     # This epoch's running sums restart at its first step.
     first = (state.step % steps_per_epoch) == 0
-    epoch_sums = {k: jnp.where(first, 0.0, v) + (1.0 if k == "steps" else metrics[k])
-                  for k, v in state.epoch_sums.items()}
+    epoch_sums = {k: (jnp.where(first, 0.0, v) + (1.0 if k == "steps" else metrics[k])
+                      ).astype(v.dtype) for k, v in state.epoch_sums.items()}
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, epoch_sums=epoch_sums)
     return new_state, metrics
