@@ -158,8 +158,9 @@ def test_gradient_with_respect_to_a_traced_temperature(case, padded):
   NaN for dkd, rld and ldrld, and -inf logits (-inf / T) for kd, swap_kd
   and rc too."""
   loss, ref = _temperature_cases(padded)[case]
+  grad = jax.jit(jax.grad(lambda T: jnp.sum(loss(T))))  # one program for both temperatures
   for T in (4.0, 1.5):
-    got = jax.jit(jax.grad(lambda T: jnp.sum(loss(T))))(T)
+    got = grad(T)
     h = 1e-5
     expected = (np.sum(ref(T + h)) - np.sum(ref(T - h))) / (2 * h)
     _assert_close(got, expected, f"{case}{' padded' if padded else ''}: d/dT at T={T}")
@@ -263,12 +264,17 @@ def test_ldrld_on_a_large_class_axis_matches_brute_force():
   fast = lambda s, t: losses.ldrld(s, t, k=7)
   plain = lambda s, t: naive_ldrld(s, t, k=7, temperature=4.0, alpha=10.5, beta=7.0)
   local, rntk = R.ldrld_terms(s, t, 4.0, 7)
-  np.testing.assert_allclose(jax.jit(fast)(s, t), 10.5 * local + 7.0 * rntk, rtol=1e-4,
-                             atol=1e-5)
-  grads = [jax.jit(jax.grad(lambda s, t: jnp.sum(f(s, t)), argnums=(0, 1)))(s, t)
-           for f in (fast, plain)]
-  for got, want in zip(*grads):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  def values_and_grads(f):  # one program: the per-example values and the gradients of their sum
+    def total(s, t):
+      values = f(s, t)
+      return jnp.sum(values), values
+    (_, values), grads = jax.jit(jax.value_and_grad(total, argnums=(0, 1), has_aux=True))(s, t)
+    return values, grads
+  values, got = values_and_grads(fast)
+  np.testing.assert_allclose(values, 10.5 * local + 7.0 * rntk, rtol=1e-4, atol=1e-5)
+  _, want = values_and_grads(plain)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
 
 
 # --------------------------------------------------------------------------
@@ -287,9 +293,13 @@ def test_forward_mode_equals_reverse_mode(name):
   y = np.array([1, 2, 3, 4], np.int32)
   v = np.random.default_rng(8).standard_normal(s.shape).astype(np.float32)
   total = lambda s, t: jnp.sum(LOSSES[name](s, t, y, 8.0))
-  g_s, g_t = jax.jit(jax.grad(total, argnums=(0, 1)))(s, t)
-  _, along_s = jax.jit(lambda x: jax.jvp(lambda x: total(x, t), (x,), (v,)))(s)
-  _, along_t = jax.jit(lambda x: jax.jvp(lambda x: total(s, x), (x,), (v,)))(t)
+
+  @jax.jit  # one program (three took ~2x as long to compile)
+  def both_modes(s, t):
+    return (jax.grad(total, argnums=(0, 1))(s, t),
+            jax.jvp(lambda x: total(x, t), (s,), (v,))[1],
+            jax.jvp(lambda x: total(s, x), (t,), (v,))[1])
+  (g_s, g_t), along_s, along_t = both_modes(s, t)
   np.testing.assert_allclose(along_s, jnp.sum(g_s * v), rtol=1e-5)
   np.testing.assert_allclose(along_t, jnp.sum(g_t * v), rtol=1e-5)
 

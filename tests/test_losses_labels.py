@@ -56,8 +56,9 @@ def _tokens():
 
 
 def _assert_loss_and_gradient_of_kept_tokens(fn, s, t, y, value, grad):
-  kept_value, kept_grad = jax.value_and_grad(
-      lambda k: jnp.sum(fn(k, t[:, :4], jnp.asarray(y[:, :4]))))(s[:, :4])
+  # The reference, jitted (eager, each of its operations was compiled apart).
+  kept_value, kept_grad = jax.jit(jax.value_and_grad(
+      lambda k: jnp.sum(fn(k, t[:, :4], jnp.asarray(y[:, :4])))))(s[:, :4])
   assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
   np.testing.assert_allclose(float(value), float(kept_value), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(grad[:, :4]), np.asarray(kept_grad), rtol=1e-5, atol=1e-7)

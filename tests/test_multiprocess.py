@@ -150,21 +150,24 @@ def test_two_processes_killed_and_relaunched_match_one_process(base):
   needed for the equality, so one interrupted pair tests both."""
   # Kill both mid-run, after a checkpoint, then relaunch both.
   workdir = base / "killed"
-  logs, _ = kill_after_a_checkpoint(launch_pair(base, workdir, base / "data_fresh"),
-                                    workdir, 5, 22)
+  logs, _ = kill_after_a_checkpoint(
+      launch_pair(base, workdir, base / "data_fresh", config=STUDENT), workdir, 5, 22)
   assert not (workdir / "export").exists()
   # The offline dataset was prepared quietly (no "Downloading ..." lines).
-  for log in logs + finish(launch_pair(base, workdir, base / "data_fresh")):
+  for log in logs + finish(launch_pair(base, workdir, base / "data_fresh", config=STUDENT)):
     assert "Downloading" not in log
 
   two = results(workdir)
   assert two["finished"] and two["epochs_completed"] == 2
   # The reference, on the data directory the pair prepared (preparing it again
   # would only repeat that work).
-  finish([launch(base, base / "one_two_devices", base / "data_fresh", devices=2)])
+  finish([launch(base, base / "one_two_devices", base / "data_fresh", devices=2,
+                 config=STUDENT)])
   one = results(base / "one_two_devices")
   assert one["finished"] and one["epochs_completed"] == 2
-  assert one["history"][-1]["top1"] > 90.0  # and it learns
+  # And it learns: the student (the teacher, twice as slow in a pair, reached
+  # 94.4 here) has 34.3 then 47.6% top-1 after its 2 epochs; chance is 10%.
+  assert one["history"][-1]["top1"] > max(40.0, one["history"][0]["top1"] + 5)
   assert two["history"] == one["history"]
   for a, b in zip(weights(base / "one_two_devices"), weights(workdir)):
     np.testing.assert_array_equal(a, b)
