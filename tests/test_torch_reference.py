@@ -4,6 +4,7 @@ CIFAR ResNet of the reference, loaded with the same weights (through
 ``rldjax.convert``), gives the zoo model's logits in inference and training
 mode, and the reference's KD / DKD / RLD / LDRLD losses equal ``rldjax.losses`` (batch
 means) on the same logits. Skipped without the ``torch`` extra."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -53,14 +54,14 @@ def test_losses_equal_rldjax():
   t = rng.standard_normal((16, 100)).astype(np.float32) * 3
   y = rng.integers(0, 100, 16)
   ts, tt, ty = torch.from_numpy(s), torch.from_numpy(t), torch.from_numpy(y)
-  pairs = [
-      (torch_reference.kd_loss(ts, tt, 4.0), losses.kd(s, t, temperature=4.0)),
-      (torch_reference.dkd_loss(ts, tt, ty, 1.0, 8.0, 4.0),
-       losses.dkd(s, t, y, alpha=1.0, beta=8.0, temperature=4.0)),
-      (torch_reference.rld_loss(ts, tt, ty, 1.0, 8.0, 4.0),
-       losses.rld(s, t, y, alpha=1.0, beta=8.0, temperature=4.0)),
-      (torch_reference.ldrld_loss(ts, tt, 10.5, 7.0, 4.0),
-       losses.ldrld(s, t, alpha=10.5, beta=7.0, k=7, temperature=4.0)),
-  ]
-  for ref, ours in pairs:
+  ours = jax.jit(lambda s, t, y: (  # one program (eager, each operation is compiled apart)
+      losses.kd(s, t, temperature=4.0),
+      losses.dkd(s, t, y, alpha=1.0, beta=8.0, temperature=4.0),
+      losses.rld(s, t, y, alpha=1.0, beta=8.0, temperature=4.0),
+      losses.ldrld(s, t, alpha=10.5, beta=7.0, k=7, temperature=4.0)))(s, t, y)
+  refs = [torch_reference.kd_loss(ts, tt, 4.0),
+          torch_reference.dkd_loss(ts, tt, ty, 1.0, 8.0, 4.0),
+          torch_reference.rld_loss(ts, tt, ty, 1.0, 8.0, 4.0),
+          torch_reference.ldrld_loss(ts, tt, 10.5, 7.0, 4.0)]
+  for ref, ours in zip(refs, ours, strict=True):
     np.testing.assert_allclose(float(jnp.mean(ours)), float(ref), rtol=1e-5)
