@@ -37,7 +37,12 @@ def test_pack_unpack_round_trip():
   assert all(v.ndim == 1 for v in packed.values())
   n_float = sum(x.size for x in jax.tree_util.tree_leaves(state) if x.dtype == jnp.float32)
   assert packed["float32"].shape == (n_float,)
-  _leaves_equal(checkpoint.unpack(packed, checkpoint.abstract(state)), state)
+  abstract = checkpoint.abstract(state)
+  unpacked = checkpoint.unpack(packed, abstract)
+  _leaves_equal(unpacked, state)
+  # Placed as the abstract state says (the trainer's: replicated over its mesh).
+  for got, like in zip(jax.tree_util.tree_leaves(unpacked), jax.tree_util.tree_leaves(abstract)):
+    assert got.sharding == like.sharding
 
 
 def test_unpack_refuses_another_layout():

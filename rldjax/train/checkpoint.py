@@ -136,18 +136,37 @@ def _history_checksum(history: list) -> int:
 
 
 def unpack(packed: dict, abstract_state):
-  """The tree of ``abstract_state``'s structure from :func:`pack`'s output."""
+  """The tree of ``abstract_state``'s structure from :func:`pack`'s output,
+  bit for bit, each leaf placed with its abstract leaf's sharding (if any).
+
+  The packed arrays are replicated (as the state is), so each process cuts
+  its own copy into leaves on the host (exact: views of the same bytes) and
+  places them. A jitted split compiled one slice per leaf: 4.7 s for
+  ImageNet's ResNet18 state on XLA:CPU, at every first resume of a config.
+  """
   sizes, layout, treedef = _packing(abstract_state)
   for name, size in sizes.items():
     if name not in packed or packed[name].shape != (size,):
       raise ValueError(f"packed state holds {name}{getattr(packed.get(name), 'shape', None)}, "
                        f"expected ({size},)")
+  host = {name: _host_copy(name, packed[name]) for name in sizes}
+  leaves = []
+  for (name, offset, size, shape), like in zip(layout, jax.tree_util.tree_leaves(abstract_state)):
+    value = host[name][offset:offset + size].reshape(shape)
+    sharding = getattr(like, "sharding", None)
+    leaves.append(jnp.asarray(value) if sharding is None else jax.make_array_from_callback(
+        shape, sharding, lambda index, value=value: value[index]))
+  return jax.tree_util.tree_unflatten(treedef, leaves)
 
-  @jax.jit
-  def split(packed):
-    return [jax.lax.slice(packed[name], (offset,), (offset + size,)).reshape(shape)
-            for name, offset, size, shape in layout]
-  return jax.tree_util.tree_unflatten(treedef, split(packed))
+
+def _host_copy(name: str, array) -> np.ndarray:
+  """A NumPy copy of a replicated array: this process's first copy of it."""
+  if isinstance(array, jax.Array):
+    if not array.sharding.is_fully_replicated:
+      raise ValueError(f"packed state {name} is split over devices ({array.sharding}); "
+                       "a train state is replicated")
+    array = array.addressable_data(0)
+  return np.asarray(array)
 
 
 def _abstract_packed(abstract_state) -> dict:

@@ -323,7 +323,7 @@ class _Run:
       raise errors.ConfigError(f"config.batch_size: {config.batch_size} exceeds the training "
                                f"split ({data.num_train} examples)")
     self.programs = p = programs_lib.build(config, spe)
-    state = p.init_state(np.uint32(config.seed))  # replicated from the start: one compile
+    seed = np.uint32(config.seed)
     if teacher_vars is not None:
       teacher_vars = distributed.replicate(mesh, teacher_vars)
     if p.teacher_logits is not None:  # what the steps take in the teacher's place
@@ -341,8 +341,12 @@ class _Run:
     writer = ScalarWriter(workdir)
     try:
       history = []
-      restored = ckpt_lib.restore_latest(manager, ckpt_lib.abstract(state))
-      if restored is not None:
+      # The state's shapes, dtypes and shardings without computing it: a
+      # resumed run neither compiles nor runs the initialisation.
+      restored = ckpt_lib.restore_latest(manager, jax.eval_shape(p.init_state, seed))
+      if restored is None:
+        state = p.init_state(seed)  # replicated from the start: one compile
+      else:
         state, history = restored
         logging.info("resumed from step %d (%d epochs done) in %s", int(state.step),
                      len(history), workdir)
