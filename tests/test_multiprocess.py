@@ -38,7 +38,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = f"--config={ROOT}/experiments/configs/digits.py:method=vanilla,model=teacher,epochs=2"
 # The digits student (resnet8): fewer batch norms, so fewer all-reduces a step,
 # each ~1 ms between two processes on this CPU (JAX's gloo collectives): a pair
-# trains ~1.7x as fast. For the tests that need a pair training, not learning.
+# trains ~1.7x as fast; it learns more slowly (47.6% top-1 after 2 epochs, the
+# teacher 94.4%). The teacher stays where a test needs its larger checkpoint.
 STUDENT = CONFIG.replace("model=teacher", "model=student")
 
 
