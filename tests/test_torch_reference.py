@@ -54,7 +54,7 @@ def test_losses_equal_rldjax():
   t = rng.standard_normal((16, 100)).astype(np.float32) * 3
   y = rng.integers(0, 100, 16)
   ts, tt, ty = torch.from_numpy(s), torch.from_numpy(t), torch.from_numpy(y)
-  ours = jax.jit(lambda s, t, y: (  # one program (eager, each operation is compiled apart)
+  values = jax.jit(lambda s, t, y: (  # one program (eager, each operation is compiled apart)
       losses.kd(s, t, temperature=4.0),
       losses.dkd(s, t, y, alpha=1.0, beta=8.0, temperature=4.0),
       losses.rld(s, t, y, alpha=1.0, beta=8.0, temperature=4.0),
@@ -63,5 +63,5 @@ def test_losses_equal_rldjax():
           torch_reference.dkd_loss(ts, tt, ty, 1.0, 8.0, 4.0),
           torch_reference.rld_loss(ts, tt, ty, 1.0, 8.0, 4.0),
           torch_reference.ldrld_loss(ts, tt, 10.5, 7.0, 4.0)]
-  for ref, ours in zip(refs, ours, strict=True):
-    np.testing.assert_allclose(float(jnp.mean(ours)), float(ref), rtol=1e-5)
+  for ref, value in zip(refs, values, strict=True):
+    np.testing.assert_allclose(float(jnp.mean(value)), float(ref), rtol=1e-5)
