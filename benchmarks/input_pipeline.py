@@ -80,6 +80,8 @@ def main():
     parser.error(f"--host_threads: 0 (the host's cores) or more, got {args.host_threads}")
   if not 0.0 <= args.resume_at < 1.0:
     parser.error(f"--resume_at: a fraction of the epoch in [0, 1), got {args.resume_at}")
+  from rldjax import runtime
+  runtime.import_tensorflow_without_keras()  # as the launcher
   if args.child:
     child(args)
     return

@@ -120,6 +120,7 @@ def main():
   runtime.reexec_with_huge_pages()
   args = parse()
   added = runtime.set_cpu_flags()
+  runtime.import_tensorflow_without_keras()
   if args.compilation_cache:
     runtime.use_compilation_cache(args.compilation_cache)
   # A config, data size or workdir the run cannot use ends as the launcher ends:

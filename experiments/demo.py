@@ -439,6 +439,7 @@ def main(argv):
   del argv
   from rldjax import runtime  # pylint: disable=import-outside-toplevel
   runtime.set_cpu_flags()
+  runtime.import_tensorflow_without_keras()
   if FLAGS.compilation_cache != "none":
     runtime.use_compilation_cache(FLAGS.compilation_cache)
   logging.set_verbosity(logging.WARNING)

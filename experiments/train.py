@@ -146,6 +146,7 @@ def main(argv):
 def run(config, workdir):
   from rldjax import distributed, runtime  # pylint: disable=import-outside-toplevel
   added = runtime.set_cpu_flags()  # before JAX's backend starts
+  runtime.import_tensorflow_without_keras()  # whenever the data path imports it
   from rldjax.train import config as config_lib  # pylint: disable=import-outside-toplevel
   config_lib.validate(config)  # before any device, data or teacher is touched
   if FLAGS.compilation_cache != "none":

@@ -11,6 +11,10 @@
   (``benchmarks/train_step.py``; figures in BENCHMARKS.md). Flags are
   version-specific and an unknown one aborts the process, so each is set only
   when this jaxlib knows it, and only before the backend starts.
+* :func:`import_tensorflow_without_keras`: TensorFlow's import without the
+  Keras import its ``__init__`` does eagerly (TF 2.21), which no part of
+  rldjax uses: ~1.8 s of CPU less in every launch whose data path imports
+  TensorFlow (TFDS datasets, the streaming path).
 * :func:`freeze_heap`: between runs of one long-lived process (the demo runs
   ~60), moves the live objects out of the garbage collector's reach, so that a
   full collection inside a later run scans only that run's objects (one took
@@ -31,6 +35,8 @@
 from __future__ import annotations
 
 import gc
+import importlib.abc
+import importlib.util
 import mmap
 import os
 import re
@@ -196,6 +202,75 @@ def set_cpu_flags(flags=CPU_FLAGS) -> list[str]:
   if added:
     os.environ["XLA_FLAGS"] = " ".join([current] + added).strip()
   return added
+
+
+# TensorFlow's __init__ ends with an import of ``keras.src.optimizers`` (with
+# this variable true, of ``tf_keras.src.optimizers``, passed over when absent).
+_LEGACY_KERAS = "TF_USE_LEGACY_KERAS"
+
+
+class _TensorFlowWithoutKeras(importlib.abc.MetaPathFinder):
+  """Finds ``tensorflow`` as the other finders do, and runs its
+  ``__init__`` with ``TF_USE_LEGACY_KERAS=1``, removed again after; then
+  leaves ``sys.meta_path``. (``importlib.util.find_spec("tensorflow")``,
+  which etils calls before any import, gets the same spec and runs
+  nothing.)"""
+
+  _finding = False
+
+  def find_spec(self, name, path=None, target=None):
+    del path, target
+    if name != "tensorflow" or self._finding:
+      return None
+    self._finding = True
+    try:
+      spec = importlib.util.find_spec(name)  # from the other finders
+    finally:
+      self._finding = False
+    if spec is None or spec.loader is None:
+      return spec
+    exec_module = spec.loader.exec_module  # this spec's own loader object
+
+    def exec_without_keras(module):
+      if self in sys.meta_path:
+        sys.meta_path.remove(self)
+      if _LEGACY_KERAS in os.environ:  # set since: the user's choice
+        return exec_module(module)
+      os.environ[_LEGACY_KERAS] = "1"
+      try:
+        return exec_module(module)
+      finally:
+        os.environ.pop(_LEGACY_KERAS, None)
+
+    spec.loader.exec_module = exec_without_keras
+    return spec
+
+
+def import_tensorflow_without_keras() -> bool:
+  """Makes this process's first import of TensorFlow (whenever it comes, if
+  it comes: the in-memory digits path never imports it) skip the Keras
+  import at the end of TensorFlow's ``__init__``. That import is there so
+  that Keras' optimizers register with SavedModel; rldjax saves no
+  SavedModel and uses no Keras. Returns whether it will skip it: not when
+  TensorFlow is already imported, the user set ``TF_USE_LEGACY_KERAS``, or
+  ``tf_keras`` is installed (then that would be imported instead).
+
+  ``TF_USE_LEGACY_KERAS=1`` is set while TensorFlow's ``__init__`` runs, and
+  only then: it tries ``tf_keras``, which is absent, and moves on.
+  ``tf.keras`` and ``import tensorflow.keras`` still give Keras 3 on first use
+  (``tests/test_runtime.py``). Measured with ``/usr/bin/time`` on the
+  launcher's imports (``experiments.train``, the input pipeline and the
+  loop), 3 runs each, interleaved: 6.4-6.8 s of CPU with the Keras import,
+  4.6-4.8 s without. A whole 2-epoch streaming launch (``tests/
+  test_multiprocess.py``'s image folder, one process, compiled programs
+  cached), 4 runs each, interleaved: 15.6-16.1 s of CPU before, 11.2-14.2 s.
+  """
+  if ("tensorflow" in sys.modules or _LEGACY_KERAS in os.environ
+      or importlib.util.find_spec("tf_keras") is not None):
+    return False
+  if not any(isinstance(f, _TensorFlowWithoutKeras) for f in sys.meta_path):
+    sys.meta_path.insert(0, _TensorFlowWithoutKeras())
+  return True
 
 
 def freeze_heap() -> None:

@@ -2,7 +2,8 @@
 aborts the process, and the guard only checks that the name is in jaxlib's
 binary, which is necessary, not sufficient: ``xla_cpu_disable_tiled_emitter``
 is in the binary's strings yet not a flag), unknown names are skipped, and
-flags are never added once the backend is up."""
+flags are never added once the backend is up; TensorFlow imported without
+its eager Keras import still gives ``tf.keras``."""
 import os
 import subprocess
 import sys
@@ -55,6 +56,34 @@ def test_no_flags_after_the_backend_started_and_user_flags_win():
       """, XLA_FLAGS=f"{name}=")
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.count(name) == 1 and f"{name}= " in out.stdout + " "
+
+
+def test_tensorflow_imported_without_keras_still_gives_tf_keras():
+  out = _run("""
+      import os, sys
+      from rldjax import runtime
+      assert runtime.import_tensorflow_without_keras()
+      import importlib.util
+      assert importlib.util.find_spec("tensorflow")  # a look before the import (etils')
+      import tensorflow_datasets  # imports tensorflow, as the data path does
+      import tensorflow as tf
+      assert "keras" not in sys.modules, "Keras was imported"
+      assert "TF_USE_LEGACY_KERAS" not in os.environ
+      assert not runtime.import_tensorflow_without_keras()  # already imported
+      from tensorflow.keras import layers  # Keras 3, on first use
+      assert tf.keras.layers.Dense is layers.Dense
+      print("KERAS", tf.keras.optimizers.SGD.__module__)
+      """, TF_CPP_MIN_LOG_LEVEL="3")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "KERAS keras." in out.stdout
+  # A user's own TF_USE_LEGACY_KERAS is left to TensorFlow.
+  out = _run("""
+      import sys
+      from rldjax import runtime
+      before = list(sys.meta_path)
+      print("SKIPS", runtime.import_tensorflow_without_keras(), sys.meta_path == before)
+      """, TF_USE_LEGACY_KERAS="0")
+  assert out.returncode == 0 and "SKIPS False True" in out.stdout, out.stderr[-2000:]
 
 
 def test_transparent_huge_pages_mode_reads_the_bracketed_word(tmp_path):
