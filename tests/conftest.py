@@ -89,6 +89,22 @@ def compilation_cache(tmp_path_factory):
   return runtime.use_compilation_cache(str(base / "jax_cache"))
 
 
+@pytest.fixture(scope="module")
+def less_optimized_compilation():
+  """For a module of many small loss programs (used with ``pytestmark``):
+  each is compiled with JAX's ``jax_disable_most_optimizations`` (XLA's
+  backend optimisation level 0 and LLVM's expensive passes off), which
+  computes the same operations with less optimised machine code. Their
+  compilation is most of these modules' time: the four loss modules that use
+  it, ``pytest -n 2``, took 355 s of CPU compiled as users compile and 271 s
+  so, every test passing either way. The parity tests, the models and the
+  launched runs compile as users do."""
+  import jax
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", False)
+
+
 @pytest.fixture(autouse=True)
 def kill_leftovers():
   """Processes a test launched with ``tests.foreground.launch`` end with it:

@@ -9,6 +9,9 @@ import pytest
 
 from rldjax import losses
 
+# Many small programs: compiled with less optimisation (conftest.py says why).
+pytestmark = pytest.mark.usefixtures("less_optimized_compilation")
+
 PER_EXAMPLE = [name for name in losses.names() if losses.PER_EXAMPLE[name]]
 
 

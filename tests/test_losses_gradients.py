@@ -17,6 +17,9 @@ from rldjax import losses
 from rldjax.losses._topk import block_size, top_k_indices
 from tests import numpy_reference as R
 
+# Many small programs: compiled with less optimisation (conftest.py says why).
+pytestmark = pytest.mark.usefixtures("less_optimized_compilation")
+
 ATOL, RTOL = 1e-5, 1e-4
 
 

@@ -9,6 +9,9 @@ import pytest
 
 from rldjax import losses
 
+# Many small programs: compiled with less optimisation (conftest.py says why).
+pytestmark = pytest.mark.usefixtures("less_optimized_compilation")
+
 C = 10
 LABELLED = ["dkd", "rld", "swap_kd", "rc", "label_revision"]
 

@@ -12,6 +12,9 @@ from hypothesis import given, settings, strategies as st
 from rldjax import losses
 from tests import numpy_reference as R
 
+# Many small programs: compiled with less optimisation (conftest.py says why).
+pytestmark = pytest.mark.usefixtures("less_optimized_compilation")
+
 B, C = 6, 12
 PER_EXAMPLE = ["kd", "dkd", "rld", "ldrld", "swap_kd", "rc"]
 # rc's target adds the row maximum to the true class, so it moves with a shift.
