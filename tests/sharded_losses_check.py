@@ -19,6 +19,11 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E4
 from rldjax import losses, train  # noqa: E402
 from rldjax.train import config as config_lib  # noqa: E402
 
+# Many small programs whose sharding, not their machine code, is under test:
+# compiled with less optimisation (tests/conftest.py's
+# less_optimized_compilation), 76 s of CPU -> 49 s.
+jax.config.update("jax_disable_most_optimizations", True)
+
 LOSSES = {name: losses.get(name) for name in
           ("kd", "dkd", "rld", "ldrld", "swap_kd", "rc", "label_revision")}
 LOSSES["chunked(rld)"] = losses.chunked(losses.rld, rows=4)
