@@ -72,19 +72,24 @@ def losses_index(losses_npz):
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-  """One persistent compilation cache per test process (each xdist worker has
-  its own base directory, so no two processes write one entry): a program
-  compiled again by a later test (the same launcher config, the same model)
-  is read back instead. The cache hands back the executable XLA compiled
-  for the same program, so the tests still run what users run; a clean
-  clone starts with it empty.
+  """One persistent compilation cache for the test session, shared by the
+  xdist workers: a program compiled again by a later test, on either worker
+  (the same launcher config, the same model), is read back instead. Two
+  processes may write one entry at once: each writes a whole file and
+  renames it into place (``rldjax.runtime._write_entries_whole``), so a
+  reader gets one complete entry or the other. The cache hands back the
+  executable XLA compiled for the same program, so the tests still run what
+  users run; a clean clone starts with it empty.
 
   Launchers started by tests (``python -m experiments.train`` and the like)
-  read ``$RLDJAX_CACHE_DIR``: it names a directory of this worker too (their
-  own: they run with the launcher's XLA flags), so no test writes into the
-  user's ``~/.cache/rldjax``. Tests that run launchers side by side give
-  them their own directory."""
+  read ``$RLDJAX_CACHE_DIR``: it names a directory of this session too
+  (their own: they run with the launcher's XLA flags), so no test writes
+  into the user's ``~/.cache/rldjax``. Tests that need a cache of their own
+  (a cold start, launchers side by side) give their launchers their own
+  directory."""
   base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER") is not None:
+    base = base.parent  # this session's, shared by its workers (as computed_once)
   os.environ["RLDJAX_CACHE_DIR"] = str(base / "jax_cache_launched")
   return runtime.use_compilation_cache(str(base / "jax_cache"))
 
