@@ -101,13 +101,14 @@ def less_optimized_compilation():
   backend optimisation level 0 and LLVM's expensive passes off), which
   computes the same operations with less optimised machine code. Their
   compilation is most of these modules' time: the four loss modules that use
-  it, ``pytest -n 2``, took 355 s of CPU compiled as users compile and 271 s
-  so, every test passing either way. The parity tests, the models and the
-  launched runs compile as users do."""
+  it, ``pytest -n 2``, took 355 s of CPU compiled as users compile and
+  271-284 s so (two runs), every test passing either way. The parity tests,
+  the models and the launched runs compile as users do."""
   import jax
+  before = jax.config.values["jax_disable_most_optimizations"]  # the user's, if set
   jax.config.update("jax_disable_most_optimizations", True)
   yield
-  jax.config.update("jax_disable_most_optimizations", False)
+  jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(autouse=True)
