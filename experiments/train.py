@@ -48,6 +48,9 @@ flags.DEFINE_integer("process_id", None, "multi-process: this process's index, 0
 flags.DEFINE_integer("initialization_timeout", 300,
                      "multi-process: seconds each process waits for all of them to connect to "
                      "the coordinator before it stops (status 2)", lower_bound=1)
+flags.DEFINE_integer("heartbeat_timeout", 100,
+                     "multi-process: seconds without a heartbeat after which JAX takes a process "
+                     "for dead (frozen, or its host gone) and aborts the others", lower_bound=1)
 flags.DEFINE_string("compilation_cache", None,
                     "JAX persistent compilation cache directory (default $RLDJAX_CACHE_DIR or "
                     "~/.cache/rldjax/jax); 'none' turns it off")
@@ -155,7 +158,7 @@ def run(config, workdir):
                                          FLAGS.process_id))
   if explicit or config.distributed:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                           FLAGS.initialization_timeout)
+                           FLAGS.initialization_timeout, FLAGS.heartbeat_timeout)
   import jax  # pylint: disable=import-outside-toplevel
   from rldjax.train import loop  # pylint: disable=import-outside-toplevel
   logging.info("process %d/%d, %d devices (%s); XLA flags added: %s; GLIBC_TUNABLES: %s",

@@ -26,11 +26,13 @@ _MESSAGE_BYTES = 16384
 
 
 CONNECT_TIMEOUT_SECONDS = 300  # JAX's own default wait for every process to connect
+HEARTBEAT_TIMEOUT_SECONDS = 100  # JAX's own default: a process silent this long is dead
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None,
-               timeout_seconds: int = CONNECT_TIMEOUT_SECONDS) -> None:
+               timeout_seconds: int = CONNECT_TIMEOUT_SECONDS,
+               heartbeat_timeout_seconds: int = HEARTBEAT_TIMEOUT_SECONDS) -> None:
   """``jax.distributed.initialize`` with explicit values, or with JAX's cluster
   auto-detection (TPU pods, SLURM, MPI) when all three are None.
 
@@ -44,15 +46,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   JAX's own deadline is set 60 s later. Explicit settings JAX cannot start
   with (an address without a port, a --process_id out of range, a port in use
   on process 0's host) stop the process at once (:mod:`rldjax.coordinator`).
+
+  ``heartbeat_timeout_seconds`` is JAX's: a process that sent the coordination
+  service no heartbeat for that long (frozen, or its host gone) is taken for
+  dead, and JAX then aborts the others (status 134) instead of leaving them
+  waiting at their next collective.
   """
   given = [v is not None for v in (coordinator_address, num_processes, process_id)]
   if any(given) and not all(given):
     raise errors.ConfigError("--coordinator_address, --num_processes and --process_id go "
                              "together: give all three, or none for cluster auto-detection")
-  if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int) \
-      or timeout_seconds < 1:
-    raise errors.ConfigError(f"--initialization_timeout: need a whole number of seconds >= 1, "
-                             f"got {timeout_seconds!r}")
+  for flag, seconds in (("--initialization_timeout", timeout_seconds),
+                        ("--heartbeat_timeout", heartbeat_timeout_seconds)):
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+      raise errors.ConfigError(f"{flag}: need a whole number of seconds >= 1, got {seconds!r}")
   if all(given):
     coordinator.check_settings(coordinator_address, num_processes, process_id)
     logging.info("process %d of %d: waiting up to %d s for all %d processes to connect to the "
@@ -77,7 +84,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   threading.Thread(target=_end_unless_connected, args=(connected, timeout_seconds, message),
                    name="rldjax-connect-watchdog", daemon=True).start()
   try:
-    jax.distributed.initialize(**kwargs, initialization_timeout=timeout_seconds + 60)
+    jax.distributed.initialize(**kwargs, initialization_timeout=timeout_seconds + 60,
+                               heartbeat_timeout_seconds=heartbeat_timeout_seconds)
   except ValueError as err:
     if kwargs:
       raise

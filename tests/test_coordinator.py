@@ -121,3 +121,21 @@ def test_a_host_without_ipv6_is_checked_on_ipv4(monkeypatch):
       coordinator.check_settings(f"10.0.0.1:{port}", 2, 0)
     monkeypatch.undo()
   coordinator.check_settings(f"10.0.0.1:{free_port()}", 2, 0)
+
+
+@pytest.mark.parametrize("timeouts, message", [
+    ({"timeout_seconds": 0}, "--initialization_timeout: need a whole number of seconds >= 1, got 0"),
+    ({"timeout_seconds": 2.5}, "--initialization_timeout: need a whole number of seconds >= 1, "
+                               "got 2.5"),
+    ({"heartbeat_timeout_seconds": 0}, "--heartbeat_timeout: need a whole number of seconds >= 1, "
+                                       "got 0"),
+    ({"heartbeat_timeout_seconds": True}, "--heartbeat_timeout: need a whole number of seconds "
+                                          ">= 1, got True"),
+])
+def test_timeouts_out_of_range_name_the_flag_before_jax_starts(timeouts, message):
+  from rldjax import distributed  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ConfigError) as err:
+    distributed.initialize(f"127.0.0.1:{free_port()}", 2, 0, **timeouts)
+  assert str(err.value) == message
+  import jax  # pylint: disable=import-outside-toplevel
+  assert not jax.distributed.is_initialized()
