@@ -459,6 +459,34 @@ def test_unexpected_stops_say_so_in_results_and_the_same_command_continues_exact
   assert read_json(workdir / "results.json") == finished  # still finished, times and all
 
 
+def test_results_read_running_from_the_start_of_training(tmp_path, data_dir, teacher_export,
+                                                         monkeypatch):
+  """results.json says "running" before the first epoch ends: a run killed
+  outright in its first epoch (hours on ImageNet) leaves a record that the
+  report lists, where it left none; and a resumed run reads "running", not
+  the status its last session stopped with."""
+  config = small_config(data_dir, teacher_export, epochs=2)
+  workdir = tmp_path / "run"
+  real_end_epoch = loop._Run._end_epoch  # pylint: disable=protected-access
+  seen = []
+
+  def end_epoch(self, state, history, index, *args):
+    seen.append(read_json(workdir / "results.json"))  # before this epoch's own write
+    if len(seen) == 1:
+      raise KeyboardInterrupt
+    return real_end_epoch(self, state, history, index, *args)
+  monkeypatch.setattr(loop._Run, "_end_epoch", end_epoch)  # pylint: disable=protected-access
+  with pytest.raises(KeyboardInterrupt):
+    loop.train_and_evaluate(config, str(workdir))
+  assert seen[0]["status"] == "running" and not seen[0]["finished"]
+  assert seen[0]["epochs_completed"] == 0 and seen[0]["history"] == []
+  assert read_json(workdir / "results.json")["status"] == "interrupted"
+  finished = loop.train_and_evaluate(config, str(workdir))
+  assert seen[1]["status"] == "running" and "error" not in seen[1]
+  assert seen[1]["wall_time_s"] >= seen[0]["wall_time_s"]  # the sessions' times add up
+  assert finished["status"] == "finished" and len(finished["history"]) == 2
+
+
 @pytest.mark.parametrize("eval_batch_size,n", [(16, 37), (16, 32), (512, 37)])
 def test_in_memory_evaluation_counts_every_example_once(eval_batch_size, n):
   check_evaluate_arrays(eval_batch_size, n)  # full batches, then the remainder

@@ -27,9 +27,10 @@ config there, and can be left alone:
   met while streaming, a bug, an accelerator out of memory, Ctrl-C) is
   re-raised after results.json says ``"status": "failed"``
   (``"interrupted"`` for Ctrl-C) with the error, so that a stopped run never
-  reads as a running one; only a process killed outright (SIGKILL, or the
-  abort of JAX's distributed service when a peer stops answering
-  heartbeats, status 134) leaves ``"running"`` behind, with its
+  reads as a running one. results.json says ``"running"`` from the start of
+  training (a resumed run's included); only a process killed outright
+  (SIGKILL, or the abort of JAX's distributed service when a peer stops
+  answering heartbeats, status 134) leaves ``"running"`` behind, with its
   ``run.lock`` naming a pid that no longer runs (``python -m
   experiments.report`` says so). The record holds the epochs the checkpoints keep: those the
   same command resumes from.
@@ -359,6 +360,12 @@ class _Run:
                        "exports and results.json are written again from the checkpoint",
                        len(history), config.num_epochs)
       self.history = history
+      if self.counts_time:
+        # From its first step on, the run reads as running: a run killed outright
+        # in its first epoch leaves a record (the report lists it), and a resumed
+        # one no longer shows the status its last session stopped with.
+        self.write_results(history, "running")
+        self.last_write = 0.0  # the first epoch's end still writes its record, as before
       try:
         with PreemptionWatcher() as watcher:
           state, history = self.train(state, history, manager, writer, watcher,
