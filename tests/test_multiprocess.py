@@ -284,6 +284,8 @@ def test_a_frozen_process_is_found_within_heartbeat_timeout(base):
   procs = launch_pair(base, workdir, data_dir, "--config.num_epochs=400",
                       "--heartbeat_timeout=10", config=STUDENT)
   wait_for_a_checkpoint(workdir)
+  assert checkpoint_steps(workdir) and [p.poll() for p in procs] == [None, None], \
+      "the pair did not reach its first checkpoint"  # both train: the stop is what ends them
   procs[1].send_signal(signal.SIGSTOP)
   t0 = time.time()
   try:
